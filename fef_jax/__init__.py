@@ -1,0 +1,1 @@
+"""fef-jax: masked diffusion language models sampled without factorization error."""
