@@ -1,0 +1,118 @@
+"""`fef_jax.sample`: every sampler behind one signature and one result type."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fef_jax import samplers
+from fef_jax.samplers import loop
+from fef_jax.types import SampleResult
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+def _is_concrete(x: Any) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_tokens(tokens_BxL: Any) -> jax.Array:
+  if not hasattr(tokens_BxL, "dtype"):
+    tokens_BxL = np.asarray(tokens_BxL)
+  if not jnp.issubdtype(tokens_BxL.dtype, jnp.integer):
+    raise TypeError(f"tokens must be an integer array, got dtype {tokens_BxL.dtype}")
+  if tokens_BxL.ndim != 2 or 0 in tokens_BxL.shape:
+    raise ValueError(f"tokens must have shape [batch, length] with both > 0, "
+                     f"got shape {tuple(tokens_BxL.shape)}")
+  return jnp.asarray(tokens_BxL, jnp.int32)
+
+
+def _vocab_size(logits_fn: LogitsFn, tokens_BxL: jax.Array) -> int:
+  """Reads V off the denoiser's abstract output and checks its shape and dtype."""
+  try:
+    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(tokens_BxL.shape, jnp.int32))
+  except Exception as e:  # the user's function: report whatever it raised
+    raise ValueError(f"logits_fn failed on an int32{list(tokens_BxL.shape)} input: "
+                     f"{type(e).__name__}: {e}") from e
+  batch, length = tokens_BxL.shape
+  if (not hasattr(out, "shape") or len(out.shape) != 3
+      or tuple(out.shape[:2]) != (batch, length)):
+    raise ValueError(f"logits_fn must map int32[N, L] to float[N, L, V]; on "
+                     f"int32{[batch, length]} it returned {getattr(out, 'shape', out)}")
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise TypeError(f"logits_fn must return floating logits, got {out.dtype}")
+  return int(out.shape[2])
+
+
+def _check_values(tokens: np.ndarray, mask_id: int, vocab_size: int) -> None:
+  """Token ids in range, and something to sample in every row."""
+  bad = (tokens != mask_id) & ((tokens < 0) | (tokens >= vocab_size))
+  if bad.any():
+    row, col = map(int, np.argwhere(bad)[0])
+    raise ValueError(f"token id {int(tokens[row, col])} at [{row}, {col}] is outside the "
+                     f"vocabulary [0, {vocab_size}) and is not mask_id={mask_id}")
+  no_mask = np.flatnonzero(~(tokens == mask_id).any(axis=1))
+  if no_mask.size:
+    raise ValueError(f"rows {no_mask[:10].tolist()} contain no mask_id={mask_id}: "
+                     f"nothing to sample")
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "config"))
+def _run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
+         config: samplers.SamplerConfig):
+  return loop.run(logits_fn, tokens_BxL, key, config, samplers.PLANS[config.method])
+
+
+def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "fef", *,
+           mask_id: int, **options: Any) -> SampleResult:
+  """Fills every `mask_id` position of `tokens_BxL` with the chosen sampler.
+
+  Args:
+    logits_fn: the denoiser, any hashable callable `int32[N, L] -> float[N, L, V]`
+      that accepts any batch size `N` (FeF calls it on `B * window` rows). It
+      sees `mask_id` at masked positions. The logit of `mask_id`, if it lies
+      inside the vocabulary, is ignored: the mask is never sampled.
+    tokens_BxL: int[B, L]; positions that are not `mask_id` are the prompt
+      and are returned unchanged.
+    key: a PRNG key; split into one key per row, so rows are independent.
+    method: one of `ancestral, confidence, threshold, eb, first_hitting,
+      random_sizes, fef` (see `fef_jax.samplers`).
+    mask_id: the mask token id (inside or outside the model's vocabulary).
+    **options: method options (see `fef_jax.samplers.config.SamplerConfig`):
+      `steps, block_length, temperature, top_k, top_p, select, order, window,
+      mode, threshold, factor, gamma, schedule`.
+
+  Returns:
+    `SampleResult` with `tokens` int32[B, L] (no mask left) and per-row `stats`.
+
+  Raises:
+    ValueError / TypeError: unknown method or option, option out of range,
+      tokens not a 2-D integer array, token ids outside `[0, V)` other than
+      `mask_id`, a row with no mask, or a `logits_fn` whose output is not
+      float[N, L, V]. Value checks need concrete `tokens` (outside `jax.jit`).
+    FloatingPointError: `logits_fn` returned NaN or +inf at a masked position
+      (concrete inputs only; the offending rows are named).
+  """
+  config = samplers.make_config(method, mask_id, **options)
+  tokens_BxL = _check_tokens(tokens_BxL)
+  try:
+    hash(logits_fn)
+  except TypeError as e:
+    raise TypeError("logits_fn must be hashable (a function, a bound method of an "
+                    "object hashed by identity, or a functools.partial)") from e
+  vocab_size = _vocab_size(logits_fn, tokens_BxL)
+  if vocab_size - int(0 <= config.mask_id < vocab_size) < 1:
+    raise ValueError(f"the vocabulary of size {vocab_size} has no token besides the mask")
+  if config.top_k > vocab_size:
+    raise ValueError(f"top_k={config.top_k} exceeds the vocabulary size {vocab_size}")
+  if _is_concrete(tokens_BxL):
+    _check_values(np.asarray(tokens_BxL), config.mask_id, vocab_size)
+  result, bad_logits_B = _run(logits_fn, tokens_BxL, key, config)
+  if _is_concrete(bad_logits_B) and bool(jnp.any(bad_logits_B)):
+    rows = np.flatnonzero(np.asarray(bad_logits_B))[:10].tolist()
+    raise FloatingPointError(f"logits_fn returned NaN or +inf logits at masked positions "
+                             f"of rows {rows}; the samples of those rows are not valid")
+  return result

@@ -1,0 +1,24 @@
+"""First-hitting sampling: one token per denoiser call, hence exact.
+
+Each call reveals exactly one masked position of the current block, chosen by
+`select` (uniformly at random by default, which is the first-hitting sampler of
+masked diffusion; `position` gives left-to-right autoregressive decoding) and
+draws it from its marginal given everything revealed so far. The choice depends
+only on revealed tokens, so with an exact denoiser the output is an exact draw
+from the joint. It costs one sequential call per generated token: the
+reference that faster samplers are measured against.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fef_jax.samplers import selection
+from fef_jax.samplers.config import SamplerConfig
+from fef_jax.samplers.loop import StepContext
+
+
+def plan(config: SamplerConfig, ctx: StepContext) -> jax.Array:
+  """bool[B, L]: the single best-scoring eligible position of each row."""
+  score_BxL = selection.scores(config.select, ctx.log_probs_BxLxV, ctx.x0_BxL, ctx.keys_B)
+  return selection.top_k(score_BxL, ctx.eligible_BxL, jnp.ones_like(ctx.remaining_B))

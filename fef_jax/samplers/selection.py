@@ -1,0 +1,92 @@
+"""Which masked positions a denoising step commits: blocks, counts, scores, top-k.
+
+Shared by every sampler so that their comparisons differ only in the rule.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fef_jax import warp
+
+SCORE_RULES = ("confidence", "entropy", "position", "random")
+
+
+def generation_blocks(masked_BxL: jax.Array, block_length: int) -> jax.Array:
+  """Semi-autoregressive blocks: the masked positions of each row, left to right, in chunks.
+
+  Returns:
+    int32[B, L]: block index of each initially masked position, -1 elsewhere.
+    For the usual prompt-then-answer layout these are LLaDA's blocks.
+  """
+  order_BxL = jnp.cumsum(masked_BxL, axis=1) - 1
+  return jnp.where(masked_BxL, order_BxL // block_length, -1).astype(jnp.int32)
+
+
+def current_block(masked_BxL: jax.Array, block_BxL: jax.Array) -> jax.Array:
+  """int32[B]: the lowest block that still has masks (a large number when none)."""
+  big = jnp.iinfo(jnp.int32).max
+  return jnp.min(jnp.where(masked_BxL, block_BxL, big), axis=1)
+
+
+def commit_count(remaining_B: jax.Array, steps_left_B: jax.Array) -> jax.Array:
+  """int32[B]: ceil(remaining / steps_left): an even split that ends on the last step."""
+  steps_left_B = jnp.maximum(steps_left_B, 1)
+  return ((remaining_B + steps_left_B - 1) // steps_left_B).astype(jnp.int32)
+
+
+def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
+           keys_B: jax.Array) -> jax.Array:
+  """float32[B, L]: higher scores are committed (and ordered) first.
+
+  Rules:
+    confidence: probability of the proposed token `x0` (LLaDA's low-confidence
+      re-masking keeps the low ones masked).
+    entropy: negative entropy of the predictive distribution.
+    position: leftmost first.
+    random: uniformly random order (`keys_B`, one PRNG key per row, is used
+      only here, so that rows stay independent).
+  """
+  batch, length = x0_BxL.shape
+  if rule == "confidence":
+    return jnp.exp(jnp.take_along_axis(log_probs_BxLxV, x0_BxL[..., None], axis=-1)[..., 0])
+  if rule == "entropy":
+    return -warp.entropy(log_probs_BxLxV)
+  if rule == "position":
+    return -jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32), (batch, length))
+  if rule == "random":
+    return jax.vmap(lambda k: jax.random.uniform(k, (length,)))(keys_B)
+  raise ValueError(f"unknown score rule {rule!r}; expected one of {SCORE_RULES}")
+
+
+def rank_by_score(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
+  """int32[B, L]: rank of each eligible position by descending score; L for the others.
+
+  Ties are broken towards the leftmost position.
+  """
+  length = scores_BxL.shape[1]
+  keyed_BxL = jnp.where(eligible_BxL, -scores_BxL.astype(jnp.float32), jnp.inf)
+  order_BxL = jnp.argsort(keyed_BxL, axis=1, stable=True)
+  rank_BxL = jnp.argsort(order_BxL, axis=1, stable=True).astype(jnp.int32)
+  return jnp.where(eligible_BxL, rank_BxL, length)
+
+
+def top_k(scores_BxL: jax.Array, eligible_BxL: jax.Array, k_B: jax.Array) -> jax.Array:
+  """bool[B, L]: the `k_b` eligible positions of highest score in each row."""
+  return rank_by_score(scores_BxL, eligible_BxL) < k_B[:, None]
+
+
+def sorted_prefix_size(values_BxL: jax.Array, eligible_BxL: jax.Array,
+                       keep_fn) -> jax.Array:
+  """int32[B]: the largest n such that `keep_fn(sorted values, n)` holds for all n' <= n.
+
+  `values` are sorted in ascending order among eligible positions;
+  `keep_fn(sorted_BxL, n_BxL)` returns bool[B, L], evaluated for prefixes of
+  size n = 1..L. At least one position is always kept (when any is eligible).
+  """
+  length = values_BxL.shape[1]
+  sorted_BxL = jnp.sort(jnp.where(eligible_BxL, values_BxL, jnp.inf), axis=1)
+  n_BxL = jnp.broadcast_to(jnp.arange(1, length + 1), sorted_BxL.shape)
+  ok_BxL = keep_fn(sorted_BxL, n_BxL) & (n_BxL <= jnp.sum(eligible_BxL, axis=1, keepdims=True))
+  size_B = jnp.sum(jnp.cumprod(ok_BxL, axis=1), axis=1)
+  return jnp.maximum(size_B, 1).astype(jnp.int32)

@@ -1,0 +1,198 @@
+"""Speculative verification of one denoising step's ordered set (FeF-DLLM).
+
+Each round, for every row:
+  1. draft `d_i ~ q_i` independently at every position, `q` being the warped
+     *draft logits*: the denoiser's output on a state whose revealed tokens are
+     a function of the current state (the previous round's copy whose prefix
+     was accepted), so drafting costs no extra call;
+  2. verify the next `W` undecided set positions in one batched call of `W`
+     prefix-revealed copies (copy `c` reveals the `c` drafts before target `c`);
+  3. accept draft `c` while `u_c < p_c(d_c) / q_c(d_c)`; at the first rejection
+     draw that position from the residual `norm(max(p_c - q_c, 0))`;
+  4. commit the accepted drafts (and the residual draw), re-mask the rest.
+Rounds run in a `lax.while_loop` until every row's set is decided. Each
+committed token is an exact draw from its prefix-conditioned factor, whatever
+the drafts, so the set is an exact draw from `prod_j p(x^{s_j} | xt, x^{s<j})`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from fef_jax import posterior
+from fef_jax.types import SampleStats
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+WarpFn = Callable[[jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class SpeculativeState:
+  """Loop carry of `decide_set`.
+
+  Attributes:
+    tokens_BxL: current state; set positions of rank < `start_B` are decided.
+    draft_logits_BxLxV: raw logits that the next drafts are drawn from.
+    start_B: number of decided set positions of each row.
+    round_B: rounds run for each row within this set (keys are folded with it).
+    stats: running per-row statistics.
+    bad_logits_B: whether any denoiser output for the row had NaN or +inf.
+  """
+  tokens_BxL: jax.Array
+  draft_logits_BxLxV: jax.Array
+  start_B: jax.Array
+  round_B: jax.Array
+  stats: SampleStats
+  bad_logits_B: jax.Array
+
+
+def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
+                  mask_id: int) -> tuple[jax.Array, jax.Array]:
+  """Runs the denoiser; also flags rows whose masked positions got NaN or +inf logits.
+
+  Returns:
+    (float32[N, L, V] logits, bool[N] bad-row flags).
+  """
+  logits_NxLxV = logits_fn(tokens_NxL).astype(jnp.float32)
+  bad_NxL = jnp.any(jnp.isnan(logits_NxLxV) | (logits_NxLxV == jnp.inf), axis=-1)
+  return logits_NxLxV, jnp.any(bad_NxL & (tokens_NxL == mask_id), axis=-1)
+
+
+def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
+  """log norm(max(p - q, 0)); falls back to p where the residual has no mass.
+
+  The fallback is only reachable through float round-off: a rejection implies
+  p(d) < q(d), hence p != q and a residual of positive mass.
+  """
+  residual_BxV = jnp.maximum(jnp.exp(logp_BxV) - jnp.exp(logq_BxV), 0.0)
+  mass_Bx1 = jnp.sum(residual_BxV, axis=-1, keepdims=True)
+  usable_Bx1 = mass_Bx1 > 1e-6
+  return jnp.where(usable_Bx1, jnp.log(residual_BxV / jnp.where(usable_Bx1, mass_Bx1, 1.0)),
+                   logp_BxV)
+
+
+def _row_keys(step_keys_B: jax.Array, round_B: jax.Array) -> tuple[jax.Array, ...]:
+  keys_B = jax.vmap(jax.random.fold_in)(step_keys_B, round_B)
+  keys_Bx3 = jax.vmap(lambda k: jax.random.split(k, 3))(keys_B)
+  return keys_Bx3[:, 0], keys_Bx3[:, 1], keys_Bx3[:, 2]
+
+
+def verification_round(logits_fn: LogitsFn, warp_fn: WarpFn, state: SpeculativeState,
+                       rank_BxL: jax.Array, count_B: jax.Array,
+                       step_keys_B: jax.Array, *, window: int,
+                       mask_id: int) -> SpeculativeState:
+  """One draft / verify / accept round for every row (a no-op for decided rows).
+
+  Args:
+    logits_fn: denoiser, int32[N, L] -> float[N, L, V]; called once on `B * window` rows.
+    warp_fn: raw logits -> normalized sampling log-probs (same for draft and target).
+    state: the loop carry.
+    rank_BxL: the ordered set (see `fef_jax.posterior`).
+    count_B: set size of each row.
+    step_keys_B: one PRNG key per row; the round counter is folded in.
+    window: static number of drafts verified per round (`W >= 1`).
+    mask_id: the mask token.
+
+  Returns:
+    The updated carry: at least one more set position decided in every row
+    that had undecided ones.
+  """
+  batch = state.tokens_BxL.shape[0]
+  active_B = state.start_B < count_B
+  draft_key_B, accept_key_B, residual_key_B = _row_keys(step_keys_B, state.round_B)
+
+  logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
+  drafts_BxL = jax.vmap(jax.random.categorical)(draft_key_B, logq_BxLxV).astype(jnp.int32)
+  copies_BxWxL = posterior.prefix_revealed_copies(
+      state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window)
+  logits_NxLxV, bad_N = call_denoiser(
+      logits_fn, copies_BxWxL.reshape(batch * window, -1), mask_id)
+  copy_logits_BxWxLxV = logits_NxLxV.reshape(batch, window, *logits_NxLxV.shape[1:])
+
+  target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
+  valid_BxW = target_rank_BxW < count_B[:, None]
+  positions_BxW = jnp.take_along_axis(
+      posterior.positions_by_rank(rank_BxL),
+      jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
+  logp_BxWxV = warp_fn(posterior.gather_targets(copy_logits_BxWxLxV, positions_BxW))
+  logq_BxWxV = jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
+  draft_BxW = jnp.take_along_axis(drafts_BxL, positions_BxW, axis=1)
+  log_ratio_BxW = (jnp.take_along_axis(logp_BxWxV, draft_BxW[..., None], axis=-1)
+                   - jnp.take_along_axis(logq_BxWxV, draft_BxW[..., None], axis=-1))[..., 0]
+  uniform_BxW = jax.vmap(lambda k: jax.random.uniform(k, (window,)))(accept_key_B)
+  accept_BxW = valid_BxW & (jnp.log(uniform_BxW) < log_ratio_BxW)
+  num_accepted_B = jnp.sum(jnp.cumprod(accept_BxW, axis=1), axis=1).astype(jnp.int32)
+  num_valid_B = jnp.sum(valid_BxW, axis=1).astype(jnp.int32)
+  rejected_B = num_accepted_B < num_valid_B
+
+  # The first rejected copy (when all are accepted: the last copy, whose
+  # accepted-prefix logits then serve as the next drafts).
+  pivot_B = jnp.minimum(num_accepted_B, window - 1)
+  pivot_logp_BxV = jnp.take_along_axis(logp_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
+  pivot_logq_BxV = jnp.take_along_axis(logq_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
+  residual_B = jax.vmap(jax.random.categorical)(
+      residual_key_B, _residual_log_probs(pivot_logp_BxV, pivot_logq_BxV)).astype(jnp.int32)
+
+  offset_BxL = rank_BxL - state.start_B[:, None]
+  take_draft_BxL = (offset_BxL >= 0) & (offset_BxL < num_accepted_B[:, None])
+  take_residual_BxL = rejected_B[:, None] & (offset_BxL == num_accepted_B[:, None])
+  tokens_BxL = jnp.where(take_draft_BxL, drafts_BxL,
+                         jnp.where(take_residual_BxL, residual_B[:, None], state.tokens_BxL))
+  num_committed_B = num_accepted_B + rejected_B.astype(jnp.int32)
+
+  pivot_copy_logits = jnp.take_along_axis(
+      copy_logits_BxWxLxV, pivot_B[:, None, None, None], axis=1)[:, 0]
+  draft_logits_BxLxV = jnp.where(active_B[:, None, None], pivot_copy_logits,
+                                 state.draft_logits_BxLxV)
+  active = active_B.astype(jnp.int32)
+  stats = state.stats.replace(
+      nfe=state.stats.nfe + active,
+      sequences=state.stats.sequences + active * window,
+      rounds=state.stats.rounds + active,
+      drafts_examined=state.stats.drafts_examined + num_committed_B,
+      drafts_accepted=state.stats.drafts_accepted + num_accepted_B)
+  bad_B = jnp.any(bad_N.reshape(batch, window), axis=1) & active_B
+  return SpeculativeState(
+      tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
+      start_B=state.start_B + num_committed_B, round_B=state.round_B + active,
+      stats=stats, bad_logits_B=state.bad_logits_B | bad_B)
+
+
+def decide_set(logits_fn: LogitsFn, warp_fn: WarpFn, tokens_BxL: jax.Array,
+               draft_logits_BxLxV: jax.Array, rank_BxL: jax.Array,
+               count_B: jax.Array, step_keys_B: jax.Array, stats: SampleStats,
+               *, window: int, mask_id: int) -> SpeculativeState:
+  """Decides every row's ordered set exactly, by speculative rounds in a `lax.while_loop`.
+
+  Args:
+    logits_fn: denoiser, int32[N, L] -> float[N, L, V] (batch-polymorphic).
+    warp_fn: raw logits -> normalized sampling log-probs.
+    tokens_BxL: the state; set positions must be masked.
+    draft_logits_BxLxV: raw logits to draft the first round from; any function
+      of already revealed tokens keeps the result exact (only speed changes).
+    rank_BxL: the ordered set of each row (see `fef_jax.posterior`).
+    count_B: set size of each row (0 allowed).
+    step_keys_B: one PRNG key per row.
+    stats: statistics to add this set's rounds to.
+    window: static verification window `W >= 1`.
+    mask_id: the mask token.
+
+  Returns:
+    The final carry: `tokens_BxL` with every set position decided, the draft
+    logits for the next set, and updated statistics. Rounds per row are at most
+    the set size, since each round decides at least one position.
+  """
+  batch = tokens_BxL.shape[0]
+  init = SpeculativeState(
+      tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
+      start_B=jnp.zeros((batch,), jnp.int32), round_B=jnp.zeros((batch,), jnp.int32),
+      stats=stats, bad_logits_B=jnp.zeros((batch,), bool))
+
+  def body(state):
+    return verification_round(logits_fn, warp_fn, state, rank_BxL, count_B,
+                              step_keys_B, window=window, mask_id=mask_id)
+
+  return jax.lax.while_loop(lambda s: jnp.any(s.start_B < count_B), body, init)
