@@ -62,10 +62,15 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
 def rank_by_score(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
   """int32[B, L]: rank of each eligible position by descending score; L for the others.
 
-  Ties are broken towards the leftmost position.
+  Ties are broken towards the leftmost position. NaN scores (from NaN logits,
+  which `fef_jax.sample` reports) rank last among the eligible positions, so a
+  step still commits what its rule asks for and the loop always ends.
   """
   length = scores_BxL.shape[1]
-  keyed_BxL = jnp.where(eligible_BxL, -scores_BxL.astype(jnp.float32), jnp.inf)
+  neg_scores_BxL = -scores_BxL.astype(jnp.float32)
+  neg_scores_BxL = jnp.where(jnp.isnan(neg_scores_BxL), jnp.finfo(jnp.float32).max,
+                             neg_scores_BxL)
+  keyed_BxL = jnp.where(eligible_BxL, neg_scores_BxL, jnp.inf)
   order_BxL = jnp.argsort(keyed_BxL, axis=1, stable=True)
   rank_BxL = jnp.argsort(order_BxL, axis=1, stable=True).astype(jnp.int32)
   return jnp.where(eligible_BxL, rank_BxL, length)

@@ -1,0 +1,242 @@
+"""Properties every sampler must have: complete outputs, untouched prompts, jit == no-jit,
+independent rows, honest statistics, block order, and clear errors on bad input."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fef_jax as fj
+
+CONFIGS = [
+    ("ancestral", dict(steps=3)),
+    ("confidence", dict(steps=4, block_length=4)),
+    ("threshold", dict(threshold=0.6)),
+    ("threshold", dict(factor=1.0)),
+    ("eb", dict(gamma=0.5)),
+    ("first_hitting", {}),
+    ("random_sizes", dict(steps=3)),
+    ("fef", dict(window=3)),
+    ("fef", dict(window=2, steps=4, block_length=4, order="random", top_k=2)),
+    ("fef", dict(mode="joint_then_remask", steps=3, window=4, order="confidence")),
+]
+IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for m, o in CONFIGS]
+
+
+@functools.lru_cache(maxsize=None)
+def _hmm():
+  return fj.oracles.HiddenMarkovModel.random(jax.random.key(0), hidden=3, vocab_size=5,
+                                             length=9, concentration=0.5)
+
+
+def _prompts(batch=4):
+  hmm = _hmm()
+  tokens = np.full((batch, hmm.length), hmm.mask_id)
+  tokens[:, 0] = np.arange(batch) % 5          # different prompts per row
+  tokens[1, 4] = 3                              # a prompt token inside the answer
+  tokens[-1, :3] = [1, 2, 3]                    # a longer prompt
+  return jnp.asarray(tokens, jnp.int32)
+
+
+@pytest.mark.parametrize("method,options", CONFIGS, ids=IDS)
+def test_output_is_complete_and_prompts_are_untouched(method, options):
+  hmm, tokens = _hmm(), _prompts()
+  result = fj.sample(hmm.logits_fn, tokens, jax.random.key(1), method,
+                     mask_id=hmm.mask_id, **options)
+  out, given = np.asarray(result.tokens), np.asarray(tokens)
+  assert out.shape == given.shape and out.dtype == np.int32
+  assert np.all((out >= 0) & (out < hmm.vocab_size))
+  prompt = given != hmm.mask_id
+  np.testing.assert_array_equal(out[prompt], given[prompt])
+  stats = result.stats
+  np.testing.assert_array_equal(stats.tokens, (~prompt).sum(1))
+  assert np.all(np.asarray(stats.rounds) >= 1)
+  assert np.all(np.asarray(stats.rounds) <= np.asarray(stats.tokens))
+  if method == "fef":
+    # One call for the first drafts, then one batched call of `window` copies per round.
+    np.testing.assert_array_equal(stats.nfe, 1 + np.asarray(stats.rounds))
+    np.testing.assert_array_equal(stats.sequences, 1 + options["window"] * np.asarray(stats.rounds))
+    assert np.all(np.asarray(stats.drafts_accepted) <= np.asarray(stats.drafts_examined))
+  else:
+    np.testing.assert_array_equal(stats.nfe, stats.rounds)
+    np.testing.assert_array_equal(stats.sequences, stats.nfe)
+
+
+@pytest.mark.parametrize("method,options", CONFIGS, ids=IDS)
+def test_jit_and_no_jit_give_identical_tokens(method, options):
+  hmm, tokens = _hmm(), _prompts(2)
+  run = functools.partial(fj.sample, hmm.logits_fn, tokens, jax.random.key(7), method,
+                          mask_id=hmm.mask_id, **options)
+  jitted = run()
+  with jax.disable_jit():
+    eager = run()
+  np.testing.assert_array_equal(jitted.tokens, eager.tokens)
+  np.testing.assert_array_equal(jitted.stats.nfe, eager.stats.nfe)
+
+
+@pytest.mark.parametrize("method,options", CONFIGS, ids=IDS)
+def test_rows_are_independent_of_each_other(method, options):
+  hmm = _hmm()
+  tokens = np.asarray(_prompts())
+  other = tokens.copy()
+  other[1:, 0] = (other[1:, 0] + 1) % 5  # change every row but the first
+  other[3, 1:4] = [4, 4, 4]
+  key = jax.random.key(3)
+  first = fj.sample(hmm.logits_fn, jnp.asarray(tokens), key, method, mask_id=hmm.mask_id, **options)
+  second = fj.sample(hmm.logits_fn, jnp.asarray(other), key, method, mask_id=hmm.mask_id, **options)
+  np.testing.assert_array_equal(first.tokens[0], second.tokens[0])
+  np.testing.assert_array_equal(first.stats.nfe[0], second.stats.nfe[0])
+  assert not np.array_equal(first.tokens[1:], second.tokens[1:])
+
+
+def test_greedy_fef_equals_sequential_greedy_decoding_in_the_same_order():
+  hmm, tokens = _hmm(), _prompts()
+  for order, select in (("left_to_right", "position"), ("confidence", "confidence")):
+    fef = fj.sample(hmm.logits_fn, tokens, jax.random.key(0), "fef", mask_id=hmm.mask_id,
+                    temperature=0.0, window=3, order=order)
+    sequential = fj.sample(hmm.logits_fn, tokens, jax.random.key(1), "first_hitting",
+                           mask_id=hmm.mask_id, temperature=0.0, select=select)
+    if order == "left_to_right":
+      np.testing.assert_array_equal(fef.tokens, sequential.tokens)
+    assert np.all(np.asarray(fef.stats.rounds) <= np.asarray(sequential.stats.rounds))
+  # Left to right, greedy FeF is autoregressive greedy decoding: check it by hand.
+  expected = np.asarray(tokens).copy()
+  for row in range(expected.shape[0]):
+    for pos in range(expected.shape[1]):
+      if expected[row, pos] == hmm.mask_id:
+        logits = hmm.logits_fn(jnp.asarray(expected[row:row + 1]))
+        expected[row, pos] = int(jnp.argmax(logits[0, pos]))
+  fef = fj.sample(hmm.logits_fn, tokens, jax.random.key(5), "fef", mask_id=hmm.mask_id,
+                  temperature=0.0, window=4)
+  np.testing.assert_array_equal(fef.tokens, expected)
+
+
+def _counting_denoiser(vocab_size, mask_id):
+  """Predicts, at every position, the number of revealed tokens in the row (mod V)."""
+  def logits_fn(tokens_NxL):
+    revealed_N = jnp.sum(tokens_NxL != mask_id, axis=1)
+    one_hot = jax.nn.one_hot(revealed_N % vocab_size, vocab_size) * 30.0
+    return jnp.broadcast_to(one_hot[:, None, :], (*tokens_NxL.shape, vocab_size))
+  return logits_fn
+
+
+@pytest.mark.parametrize("method", ["first_hitting", "confidence", "fef"])
+def test_blocks_are_decoded_one_after_another(method):
+  # With one token per step and a denoiser predicting "how many tokens are
+  # revealed", the values written into a block reveal when it was decoded.
+  vocab, length, mask = 64, 10, 63
+  logits_fn = _counting_denoiser(vocab, mask)
+  tokens = np.full((3, length), mask)
+  tokens[:, 0] = 1
+  tokens[1, 1] = 1
+  options = dict(block_length=3, temperature=0.0)
+  if method != "first_hitting":
+    options["steps"] = 9
+  if method == "fef":
+    options["window"] = 1
+  out = np.asarray(fj.sample(logits_fn, jnp.asarray(tokens), jax.random.key(0), method,
+                             mask_id=mask, **options).tokens)
+  for row in range(3):
+    prompt_len = int((tokens[row] != mask).sum())
+    generated = out[row, prompt_len:]
+    # Block b is decoded at steps 3b..3b+2, i.e. with prompt_len + 3b.. revealed tokens.
+    for b in range(0, len(generated), 3):
+      block = np.sort(generated[b:b + 3])
+      np.testing.assert_array_equal(block, prompt_len + np.arange(b, b + len(block)))
+
+
+def test_mask_inside_the_vocabulary_is_never_sampled():
+  vocab, mask = 6, 2
+  def logits_fn(tokens_NxL):
+    return jnp.zeros((*tokens_NxL.shape, vocab)).at[..., mask].set(20.0)
+  tokens = jnp.full((64, 5), mask, jnp.int32)
+  for method in fj.METHODS:
+    out = np.asarray(fj.sample(logits_fn, tokens, jax.random.key(0), method, mask_id=mask).tokens)
+    assert not np.any(out == mask), method
+
+
+def test_steps_set_the_number_of_calls():
+  hmm = _hmm()
+  tokens = jnp.full((3, 9), hmm.mask_id, jnp.int32)
+  for steps in (1, 3, 9):
+    result = fj.sample(hmm.logits_fn, tokens, jax.random.key(0), "confidence",
+                       mask_id=hmm.mask_id, steps=steps)
+    np.testing.assert_array_equal(result.stats.nfe, steps)
+    np.testing.assert_allclose(result.stats.tokens_per_call, 9 / steps)
+  first_hitting = fj.sample(hmm.logits_fn, tokens, jax.random.key(0), "first_hitting",
+                            mask_id=hmm.mask_id)
+  np.testing.assert_array_equal(first_hitting.stats.nfe, 9)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _sample(tokens=None, method="fef", logits_fn=None, **options):
+  hmm = _hmm()
+  tokens = jnp.full((2, 9), hmm.mask_id, jnp.int32) if tokens is None else tokens
+  return fj.sample(logits_fn or hmm.logits_fn, tokens, jax.random.key(0), method,
+                   mask_id=options.pop("mask_id", hmm.mask_id), **options)
+
+
+@pytest.mark.parametrize("tokens,error,match", [
+    (jnp.full((2, 9), 5.0), TypeError, "integer"),
+    (jnp.full((9,), 5, jnp.int32), ValueError, r"\[batch, length\]"),
+    (jnp.full((1, 2, 9), 5, jnp.int32), ValueError, r"\[batch, length\]"),
+    (jnp.zeros((0, 9), jnp.int32), ValueError, r"\[batch, length\]"),
+    (jnp.asarray([[5] * 8 + [7]]), ValueError, "outside the vocabulary"),
+    (jnp.asarray([[5] * 8 + [-1]]), ValueError, "outside the vocabulary"),
+    (jnp.asarray([[5] * 9, [0] * 9]), ValueError, r"rows \[1\] contain no mask_id"),
+])
+def test_bad_tokens_are_rejected_clearly(tokens, error, match):
+  with pytest.raises(error, match=match):
+    _sample(tokens)
+
+
+@pytest.mark.parametrize("options,error,match", [
+    (dict(method="beam"), ValueError, "unknown method 'beam'"),
+    (dict(window=0), ValueError, "window must be an integer >= 1"),
+    (dict(window=2.5), ValueError, "window"),
+    (dict(steps=0), ValueError, "steps must be a positive integer"),
+    (dict(block_length=-3), ValueError, "block_length"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_k=-1), ValueError, "top_k"),
+    (dict(top_k=99), ValueError, "top_k=99 exceeds the vocabulary size 5"),
+    (dict(order="backwards"), ValueError, "unknown order"),
+    (dict(mode="parallel"), ValueError, "unknown mode"),
+    (dict(select="smart"), ValueError, "unknown select rule"),
+    (dict(method="threshold", threshold=1.5), ValueError, "threshold"),
+    (dict(method="ancestral", schedule="zigzag"), ValueError, "zigzag"),
+    (dict(method="confidence", window=4), TypeError, "takes no option"),
+    (dict(method="fef", gamma=0.1), TypeError, r"valid options: \["),
+    (dict(mask_id=-1), ValueError, "mask_id"),
+])
+def test_bad_options_are_rejected_clearly(options, error, match):
+  with pytest.raises(error, match=match):
+    _sample(**options)
+
+
+def test_bad_denoisers_are_rejected_clearly():
+  with pytest.raises(ValueError, match=r"float\[N, L, V\]"):
+    _sample(logits_fn=lambda t: jnp.zeros((t.shape[0], 4)))
+  with pytest.raises(TypeError, match="floating"):
+    _sample(logits_fn=lambda t: jnp.zeros((*t.shape, 5), jnp.int32))
+  with pytest.raises(ValueError, match="logits_fn failed"):
+    _sample(logits_fn=lambda t: jnp.zeros((3,)) + jnp.zeros((4,)))
+  with pytest.raises(ValueError, match="no token besides the mask"):
+    _sample(logits_fn=lambda t: jnp.zeros((*t.shape, 1)), mask_id=0,
+            tokens=jnp.zeros((1, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("method", ["confidence", "fef"])
+def test_nan_logits_raise_and_name_the_rows(method):
+  hmm = _hmm()
+  def nan_for_row_with_prompt_4(tokens_NxL):
+    logits = hmm.logits_fn(tokens_NxL)
+    return jnp.where((tokens_NxL[:, :1, None] == 4), jnp.nan, logits)
+  tokens = np.full((3, 9), hmm.mask_id)
+  tokens[:, 0] = [0, 4, 1]
+  with pytest.raises(FloatingPointError, match=r"rows \[1\]"):
+    _sample(jnp.asarray(tokens), method=method, logits_fn=nan_for_row_with_prompt_4)
