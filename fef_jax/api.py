@@ -117,6 +117,6 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
                              f"of rows {rows}; the samples of those rows are not valid")
   if _is_concrete(result.tokens) and bool(jnp.any(result.tokens == config.mask_id)):
     rows = np.flatnonzero(np.any(np.asarray(result.tokens) == config.mask_id, axis=1))
-    raise RuntimeError(f"method={method!r} left masks in rows {rows[:10].tolist()} after "
-                       f"{tokens_BxL.shape[1]} steps: its plan committed nothing")
+    raise RuntimeError(f"method={method!r} left masks in rows {rows[:10].tolist()}: "
+                       f"its plan stopped committing tokens")
   return result

@@ -167,6 +167,12 @@ def test_steps_set_the_number_of_calls():
   first_hitting = fj.sample(hmm.logits_fn, tokens, jax.random.key(0), "first_hitting",
                             mask_id=hmm.mask_id)
   np.testing.assert_array_equal(first_hitting.stats.nfe, 9)
+  # Ancestral steps may reveal nothing; more steps than tokens still finish in budget.
+  ancestral = fj.sample(hmm.logits_fn, tokens, jax.random.key(0), "ancestral",
+                        mask_id=hmm.mask_id, steps=40)
+  assert np.all(np.asarray(ancestral.tokens) != hmm.mask_id)
+  assert np.all(np.asarray(ancestral.stats.nfe) <= 40)
+  assert np.any(np.asarray(ancestral.stats.nfe) > 9)
 
 
 # ---------------------------------------------------------------- bad input

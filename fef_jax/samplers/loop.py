@@ -201,10 +201,12 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
                    cur_block_B=jnp.full((batch,), -1, jnp.int32),
                    block_step_B=jnp.zeros((batch,), jnp.int32),
                    step_B=jnp.zeros((batch,), jnp.int32), stats=stats, bad_logits_B=bad_B)
-  # Every step commits at least one token per unfinished row, so L steps always
-  # suffice; the bound only guards against a plan that commits nothing.
+  # Every step commits at least one token per unfinished row, except ancestral
+  # steps, which may commit none but end each block within its step budget; the
+  # bound only guards against a plan that commits nothing.
+  max_steps = length + (config.steps or 0)
   final = jax.lax.while_loop(
-      lambda s: jnp.any(s.tokens_BxL == config.mask_id) & (jnp.max(s.step_B) < length),
+      lambda s: jnp.any(s.tokens_BxL == config.mask_id) & (jnp.max(s.step_B) < max_steps),
       body, init)
   stats = final.stats.replace(tokens=jnp.sum(masked_BxL, axis=1).astype(jnp.int32))
   return SampleResult(tokens=final.tokens_BxL, stats=stats), final.bad_logits_B

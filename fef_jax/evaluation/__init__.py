@@ -1,0 +1,1 @@
+"""Experiment logic that entry points and notebooks share."""
