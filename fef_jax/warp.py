@@ -22,7 +22,8 @@ def warp_log_probs(logits_xV: jax.Array, *, mask_id: int,
       is never sampled). Ids outside `[0, V)` are ignored here.
     temperature: softmax temperature; 0 means greedy (a point mass at the
       argmax, ties broken towards the lowest id).
-    top_k: keep the k most likely tokens (0 keeps all).
+    top_k: keep the k most likely tokens (0 keeps all); tokens tied with the
+      k-th largest logit are kept too.
     top_p: keep the smallest set of most likely tokens with mass >= top_p.
 
   Returns:

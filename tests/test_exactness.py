@@ -71,3 +71,34 @@ def test_one_step_ancestral_sampling_breaks_the_chain():
   result = _sample(chain, "ancestral", seed=15, steps=1)
   p_values = [p for *_, p in stats.pair_gof(np.asarray(result.tokens), chain, PAIRS[:3])]
   assert max(p_values) < 1e-12, p_values
+
+
+def _warped_left_to_right_joint(probs, temperature, top_k):
+  """prod_j warp(p(x_j | x_<j)) for every sequence, from the table by direct summation."""
+  vocab, length = probs.shape[0], probs.ndim
+  out = np.ones(probs.shape)
+  for state in np.ndindex(*probs.shape):
+    for j in range(length):
+      prefix = probs[state[:j]] if j else probs
+      conditional = prefix.reshape(vocab, -1).sum(axis=1)
+      conditional = conditional / conditional.sum()
+      logits = np.log(np.maximum(conditional, 1e-300)) / temperature
+      # Tokens tied with the k-th largest are kept, as in fef_jax.warp.
+      logits[logits < np.sort(logits)[-top_k] - 1e-9] = -np.inf
+      warped = np.exp(logits - logits.max())
+      out[state] *= (warped / warped.sum())[state[j]]
+  return out
+
+
+def test_fef_with_temperature_and_top_k_matches_the_warped_factorization():
+  # With a warp, the target of each factor is the warped conditional, so FeF
+  # must reproduce prod_j warp(p(x_j | x_<j)) in its order (left to right here).
+  table = phrase_table()
+  expected = _warped_left_to_right_joint(np.asarray(table.probs, np.float64), 0.7, 2)
+  result = _sample(table, "fef", seed=16, temperature=0.7, top_k=2, window=3, steps=1)
+  empirical = stats.empirical_distribution(np.asarray(result.tokens), table.vocab_size)
+  counts = np.round(empirical * NUM_SAMPLES).reshape(-1)
+  _, _, p_value = stats.chi_square_gof(counts, expected.reshape(-1))
+  assert p_value > ALPHA, p_value
+  _, _, p_unwarped = stats.chi_square_gof(counts, np.asarray(table.probs).reshape(-1))
+  assert p_unwarped < 1e-12  # the warp is visible: this is not the plain joint

@@ -1,11 +1,12 @@
-"""First-hitting sampling: one token per denoiser call, hence exact.
+"""First-hitting sampling: one token per denoiser call, exact.
 
 Each call reveals exactly one masked position of the current block, chosen by
 `select` (uniformly at random by default, which is the first-hitting sampler of
 masked diffusion; `position` gives left-to-right autoregressive decoding) and
-draws it from its marginal given everything revealed so far. The choice depends
-only on revealed tokens, so with an exact denoiser the output is an exact draw
-from the joint. It costs one sequential call per generated token: the
+draws it from its marginal given everything revealed so far. With `random`,
+`position` or `entropy` the choice depends only on revealed tokens, so with an
+exact denoiser the output is an exact draw from the joint (`confidence` scores
+the proposal's own value, which biases the choice). It costs one sequential call per generated token: the
 reference that faster samplers are measured against.
 """
 from __future__ import annotations
