@@ -21,10 +21,32 @@ def _check_batch_size(batch_size) -> None:
         f"batch_size must be a positive Python int, got {batch_size!r}.")
 
 
-def _check_eps(eps) -> None:
+def check_eps(eps) -> None:
+  """ValueError unless `eps` is a real number in (0, 1)."""
   if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
       or not 0.0 < eps < 1.0):
     raise ValueError(f"eps must be a number in (0, 1), got {eps!r}.")
+
+
+def check_times_and_maskable(x0_BxL: jax.Array, t_B: jax.Array,
+                             maskable_BxL: jax.Array | None) -> jax.Array | None:
+  """Checks one time per row and a bool `maskable` shaped like `x0`; returns it as an array.
+
+  Raises:
+    ValueError: `t_B` not of shape (B,), or `maskable_BxL` not bool[B, L].
+  """
+  if t_B.shape != x0_BxL.shape[:1]:
+    raise ValueError(f"t_B has shape {t_B.shape}, expected "
+                     f"{x0_BxL.shape[:1]} (one time per row of x0_BxL with "
+                     f"shape {x0_BxL.shape}).")
+  if maskable_BxL is None:
+    return None
+  maskable_BxL = jnp.asarray(maskable_BxL)
+  if maskable_BxL.shape != x0_BxL.shape or maskable_BxL.dtype != jnp.bool_:
+    raise ValueError("maskable_BxL must be a bool array shaped like x0_BxL "
+                     f"{x0_BxL.shape}, got shape {maskable_BxL.shape} and "
+                     f"dtype {maskable_BxL.dtype}.")
+  return maskable_BxL
 
 
 def low_discrepancy_uniform(key: jax.Array, batch_size: int, *,
@@ -73,7 +95,7 @@ def sample_times(key: jax.Array, batch_size: int, *, eps: float = 1e-3,
   Raises:
     ValueError: if `batch_size` is not a positive int or `eps` not in (0, 1).
   """
-  _check_eps(eps)
+  check_eps(eps)
   u_B = low_discrepancy_uniform(key, batch_size, antithetic=antithetic)
   return eps + (1.0 - eps) * u_B
 
@@ -109,21 +131,12 @@ def q_sample(key: jax.Array, x0_BxL: jax.Array, t_B: jax.Array,
   if x0_BxL.ndim != 2 or not jnp.issubdtype(x0_BxL.dtype, jnp.integer):
     raise ValueError("x0_BxL must be a 2-D integer array, got shape "
                      f"{x0_BxL.shape} and dtype {x0_BxL.dtype}.")
-  if t_B.shape != x0_BxL.shape[:1]:
-    raise ValueError(f"t_B has shape {t_B.shape}, expected "
-                     f"{x0_BxL.shape[:1]} (one time per row of x0_BxL with "
-                     f"shape {x0_BxL.shape}).")
   if (isinstance(mask_id, bool) or not isinstance(mask_id, numbers.Integral)
       or not 0 <= mask_id <= jnp.iinfo(x0_BxL.dtype).max):
     raise ValueError(f"mask_id must be a Python int in [0, "
                      f"{jnp.iinfo(x0_BxL.dtype).max}] (the range of "
                      f"{x0_BxL.dtype}), got {mask_id!r}.")
-  if maskable_BxL is not None:
-    maskable_BxL = jnp.asarray(maskable_BxL)
-    if maskable_BxL.shape != x0_BxL.shape or maskable_BxL.dtype != jnp.bool_:
-      raise ValueError("maskable_BxL must be a bool array shaped like x0_BxL "
-                       f"{x0_BxL.shape}, got shape {maskable_BxL.shape} and "
-                       f"dtype {maskable_BxL.dtype}.")
+  maskable_BxL = check_times_and_maskable(x0_BxL, t_B, maskable_BxL)
   masked_BxL = jax.random.bernoulli(key, schedule.mask_prob(t_B)[:, None],
                                     x0_BxL.shape)
   if maskable_BxL is not None:

@@ -47,12 +47,6 @@ def _check_mask_id(mask_id) -> None:
                      f"{mask_id!r}.")
 
 
-def _check_eps(eps) -> None:
-  if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
-      or not 0.0 < eps < 1.0):
-    raise ValueError(f"eps must be a number in (0, 1), got {eps!r}.")
-
-
 def _check_num_steps(num_steps) -> None:
   if (isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral)
       or num_steps <= 0):
@@ -108,16 +102,7 @@ def _nll_per_token(logits_BxLxV, x0_BxL, xt_BxL, t_B, mask_id,
   None; at least 1). Validates `t_B` (shape (B,)) and `maskable_BxL` (bool,
   shaped like `x0_BxL`); `masked_cross_entropy` validates the rest.
   """
-  if t_B.shape != x0_BxL.shape[:1]:
-    raise ValueError(f"t_B has shape {t_B.shape}, expected "
-                     f"{x0_BxL.shape[:1]} (one time per row of x0_BxL with "
-                     f"shape {x0_BxL.shape}).")
-  if maskable_BxL is not None:
-    maskable_BxL = jnp.asarray(maskable_BxL)
-    if maskable_BxL.shape != x0_BxL.shape or maskable_BxL.dtype != jnp.bool_:
-      raise ValueError("maskable_BxL must be a bool array shaped like x0_BxL "
-                       f"{x0_BxL.shape}, got shape {maskable_BxL.shape} and "
-                       f"dtype {maskable_BxL.dtype}.")
+  maskable_BxL = forward.check_times_and_maskable(x0_BxL, t_B, maskable_BxL)
   ce_BxL = masked_cross_entropy(logits_BxLxV, x0_BxL, xt_BxL, mask_id)
   if maskable_BxL is None:
     return ce_BxL.sum(axis=-1) / x0_BxL.shape[1]
@@ -161,7 +146,7 @@ def continuous_elbo(logits_BxLxV: jax.Array, x0_BxL: jax.Array,
     ValueError: for mismatching shapes, a bad `mask_id`, or `eps` not in
       (0, 1).
   """
-  _check_eps(eps)
+  forward.check_eps(eps)
   t_B = _as_float32_or_wider(jnp.asarray(t_B))
   nll_B = _nll_per_token(logits_BxLxV, x0_BxL, xt_BxL, t_B, mask_id,
                          maskable_BxL)
