@@ -1,0 +1,32 @@
+"""Tiny CPU default: a small transformer learns the Permutation task in a few minutes.
+
+Permutation answers are any ordering of the prompt's symbols: a one-step parallel
+sample repeats symbols, an exact joint sample does not.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128
+  config.eval_batch_size = 512
+  config.log_every = 50
+  config.eval_every = 200
+  config.data = ml_collections.ConfigDict(dict(
+      kind="task", task="permutation", task_kwargs=dict(alphabet_size=8, length=5),
+      num_examples=50_000, num_eval_examples=1024))
+  config.model = ml_collections.ConfigDict(dict(
+      d_model=64, num_layers=3, num_heads=4, mlp_dim=192, time_conditioning=False,
+      tie_embeddings=True, remat=False))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=2e-3, warmup_steps=100, total_steps=800, weight_decay=0.01,
+      grad_clip=1.0, grad_accum_steps=1))
+  config.loss = ml_collections.ConfigDict(dict(
+      schedule="linear", eps=1e-3, prefix_fraction=0.25, ema_decay=0.99))
+  config.checkpoint = ml_collections.ConfigDict(dict(every=200, max_to_keep=2))
+  config.sample = ml_collections.ConfigDict(dict(
+      num_prompts=512,
+      samplers=("ancestral:steps=1", "confidence:steps=1", "confidence:steps=5",
+                "first_hitting", "fef:steps=1,window=5")))
+  return config

@@ -1,0 +1,1 @@
+"""Training: masks, optimizer, train/eval steps, checkpoints."""

@@ -1,0 +1,114 @@
+"""The training loop behind `python -m experiments.train`, importable from notebooks.
+
+Builds data, model, optimizer and state from a config; resumes from the latest
+checkpoint in `workdir` (bit-identically: the state, PRNG key and data position
+are all restored); trains with a progress bar showing loss and tokens/s; logs
+metrics as JSON lines; evaluates and checkpoints periodically.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fef_jax.data import pipeline
+from fef_jax.models import transformer
+from fef_jax.train import checkpoint
+from fef_jax.train import data_source
+from fef_jax.train import optim
+from fef_jax.train import step as train_lib
+
+
+def model_config(config: ml_collections.ConfigDict, source: data_source.DataSource,
+                 length: int) -> transformer.TransformerConfig:
+  """The transformer config for this data (vocabulary and mask id come from the data)."""
+  return transformer.TransformerConfig(vocab_size=source.vocab_size, mask_id=source.mask_id,
+                                       max_length=length, **dict(config.model))
+
+
+def fingerprint(source: data_source.DataSource, model: transformer.TransformerConfig) -> str:
+  """What a checkpoint must agree on to be resumed: model shape and data vocabulary."""
+  return f"model={model!r};data={source.fingerprint}"
+
+
+def _apply_fn(model: transformer.Transformer):
+  def apply(params, tokens_BxL, valid_BxL, t_B):
+    return model.apply({"params": params}, tokens_BxL, valid_BxL, t_B)
+  return apply
+
+
+def setup(config: ml_collections.ConfigDict):
+  """Data, model, optimizer, loss config and a fresh state, all from `config`."""
+  source = data_source.build(config.data, config.seed)
+  length = source.arrays["tokens"].shape[1]
+  model_cfg = model_config(config, source, length)
+  model = transformer.Transformer(model_cfg)
+  init_key, state_key = jax.random.split(jax.random.key(config.seed))
+  params = transformer.init_params(model_cfg, init_key)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
+  loss_cfg = train_lib.LossConfig(mask_id=source.mask_id, **dict(config.loss))
+  state = train_lib.create_train_state(params, optimizer, state_key)
+  return source, model, optimizer, loss_cfg, state
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True
+          ) -> dict[str, Any]:
+  """Trains (or resumes) until `config.optimizer.total_steps`; returns the final metrics.
+
+  Writes `workdir/metrics.jsonl` (one JSON object per logged step) and
+  checkpoints in `workdir/checkpoints`.
+
+  Raises:
+    checkpoint.CheckpointMismatchError: `workdir` holds a checkpoint of another
+      configuration (model shape or vocabulary).
+  """
+  from tqdm.auto import tqdm
+  os.makedirs(workdir, exist_ok=True)
+  source, model, optimizer, loss_cfg, state = setup(config)
+  apply_fn = _apply_fn(model)
+  iterator = pipeline.BatchIterator(source.arrays, config.batch_size, config.seed)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.checkpoint.max_to_keep)
+  run_fingerprint = fingerprint(source, model.config)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract(state), run_fingerprint)
+  if restored is not None:
+    state, data_state = restored
+    iterator.restore(data_state)
+  step_fn = jax.jit(functools.partial(train_lib.train_step, apply_fn=apply_fn,
+                                      optimizer=optimizer, config=loss_cfg), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(train_lib.eval_step, apply_fn=apply_fn, config=loss_cfg))
+  eval_batch = {k: v[:config.eval_batch_size] for k, v in source.eval_arrays.items()}
+  total = config.optimizer.total_steps
+  tokens_per_step = config.batch_size * source.arrays["tokens"].shape[1]
+  metrics: dict[str, Any] = {}
+  bar = tqdm(total=total, initial=int(state.step), disable=not progress, desc="train")
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
+    last_time = time.perf_counter()
+    while int(state.step) < total:
+      state, step_metrics = step_fn(state, next(iterator))
+      step = int(state.step)
+      bar.update(1)
+      if step % config.log_every == 0 or step == total:
+        now = time.perf_counter()
+        elapsed, last_time = now - last_time, now
+        metrics = {k: float(v) for k, v in step_metrics.items()}
+        metrics.update(step=step, tokens_per_second=tokens_per_step * config.log_every / elapsed)
+        if step % config.eval_every == 0 or step == total:
+          eval_metrics = eval_fn(state.ema_params, eval_batch, jax.random.key(config.seed))
+          metrics.update({f"eval_{k}": float(v) for k, v in eval_metrics.items()})
+        log.write(json.dumps(metrics) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                        tok_s=f"{metrics['tokens_per_second']:.0f}")
+      if step % config.checkpoint.every == 0 or step == total:
+        checkpoint.save(manager, step, state, iterator.state(), run_fingerprint)
+  bar.close()
+  manager.wait_until_finished()
+  return {"state": state, "metrics": metrics, "source": source, "model": model}

@@ -1,0 +1,127 @@
+"""Train state, the jitted train step and the evaluation step.
+
+The model enters as `apply_fn(params, tokens_BxL, valid_BxL, t_B) -> logits_BxLxV`
+(float32 logits); batches are dicts with `tokens` int32[B, L] and optionally
+`valid` (not padding) and `maskable` (positions that may be masked: the answer
+in prompt-conditioned training) bool[B, L].
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from fef_jax import losses
+from fef_jax import schedules
+from fef_jax.train import masking
+
+ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """What the loss needs (static under jit).
+
+  Attributes:
+    mask_id: the mask token.
+    schedule: masking schedule name (`fef_jax.schedules.get_schedule`).
+    eps: smallest time of the ELBO integral.
+    prefix_fraction: share of rows trained on prefix-revealed masks
+      (`fef_jax.train.masking`).
+    ema_decay: decay of the parameter EMA (0 disables the update).
+  """
+  mask_id: int
+  schedule: str = "linear"
+  eps: float = 1e-3
+  prefix_fraction: float = 0.0
+  ema_decay: float = 0.999
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. `key` is raw uint32 key data, so it checkpoints as an array."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  key: jax.Array
+
+
+def create_train_state(params: Any, optimizer: optax.GradientTransformation,
+                       key: jax.Array) -> TrainState:
+  """A fresh state: step 0, optimizer initialized, EMA equal to the parameters."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    # A copy, so that a donating train step never sees one buffer twice.
+                    ema_params=jax.tree.map(jnp.copy, params),
+                    key=jax.random.key_data(key))
+
+
+def _valid_and_maskable(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  tokens = batch["tokens"]
+  valid = batch.get("valid", jnp.ones(tokens.shape, bool))
+  maskable = batch.get("maskable", jnp.ones(tokens.shape, bool)) & valid
+  return valid, maskable
+
+
+def loss_fn(params: Any, apply_fn: ApplyFn, batch: dict[str, jax.Array], key: jax.Array,
+            config: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean training loss and metrics of one batch.
+
+  Uniform-mask rows contribute the continuous-time ELBO (nats per maskable
+  token); prefix-revealed rows the mean cross-entropy over their masked positions.
+  """
+  schedule = schedules.get_schedule(config.schedule)
+  x0_BxL = batch["tokens"]
+  valid_BxL, maskable_BxL = _valid_and_maskable(batch)
+  xt_BxL, t_B, is_prefix_B = masking.training_mask(
+      key, x0_BxL, schedule, config.mask_id, prefix_fraction=config.prefix_fraction,
+      eps=config.eps, maskable_BxL=maskable_BxL)
+  logits_BxLxV = apply_fn(params, xt_BxL, valid_BxL, t_B)
+  elbo_B = losses.continuous_elbo(logits_BxLxV, x0_BxL, xt_BxL, t_B, schedule,
+                                  config.mask_id, eps=config.eps, maskable_BxL=maskable_BxL)
+  ce_BxL = losses.masked_cross_entropy(logits_BxLxV, x0_BxL, xt_BxL, config.mask_id)
+  num_masked_B = jnp.sum(xt_BxL == config.mask_id, axis=1)
+  prefix_ce_B = jnp.sum(ce_BxL, axis=1) / jnp.maximum(num_masked_B, 1)
+  loss_B = jnp.where(is_prefix_B, prefix_ce_B, elbo_B)
+  uniform_B = (~is_prefix_B).astype(jnp.float32)
+  metrics = {
+      "loss": jnp.mean(loss_B),
+      "elbo_bits": losses.nats_to_bits(
+          jnp.sum(elbo_B * uniform_B) / jnp.maximum(jnp.sum(uniform_B), 1.0)),
+      "masked_fraction": jnp.sum(num_masked_B) / jnp.maximum(jnp.sum(maskable_BxL), 1),
+  }
+  return metrics["loss"], metrics
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: ApplyFn,
+               optimizer: optax.GradientTransformation,
+               config: LossConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update (one micro-batch when accumulating). Pure; jit it with
+  `apply_fn`, `optimizer` and `config` bound (e.g. `functools.partial`)."""
+  key, step_key = jax.random.split(jax.random.wrap_key_data(state.key))
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, apply_fn, batch, step_key, config)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = jax.tree.map(
+      lambda e, p: config.ema_decay * e + (1.0 - config.ema_decay) * p,
+      state.ema_params, params)
+  metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema_params, key=jax.random.key_data(key))
+  return new_state, metrics
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], key: jax.Array, *,
+              apply_fn: ApplyFn, config: LossConfig) -> dict[str, jax.Array]:
+  """ELBO on uniform masks: bits per token and the perplexity bound (fixed `key` for
+  comparable evaluations)."""
+  uniform = dataclasses.replace(config, prefix_fraction=0.0)
+  _, metrics = loss_fn(params, apply_fn, batch, key, uniform)
+  nats = metrics["elbo_bits"] * jnp.log(2.0)
+  return {"elbo_bits": metrics["elbo_bits"], "perplexity_bound": losses.perplexity_bound(nats)}

@@ -1,0 +1,128 @@
+"""Training parts that do not need the transformer: masks, optimizer, steps, checkpoints."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fef_jax import schedules
+from fef_jax.train import checkpoint
+from fef_jax.train import masking
+from fef_jax.train import optim
+from fef_jax.train import step as train_lib
+
+V, L, MASK = 5, 8, 5
+
+
+def test_prefix_revealed_masks_reveal_the_leftmost_masked_positions():
+  x0 = jax.random.randint(jax.random.key(0), (4000, L), 0, V)
+  xt = jnp.where(jax.random.bernoulli(jax.random.key(1), 0.6, x0.shape), MASK, x0)
+  out = np.asarray(masking.reveal_masked_prefix(jax.random.key(2), xt, x0, MASK))
+  xt, x0 = np.asarray(xt), np.asarray(x0)
+  revealed_counts = []
+  for row in range(xt.shape[0]):
+    masked = np.flatnonzero(xt[row] == MASK)
+    still = np.flatnonzero(out[row] == MASK)
+    if masked.size == 0:
+      np.testing.assert_array_equal(out[row], xt[row])
+      continue
+    assert still.size >= 1
+    # What stays masked is a suffix of the masked positions; the rest shows x0.
+    np.testing.assert_array_equal(still, masked[masked.size - still.size:])
+    shown = masked[:masked.size - still.size]
+    np.testing.assert_array_equal(out[row, shown], x0[row, shown])
+    if masked.size == 5:
+      revealed_counts.append(shown.size)
+  # c ~ Uniform{0..4} for rows with 5 masks: each value ~20% (5 binomial std. errors).
+  freq = np.bincount(revealed_counts, minlength=5) / len(revealed_counts)
+  assert np.all(np.abs(freq - 0.2) < 5 * np.sqrt(0.16 / len(revealed_counts)))
+
+
+def test_training_mask_without_prefix_rows_is_the_forward_process():
+  x0 = jnp.zeros((6, L), jnp.int32)
+  xt, t, is_prefix = masking.training_mask(jax.random.key(0), x0, schedules.linear(), MASK,
+                                           prefix_fraction=0.0)
+  assert not np.any(np.asarray(is_prefix)) and t.shape == (6,)
+  assert set(np.unique(np.asarray(xt))) <= {0, MASK}
+
+
+def test_learning_rate_warms_up_then_decays_to_the_final_fraction():
+  cfg = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=10, total_steps=100,
+                              final_lr_fraction=0.1)
+  lr = optim.learning_rate_schedule(cfg)
+  np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(100)], [0, 5e-4, 1e-3, 1e-4], rtol=1e-5)
+  with pytest.raises(ValueError, match="warmup_steps"):
+    optim.OptimizerConfig(warmup_steps=200, total_steps=100)
+
+
+def _toy_apply(params, tokens_BxL, valid_BxL, t_B):
+  """A per-position unigram 'model': logits[b, i] = table[i] (ignores the input)."""
+  del valid_BxL, t_B
+  return jnp.broadcast_to(params["table"], (*tokens_BxL.shape, V))
+
+
+def _toy_setup(seed=0):
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(learning_rate=0.1, warmup_steps=0,
+                                                         total_steps=50, weight_decay=0.0))
+  state = train_lib.create_train_state({"table": jnp.zeros((L, V))}, optimizer,
+                                       jax.random.key(seed))
+  config = train_lib.LossConfig(mask_id=MASK, prefix_fraction=0.3, ema_decay=0.9)
+  step = jax.jit(functools.partial(train_lib.train_step, apply_fn=_toy_apply,
+                                   optimizer=optimizer, config=config))
+  return state, step, config
+
+
+def _batches(n, seed=0):
+  rng = np.random.default_rng(seed)
+  for _ in range(n):
+    tokens = np.where(rng.random((32, L)) < 0.9, np.arange(L) % V, 0).astype(np.int32)
+    yield {"tokens": jnp.asarray(tokens)}
+
+
+def test_train_step_learns_the_unigram_distribution_and_tracks_an_ema():
+  state, step, config = _toy_setup()
+  first = None
+  for batch in _batches(50):
+    state, metrics = step(state, batch)
+    first = first if first is not None else float(metrics["loss"])
+  assert float(metrics["loss"]) < 0.5 * first
+  predicted = np.asarray(state.params["table"]).argmax(-1)
+  np.testing.assert_array_equal(predicted, np.arange(L) % V)
+  assert int(state.step) == 50
+  gap = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.ema_params, state.params)
+  assert 0 < gap["table"] < float(jnp.max(jnp.abs(state.params["table"])))
+  evaluated = train_lib.eval_step(state.params, next(_batches(1)), jax.random.key(0),
+                                  apply_fn=_toy_apply, config=config)
+  assert float(evaluated["elbo_bits"]) < np.log2(V)
+
+
+def test_checkpoint_resume_continues_bit_identically(tmp_path):
+  state, step, _ = _toy_setup()
+  batches = list(_batches(20))
+  manager = checkpoint.make_manager(str(tmp_path), max_to_keep=2)
+  uninterrupted = state
+  for i, batch in enumerate(batches):
+    uninterrupted, _ = step(uninterrupted, batch)
+    if i == 9:
+      checkpoint.save(manager, 10, uninterrupted, {"position": 10}, "toy")
+  manager.wait_until_finished()
+  fresh, _, _ = _toy_setup(seed=1)  # a different starting point: everything must come back
+  restored, data_state = checkpoint.restore_latest(
+      checkpoint.make_manager(str(tmp_path)), checkpoint.abstract(fresh), "toy")
+  assert data_state == {"position": 10} and int(restored.step) == 10
+  for batch in batches[data_state["position"]:]:
+    restored, _ = step(restored, batch)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(uninterrupted)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_another_configuration_is_rejected_clearly(tmp_path):
+  state, _, _ = _toy_setup()
+  manager = checkpoint.make_manager(str(tmp_path))
+  checkpoint.save(manager, 1, state, {}, "model=A")
+  manager.wait_until_finished()
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="another configuration"):
+    checkpoint.restore_latest(manager, checkpoint.abstract(state), "model=B")
+  assert checkpoint.restore_latest(
+      checkpoint.make_manager(str(tmp_path / "empty")), checkpoint.abstract(state), "x") is None

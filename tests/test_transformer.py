@@ -1,0 +1,258 @@
+"""Tests for fef_jax.models.transformer: the bidirectional transformer denoiser."""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fef_jax as fj
+from fef_jax import models
+
+VOCAB = 11
+MASK_ID = VOCAB  # appended mask row
+LENGTH = 16
+BATCH = 3
+CONFIG = models.TransformerConfig(vocab_size=VOCAB, mask_id=MASK_ID, max_length=LENGTH,
+                                  d_model=32, num_layers=2, num_heads=4, mlp_dim=64)
+TIMED = dataclasses.replace(CONFIG, time_conditioning=True)
+
+
+def _params(config, seed=0):
+  return models.init_params(config, jax.random.key(seed))
+
+
+def _tokens(seed, batch=BATCH, length=LENGTH, mask_fraction=0.3):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, VOCAB, (batch, length))
+  tokens[rng.random((batch, length)) < mask_fraction] = MASK_ID
+  return jnp.asarray(tokens, jnp.int32)
+
+
+def _apply(config, params, tokens, valid=None, t=None):
+  return models.Transformer(config).apply({"params": params}, tokens, valid, t)
+
+
+_apply_jit = jax.jit(_apply, static_argnums=0)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return _params(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def timed_params():
+  return _params(TIMED)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_shapes_and_dtypes(dtype, params):
+  config = dataclasses.replace(CONFIG, dtype=dtype)
+  own = jax.eval_shape(functools.partial(models.init_params, config), jax.random.key(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(own))
+  tokens = _tokens(0)
+  logits = _apply_jit(config, params, tokens)
+  assert logits.shape == (BATCH, LENGTH, VOCAB) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+  reference = _apply_jit(CONFIG, params, tokens)
+  if dtype == jnp.bfloat16:  # really computed in bf16: close, but not equal
+    assert not np.array_equal(logits, reference)
+    np.testing.assert_allclose(logits, reference, atol=0.05 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("tie,time,mask_id", [(True, False, VOCAB), (False, False, VOCAB),
+                                              (True, True, VOCAB), (False, True, 0)])
+def test_num_params_counts_the_initialized_tree(tie, time, mask_id):
+  config = dataclasses.replace(CONFIG, tie_embeddings=tie, time_conditioning=time,
+                               mask_id=mask_id)
+  tree = jax.eval_shape(functools.partial(models.init_params, config), jax.random.key(0))
+  assert models.num_params(config) == _count(tree)
+  assert tree["embed"]["embedding"].shape[0] == VOCAB + (mask_id == VOCAB)
+  assert ("unembed" in tree) == (not tie)
+  assert ("time" in tree) == time
+
+
+def test_flops_per_token_matches_xla_forward_count():
+  config = models.TransformerConfig(vocab_size=256, mask_id=256, max_length=64,
+                                    d_model=128, num_layers=2, num_heads=4, mlp_dim=512)
+  batch, length = 2, 64
+  params = jax.eval_shape(functools.partial(models.init_params, config),
+                          jax.random.key(0))
+  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+  compiled = jax.jit(_apply, static_argnums=0).lower(config, params, tokens).compile()
+  cost = compiled.cost_analysis()
+  xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+  estimate = models.flops_per_token(config, length) / 3 * batch * length
+  assert abs(xla_flops - estimate) / estimate < 0.05, (xla_flops, estimate)
+  with pytest.raises(ValueError, match="length"):
+    models.flops_per_token(config, 0)
+
+
+def test_attention_is_bidirectional(params):
+  tokens = _tokens(1)
+  changed = tokens.at[:, -1].set((tokens[:, -1] + 1) % VOCAB)
+  diff = np.abs(_apply_jit(CONFIG, params, tokens) - _apply_jit(CONFIG, params, changed))
+  assert np.all(diff[:, :-1].max(axis=-1) > 1e-6)  # every earlier position sees it
+
+
+def test_padding_keys_are_never_attended(params):
+  k = 5
+  tokens = _tokens(2)
+  valid = jnp.ones((BATCH, LENGTH), bool).at[:, -k:].set(False).at[2].set(False)
+  other = tokens.at[:, -k:].set(jnp.asarray(np.random.default_rng(3).integers(
+      0, VOCAB + 1, (BATCH, k)), jnp.int32))
+  assert not np.array_equal(tokens, other)
+  logits = _apply_jit(CONFIG, params, tokens, valid)
+  logits_other = _apply_jit(CONFIG, params, other, valid)
+  assert np.all(np.isfinite(logits)) and np.all(np.isfinite(logits_other))
+  np.testing.assert_allclose(logits[:2, :-k], logits_other[:2, :-k], rtol=0, atol=1e-6)
+  # The mask matters: without it the valid positions do see the changed tokens.
+  unmasked = np.abs(_apply_jit(CONFIG, params, tokens) - _apply_jit(CONFIG, params, other))
+  assert unmasked[:2, :-k].max() > 1e-4
+
+
+def _rope_reference(x_K, position, theta):
+  """Rotates feature pair (i, i + K/2) by position * theta^(-2i/K) with 2x2 matrices."""
+  half = x_K.shape[0] // 2
+  out = np.empty_like(x_K, dtype=np.float64)
+  for i in range(half):
+    angle = position * theta ** (-2.0 * i / x_K.shape[0])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    out[i], out[i + half] = rotation @ np.array([x_K[i], x_K[i + half]], np.float64)
+  return out
+
+
+def test_rope_matches_reference_and_is_relative():
+  theta, head_dim = 10000.0, 8
+  rng = np.random.default_rng(4)
+  x_1xLx2xK = rng.normal(size=(1, 7, 2, head_dim)).astype(np.float32)
+  positions = np.array([0, 1, 2, 5, 17, 100, 1023])
+  rotated = np.asarray(models.rope(jnp.asarray(x_1xLx2xK), jnp.asarray(positions), theta))
+  for l, position in enumerate(positions):
+    for h in range(2):
+      np.testing.assert_allclose(rotated[0, l, h],
+                                 _rope_reference(x_1xLx2xK[0, l, h], position, theta),
+                                 rtol=0, atol=2e-5)
+
+  q, k = rng.normal(size=(2, 1, 1, 1, head_dim)).astype(np.float32)
+
+  def score(m, n):
+    rq = models.rope(jnp.asarray(q), jnp.asarray([m]), theta)
+    rk = models.rope(jnp.asarray(k), jnp.asarray([n]), theta)
+    return float(jnp.sum(rq * rk))
+
+  for m, n in [(3, 0), (0, 5), (7, 7)]:
+    scores = [score(m + s, n + s) for s in (0, 1, 13, 200)]
+    np.testing.assert_allclose(scores, scores[0], rtol=0, atol=1e-4)
+  assert abs(score(3, 0) - score(0, 3)) > 1e-3  # not merely constant
+
+
+def test_rows_are_independent(params):
+  tokens = _tokens(5)
+  batched = _apply_jit(CONFIG, params, tokens)
+  for b in range(BATCH):
+    np.testing.assert_allclose(batched[b], _apply_jit(CONFIG, params, tokens[b:b + 1])[0],
+                               rtol=0, atol=1e-5)
+  changed = _apply_jit(CONFIG, params, tokens.at[1:].set(MASK_ID))
+  np.testing.assert_allclose(changed[0], batched[0], rtol=0, atol=1e-6)
+
+
+def test_jit_matches_eager(params):
+  tokens = _tokens(6)
+  valid = jnp.arange(LENGTH)[None, :] < jnp.array([[LENGTH], [10], [3]])
+  np.testing.assert_allclose(_apply(CONFIG, params, tokens, valid),
+                             _apply_jit(CONFIG, params, tokens, valid), rtol=1e-5, atol=1e-5)
+
+
+def test_remat_same_outputs_and_gradients(params):
+  # One block (the first of `params`) keeps the two gradient compilations cheap.
+  config = dataclasses.replace(CONFIG, num_layers=1)
+  params = {name: p for name, p in params.items() if name != "block_1"}
+  tokens = _tokens(7)
+
+  def loss(params, config):
+    return jnp.mean(jax.nn.log_softmax(_apply(config, params, tokens))[..., 0])
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  value, grads = value_and_grad(params, config)
+  value_r, grads_r = value_and_grad(params, dataclasses.replace(config, remat=True))
+  np.testing.assert_allclose(value_r, value, rtol=1e-6)
+  assert jax.tree.structure(grads_r) == jax.tree.structure(grads)
+  assert _count(grads) == models.num_params(config)
+  for g_r, g in zip(jax.tree.leaves(grads_r), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-7)
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+
+
+def test_time_conditioning(params, timed_params):
+  tokens = _tokens(8)
+  early = _apply_jit(TIMED, timed_params, tokens, None, jnp.full((BATCH,), 0.1))
+  late = _apply_jit(TIMED, timed_params, tokens, None, jnp.full((BATCH,), 0.9))
+  assert np.abs(early - late).max() > 1e-3
+  with pytest.raises(ValueError, match="t_B"):
+    _apply(TIMED, timed_params, tokens)
+  # Disabled: no time parameters, and t_B is ignored.
+  assert "time" not in params
+  np.testing.assert_array_equal(_apply_jit(CONFIG, params, tokens, None, jnp.ones(BATCH)),
+                                _apply_jit(CONFIG, params, tokens))
+
+
+def test_bad_inputs_raise(params):
+  with pytest.raises(ValueError, match="max_length"):
+    _apply(CONFIG, params, jnp.zeros((1, LENGTH + 1), jnp.int32))
+  with pytest.raises(ValueError, match="valid_BxL"):
+    _apply(CONFIG, params, _tokens(0), jnp.ones((BATCH, LENGTH), jnp.int32))
+  with pytest.raises(ValueError, match="integer"):
+    _apply(CONFIG, params, jnp.zeros((1, LENGTH)))
+
+
+@pytest.mark.parametrize("method,options", [("fef", {"window": 2}),
+                                            ("confidence", {"steps": 5})])
+def test_denoiser_samples_end_to_end(method, options, params):
+  prompt_length = 6
+  tokens = _tokens(9, batch=2, mask_fraction=0.0).at[:, prompt_length:].set(MASK_ID)
+  logits_fn = models.Denoiser(models.Transformer(CONFIG), params)
+  hash(logits_fn)
+  result = fj.sample(logits_fn, tokens, jax.random.key(0), method, mask_id=MASK_ID,
+                     **options)
+  out = np.asarray(result.tokens)
+  assert out.shape == tokens.shape
+  assert np.all((out >= 0) & (out < VOCAB))
+  np.testing.assert_array_equal(out[:, :prompt_length], tokens[:, :prompt_length])
+  assert np.all(np.asarray(result.stats.tokens) == LENGTH - prompt_length)
+
+
+def test_denoiser_with_padding_and_time(timed_params):
+  pad_id = 0
+  logits_fn = models.Denoiser(models.Transformer(TIMED), timed_params,
+                              valid_fn=lambda x: x != pad_id)
+  tokens = _tokens(10).at[:, -4:].set(pad_id)
+  valid = tokens != pad_id
+  t = jnp.sum((tokens == MASK_ID) & valid, axis=1) / jnp.sum(valid, axis=1)
+  np.testing.assert_allclose(logits_fn(tokens), _apply(TIMED, timed_params, tokens, valid, t),
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("vocab_size", 0, "vocab_size"),
+    ("mask_id", VOCAB + 1, "mask_id"),
+    ("mask_id", -1, "mask_id"),
+    ("max_length", True, "max_length"),
+    ("d_model", 30, "d_model"),
+    ("d_model", 36, "head dim"),
+    ("num_layers", 0, "num_layers"),
+    ("num_heads", -4, "num_heads"),
+    ("mlp_dim", 2.5, "mlp_dim"),
+    ("rope_theta", 0.0, "rope_theta"),
+    ("dtype", jnp.int32, "dtype"),
+])
+def test_bad_config_raises(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(CONFIG, **{field: value})
+
