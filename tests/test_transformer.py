@@ -19,14 +19,14 @@ CONFIG = models.TransformerConfig(vocab_size=VOCAB, mask_id=MASK_ID, max_length=
 TIMED = dataclasses.replace(CONFIG, time_conditioning=True)
 
 
-def _params(config, seed=0):
-  return models.init_params(config, jax.random.key(seed))
+def _params(config):
+  return models.init_params(config, jax.random.key(0))
 
 
-def _tokens(seed, batch=BATCH, length=LENGTH, mask_fraction=0.3):
+def _tokens(seed, batch=BATCH, mask_fraction=0.3):
   rng = np.random.default_rng(seed)
-  tokens = rng.integers(0, VOCAB, (batch, length))
-  tokens[rng.random((batch, length)) < mask_fraction] = MASK_ID
+  tokens = rng.integers(0, VOCAB, (batch, LENGTH))
+  tokens[rng.random((batch, LENGTH)) < mask_fraction] = MASK_ID
   return jnp.asarray(tokens, jnp.int32)
 
 
@@ -79,9 +79,10 @@ def test_num_params_counts_the_initialized_tree(tie, time, mask_id):
 
 
 def test_flops_per_token_matches_xla_forward_count():
-  config = models.TransformerConfig(vocab_size=256, mask_id=256, max_length=64,
+  # Large enough that matmuls dominate, long enough that attention is ~10% of it.
+  config = models.TransformerConfig(vocab_size=256, mask_id=256, max_length=128,
                                     d_model=128, num_layers=2, num_heads=4, mlp_dim=512)
-  batch, length = 2, 64
+  batch, length = 2, 128
   params = jax.eval_shape(functools.partial(models.init_params, config),
                           jax.random.key(0))
   tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
@@ -89,7 +90,7 @@ def test_flops_per_token_matches_xla_forward_count():
   cost = compiled.cost_analysis()
   xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
   estimate = models.flops_per_token(config, length) / 3 * batch * length
-  assert abs(xla_flops - estimate) / estimate < 0.05, (xla_flops, estimate)
+  assert abs(xla_flops - estimate) / estimate < 0.03, (xla_flops, estimate)
   with pytest.raises(ValueError, match="length"):
     models.flops_per_token(config, 0)
 
@@ -218,7 +219,6 @@ def test_denoiser_samples_end_to_end(method, options, params):
   prompt_length = 6
   tokens = _tokens(9, batch=2, mask_fraction=0.0).at[:, prompt_length:].set(MASK_ID)
   logits_fn = models.Denoiser(models.Transformer(CONFIG), params)
-  hash(logits_fn)
   result = fj.sample(logits_fn, tokens, jax.random.key(0), method, mask_id=MASK_ID,
                      **options)
   out = np.asarray(result.tokens)
