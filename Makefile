@@ -1,6 +1,8 @@
 # Two entry points, each creating (or reusing) the virtual environment in .venv:
-#   make demo   runs the main job (the exactness experiment on oracle distributions)
+#   make demo   runs the main job: train the tiny default model, then sample it with
+#               FeF and the baselines and print the sampler table
 #   make test   runs the whole test suite
+# and `make exactness` runs the exactness experiment on oracle distributions.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,11 +13,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-.PHONY: demo test venv
+.PHONY: demo exactness test venv
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m experiments.exactness
+	$(PY) -m experiments.train --config=experiments/configs/tiny.py --workdir=runs/tiny
+
+exactness: $(VENV)/.installed
+	$(PY) -m experiments.exactness --workdir=runs/exactness
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15

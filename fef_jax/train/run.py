@@ -16,13 +16,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from fef_jax.data import pipeline
 from fef_jax.models import transformer
 from fef_jax.train import checkpoint
 from fef_jax.train import data_source
 from fef_jax.train import optim
+from fef_jax.train import sharding
 from fef_jax.train import step as train_lib
 
 
@@ -71,20 +72,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   """
   from tqdm.auto import tqdm
   os.makedirs(workdir, exist_ok=True)
+  sharding.initialize_distributed()
   source, model, optimizer, loss_cfg, state = setup(config)
   apply_fn = _apply_fn(model)
   iterator = pipeline.BatchIterator(source.arrays, config.batch_size, config.seed)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
   run_fingerprint = fingerprint(source, model.config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  shardings = sharding.state_shardings(state, mesh)
+  state = jax.device_put(state, shardings)
   restored = checkpoint.restore_latest(manager, checkpoint.abstract(state), run_fingerprint)
   if restored is not None:
     state, data_state = restored
     iterator.restore(data_state)
+  replicated = NamedSharding(mesh, PartitionSpec())
   step_fn = jax.jit(functools.partial(train_lib.train_step, apply_fn=apply_fn,
-                                      optimizer=optimizer, config=loss_cfg), donate_argnums=0)
+                                      optimizer=optimizer, config=loss_cfg),
+                    out_shardings=(shardings, replicated), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(train_lib.eval_step, apply_fn=apply_fn, config=loss_cfg))
-  eval_batch = {k: v[:config.eval_batch_size] for k, v in source.eval_arrays.items()}
+  eval_batch = sharding.shard_batch(
+      {k: v[:config.eval_batch_size] for k, v in source.eval_arrays.items()}, mesh)
   total = config.optimizer.total_steps
   tokens_per_step = config.batch_size * source.arrays["tokens"].shape[1]
   metrics: dict[str, Any] = {}
@@ -92,7 +100,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
     last_time = time.perf_counter()
     while int(state.step) < total:
-      state, step_metrics = step_fn(state, next(iterator))
+      state, step_metrics = step_fn(state, sharding.shard_batch(next(iterator), mesh))
       step = int(state.step)
       bar.update(1)
       if step % config.log_every == 0 or step == total:
