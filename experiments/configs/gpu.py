@@ -1,0 +1,24 @@
+"""One GPU, ~100M parameters (12 layers, d=768), bf16 compute, byte-level Shakespeare.
+
+Not yet run on a GPU by the project: throughput and MFU are still to be measured.
+"""
+import jax.numpy as jnp
+import ml_collections
+
+from experiments.configs import shakespeare
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = shakespeare.get_config()
+  config.batch_size = 64
+  config.data.length = 512
+  config.model = ml_collections.ConfigDict(dict(
+      d_model=768, num_layers=12, num_heads=12, mlp_dim=2048, time_conditioning=False,
+      tie_embeddings=True, remat=False, dtype=jnp.bfloat16))
+  config.optimizer.learning_rate = 6e-4
+  config.optimizer.total_steps = 20_000
+  config.optimizer.warmup_steps = 1000
+  config.log_every = 100
+  config.eval_every = 1000
+  config.checkpoint.every = 1000
+  return config

@@ -1,0 +1,22 @@
+"""Byte-level masked diffusion on tiny Shakespeare (CPU-sized; the file is read from a path)."""
+import ml_collections
+
+from experiments.configs import tiny
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = tiny.get_config()
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.data = ml_collections.ConfigDict(dict(
+      kind="text", path="../shared/data/tinyshakespeare/input.txt", length=128,
+      eval_fraction=0.05))
+  config.model = ml_collections.ConfigDict(dict(
+      d_model=128, num_layers=4, num_heads=4, mlp_dim=384, time_conditioning=False,
+      tie_embeddings=True, remat=False))
+  config.optimizer.total_steps = 3000
+  config.optimizer.warmup_steps = 200
+  config.loss.prefix_fraction = 0.1
+  config.checkpoint.every = 500
+  config.sample.samplers = ()  # no task checker for free text
+  return config
