@@ -12,7 +12,6 @@ short- and long-range pairs), since their joints are too large to histogram.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time

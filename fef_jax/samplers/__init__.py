@@ -18,3 +18,5 @@ PLANS = {
     "fef": fef.plan,
 }
 assert set(PLANS) == set(METHODS)
+
+__all__ = ["METHODS", "PLANS", "SamplerConfig", "make_config"]

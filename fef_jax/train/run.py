@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -61,7 +60,11 @@ def setup(config: ml_collections.ConfigDict):
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True
           ) -> dict[str, Any]:
-  """Trains (or resumes) until `config.optimizer.total_steps`; returns the final metrics.
+  """Trains (or resumes) until `config.optimizer.total_steps`.
+
+  Returns:
+    {"state": the final TrainState, "metrics": the last logged metrics,
+     "source": the DataSource, "model": the Transformer}.
 
   Writes `workdir/metrics.jsonl` (one JSON object per logged step) and
   checkpoints in `workdir/checkpoints`.
