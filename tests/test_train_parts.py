@@ -9,6 +9,7 @@ import pytest
 from fef_jax import schedules
 from fef_jax.train import checkpoint
 from fef_jax.train import masking
+from fef_jax.train import mfu
 from fef_jax.train import optim
 from fef_jax.train import step as train_lib
 
@@ -126,3 +127,14 @@ def test_checkpoint_of_another_configuration_is_rejected_clearly(tmp_path):
     checkpoint.restore_latest(manager, checkpoint.abstract(state), "model=B")
   assert checkpoint.restore_latest(
       checkpoint.make_manager(str(tmp_path / "empty")), checkpoint.abstract(state), "x") is None
+
+
+def test_mfu_is_achieved_flops_over_the_known_peak():
+  class Device:
+    device_kind = "NVIDIA H100 80GB HBM3"
+  out = mfu.utilization(1e9, 1e5, devices=[Device(), Device()])
+  assert out["tflops"] == pytest.approx(100.0)
+  assert out["mfu"] == pytest.approx(1e14 / (2 * 989e12))
+  class Cpu:
+    device_kind = "cpu"
+  assert "mfu" not in mfu.utilization(1e9, 1e5, devices=[Cpu()])

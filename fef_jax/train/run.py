@@ -2,7 +2,7 @@
 
 Builds data, model, optimizer and state from a config; resumes from the latest
 checkpoint in `workdir` (bit-identically: the state, PRNG key and data position
-are all restored); trains with a progress bar showing loss and tokens/s; logs
+are all restored); trains with a progress bar showing loss, tokens/s and (on known accelerators) MFU; logs
 metrics as JSON lines; evaluates and checkpoints periodically.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fef_jax.data import pipeline
 from fef_jax.models import transformer
 from fef_jax.train import checkpoint
 from fef_jax.train import data_source
+from fef_jax.train import mfu
 from fef_jax.train import optim
 from fef_jax.train import sharding
 from fef_jax.train import step as train_lib
@@ -98,6 +99,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
       {k: v[:config.eval_batch_size] for k, v in source.eval_arrays.items()}, mesh)
   total = config.optimizer.total_steps
   tokens_per_step = config.batch_size * source.arrays["tokens"].shape[1]
+  flops_per_token = transformer.flops_per_token(model.config, source.arrays["tokens"].shape[1])
   metrics: dict[str, Any] = {}
   bar = tqdm(total=total, initial=int(state.step), disable=not progress, desc="train")
   with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
@@ -111,13 +113,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         elapsed, last_time = now - last_time, now
         metrics = {k: float(v) for k, v in step_metrics.items()}
         metrics.update(step=step, tokens_per_second=tokens_per_step * config.log_every / elapsed)
+        metrics.update(mfu.utilization(flops_per_token, metrics["tokens_per_second"]))
         if step % config.eval_every == 0 or step == total:
           eval_metrics = eval_fn(state.ema_params, eval_batch, jax.random.key(config.seed))
           metrics.update({f"eval_{k}": float(v) for k, v in eval_metrics.items()})
         log.write(json.dumps(metrics) + "\n")
         log.flush()
         bar.set_postfix(loss=f"{metrics['loss']:.3f}",
-                        tok_s=f"{metrics['tokens_per_second']:.0f}")
+                        tok_s=f"{metrics['tokens_per_second']:.0f}",
+                        **({"mfu": f"{metrics['mfu']:.1%}"} if "mfu" in metrics else {}))
       if step % config.checkpoint.every == 0 or step == total:
         checkpoint.save(manager, step, state, iterator.state(), run_fingerprint)
   bar.close()
