@@ -170,20 +170,10 @@ class PairSum(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class Permutation(Task):
-  """Reorder `length` distinct symbols: any of the `length!` orderings is valid.
-
-  The prompt is a uniformly drawn set of `length` of the `alphabet_size`
-  symbols, sorted; the generated answer is a uniformly random ordering.
-  """
+class _SymbolSequenceTask(Task):
+  """A task whose prompt and answer are both `length` symbols of `alphabet_size`."""
   alphabet_size: int = 8
   length: int = 4
-
-  def __post_init__(self):
-    _check_positive("length", self.length)
-    if self.alphabet_size < self.length:
-      raise ValueError(f"alphabet_size ({self.alphabet_size}) must be >= "
-                       f"length ({self.length}).")
 
   @property
   def num_symbols(self) -> int:
@@ -196,6 +186,21 @@ class Permutation(Task):
   @property
   def answer_length(self) -> int:
     return self.length
+
+
+@dataclasses.dataclass(frozen=True)
+class Permutation(_SymbolSequenceTask):
+  """Reorder `length` distinct symbols: any of the `length!` orderings is valid.
+
+  The prompt is a uniformly drawn set of `length` of the `alphabet_size`
+  symbols, sorted; the generated answer is a uniformly random ordering.
+  """
+
+  def __post_init__(self):
+    _check_positive("length", self.length)
+    if self.alphabet_size < self.length:
+      raise ValueError(f"alphabet_size ({self.alphabet_size}) must be >= "
+                       f"length ({self.length}).")
 
   def _sample_symbols(self, rng, num):
     keys_NxS = rng.random((num, self.alphabet_size))
@@ -208,30 +213,16 @@ class Permutation(Task):
 
 
 @dataclasses.dataclass(frozen=True)
-class Copy(Task):
+class Copy(_SymbolSequenceTask):
   """Repeat the prompt's `length` uniform symbols; the only valid answer.
 
   A control task: the answer is deterministic given the prompt, so there is
   no factorization error to expose.
   """
-  alphabet_size: int = 8
-  length: int = 4
 
   def __post_init__(self):
     _check_positive("alphabet_size", self.alphabet_size)
     _check_positive("length", self.length)
-
-  @property
-  def num_symbols(self) -> int:
-    return self.alphabet_size
-
-  @property
-  def prompt_symbols(self) -> int:
-    return self.length
-
-  @property
-  def answer_length(self) -> int:
-    return self.length
 
   def _sample_symbols(self, rng, num):
     prompt_NxL = rng.integers(0, self.alphabet_size, (num, self.length))
