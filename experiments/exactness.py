@@ -9,7 +9,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from fef_jax.evaluation import exactness
+from fef_jax.eval import exactness
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/exactness.py", "Experiment config file.")

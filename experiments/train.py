@@ -16,7 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from fef_jax.evaluation import task_sampling
+from fef_jax.eval import task_sampling
 from fef_jax.models import transformer
 from fef_jax.train import run
 

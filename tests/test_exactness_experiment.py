@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from fef_jax.evaluation import exactness
+from fef_jax.eval import exactness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import numpy as np
 
 import fef_jax as fj
 from fef_jax.data import synthetic
-from fef_jax.evaluation.exactness import parse_sampler
+from fef_jax.eval.exactness import parse_sampler
 
 
 def answer_validity(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
