@@ -1,0 +1,177 @@
+"""Batched prompt -> completion generation with any sampler, for text and token prompts.
+
+Prompts of different lengths are left-padded to one length, followed by
+`gen_length` masks, so every batch has the same static shape and the sampler
+compiles once. The denoiser must ignore the padding: `left_padding_valid_fn`
+gives the `valid_fn` for that layout (`fef_jax.models.Denoiser(...,
+valid_fn=...)`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+import fef_jax as fj
+from fef_jax.data.tokenizers import Tokenizer
+from fef_jax.types import SampleStats
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+def left_padding_valid_fn(pad_id: int) -> Callable[[jax.Array], jax.Array]:
+  """`tokens_NxL -> bool[N, L]`: valid from each row's first non-pad token on.
+
+  Matches `layout_prompts`' left padding: a pad (or EOS used as pad) that the
+  sampler generates later in the row stays valid. A row whose prompt itself
+  starts with `pad_id` would lose those leading tokens, so prompts must not.
+  """
+  def valid_fn(tokens_NxL: jax.Array) -> jax.Array:
+    return jnp.cumsum(tokens_NxL != pad_id, axis=1) > 0
+  return valid_fn
+
+
+def layout_prompts(prompt_ids: Sequence[Sequence[int]], gen_length: int, *, mask_id: int,
+                   pad_id: int, prompt_length: int | None = None,
+                   length_multiple: int = 1) -> np.ndarray:
+  """int32[B, P + gen_length]: left-padded prompts followed by `gen_length` masks.
+
+  Args:
+    prompt_ids: B token-id lists (possibly empty).
+    gen_length: masks appended after each prompt (> 0).
+    mask_id, pad_id: the mask and padding ids.
+    prompt_length: P; default the longest prompt, rounded up to a multiple of
+      `length_multiple` (so batches of similar prompts share one compiled shape).
+
+  Raises:
+    ValueError: no prompts, `gen_length` < 1, a prompt longer than
+      `prompt_length`, a prompt containing `mask_id`, or one starting with
+      `pad_id` (it would be taken for padding).
+  """
+  if not prompt_ids:
+    raise ValueError("no prompts to lay out")
+  if gen_length < 1:
+    raise ValueError(f"gen_length must be >= 1, got {gen_length}")
+  longest = max(len(p) for p in prompt_ids)
+  width = (-(-longest // length_multiple) * length_multiple if prompt_length is None
+           else prompt_length)
+  tokens = np.full((len(prompt_ids), width + gen_length), pad_id, np.int32)
+  tokens[:, width:] = mask_id
+  for row, ids in enumerate(prompt_ids):
+    ids = np.asarray(ids, np.int64)
+    if len(ids) > width:
+      raise ValueError(f"prompt {row} has {len(ids)} tokens, longer than the prompt "
+                       f"length {width}")
+    if (ids == mask_id).any():
+      raise ValueError(f"prompt {row} contains mask_id={mask_id}")
+    if len(ids) and ids[0] == pad_id:
+      raise ValueError(f"prompt {row} starts with pad_id={pad_id}; it would be read as "
+                       f"padding (start prompts with a BOS or other token)")
+    tokens[row, width - len(ids):width] = ids
+  return tokens
+
+
+def _truncate(ids: np.ndarray, stop_ids: Sequence[int]) -> list[int]:
+  stops = np.flatnonzero(np.isin(ids, list(stop_ids))) if stop_ids else np.array([])
+  return ids[:stops[0]].tolist() if stops.size else ids.tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """What `generate` returns.
+
+  Attributes:
+    token_ids: per prompt, the generated ids up to (excluding) the first stop id.
+    stats: per-row `SampleStats` over all prompts (int32[B] fields).
+    seconds: wall-clock of the sampling calls, compilation included.
+  """
+  token_ids: list[list[int]]
+  stats: SampleStats
+  seconds: float
+
+
+def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.Array, *,
+             gen_length: int, mask_id: int, pad_id: int, stop_ids: Sequence[int] = (),
+             method: str = "fef", batch_size: int = 8, prompt_length: int | None = None,
+             length_multiple: int = 1, progress: bool = False,
+             **options: Any) -> Generation:
+  """Samples `gen_length` tokens after each prompt with `fef_jax.sample`.
+
+  Every batch has `batch_size` rows (the last one is filled up with copies of
+  its first prompt, whose outputs are dropped) and the same length, so the
+  sampler compiles once. Batch `i` uses `fold_in(key, i)`.
+
+  Args:
+    logits_fn: the denoiser; must treat left padding as padding (see
+      `left_padding_valid_fn`).
+    prompt_ids: the prompts as token-id lists.
+    key: PRNG key.
+    gen_length, mask_id, pad_id, prompt_length, length_multiple: see
+      `layout_prompts`.
+    stop_ids: generated ids after which a completion is cut (e.g. EOS).
+    method, **options: the sampler and its options (`fef_jax.sample`).
+    batch_size: rows per sampler call.
+    progress: show a progress bar over batches.
+
+  Raises:
+    ValueError: as `layout_prompts` and `fef_jax.sample`; `batch_size` < 1.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  tokens_BxL = layout_prompts(prompt_ids, gen_length, mask_id=mask_id, pad_id=pad_id,
+                              prompt_length=prompt_length, length_multiple=length_multiple)
+  num = tokens_BxL.shape[0]
+  width = tokens_BxL.shape[1] - gen_length
+  outputs, stats = [], []
+  start = time.perf_counter()
+  starts = range(0, num, batch_size)
+  for index, lo in enumerate(tqdm.tqdm(starts, desc=f"generate {method}", disable=not progress)):
+    batch = tokens_BxL[lo:lo + batch_size]
+    real = batch.shape[0]
+    if real < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
+    result = fj.sample(logits_fn, batch, jax.random.fold_in(key, index), method,
+                       mask_id=mask_id, **options)
+    outputs.append(np.asarray(result.tokens)[:real, width:])
+    stats.append(jax.tree.map(lambda x, n=real: np.asarray(x)[:n], result.stats))
+  seconds = time.perf_counter() - start
+  generated = np.concatenate(outputs)
+  all_stats = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *stats)
+  return Generation(token_ids=[_truncate(row, stop_ids) for row in generated],
+                    stats=all_stats, seconds=seconds)
+
+
+def text_generate_fn(logits_fn: LogitsFn, tokenizer: Tokenizer, key: jax.Array, *,
+                     gen_length: int, method: str = "fef", batch_size: int = 8,
+                     prompt_length: int | None = None, length_multiple: int = 32,
+                     progress: bool = False,
+                     **options: Any) -> Callable[[list[str]], list[str]]:
+  """A `list[str] -> list[str]` completion function for the benchmark harnesses.
+
+  Encodes with `tokenizer`, generates with `generate` (stopping at the
+  tokenizer's EOS) and decodes. Each call uses a fresh key folded from `key`
+  and the call count, so repeated calls draw new samples reproducibly. Prompt
+  lengths are rounded up to a multiple of `length_multiple` so that calls on
+  similar prompts reuse one compiled sampler. The statistics of every call are
+  appended to the returned function's `.stats` list and its sampling time to
+  `.seconds`.
+  """
+  def complete(prompts: list[str]) -> list[str]:
+    result = generate(logits_fn, [tokenizer.encode(p) for p in prompts],
+                      jax.random.fold_in(key, len(complete.stats)), gen_length=gen_length,
+                      mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
+                      stop_ids=(tokenizer.eos_id,), method=method, batch_size=batch_size,
+                      prompt_length=prompt_length, length_multiple=length_multiple,
+                      progress=progress, **options)
+    complete.stats.append(result.stats)
+    complete.seconds.append(result.seconds)
+    return [tokenizer.decode(ids) for ids in result.token_ids]
+
+  complete.stats = []
+  complete.seconds = []
+  return complete
