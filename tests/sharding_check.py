@@ -1,6 +1,7 @@
 """Run as a script under 8 simulated CPU devices (see test_sharding.py): trains the tiny
-transformer for a few steps on one device and on a (data=2, fsdp=4) mesh from the same
-state and batches, and prints the largest differences of loss and parameters as JSON."""
+transformer for a few steps on one device and on a (data=2, fsdp=4) and a
+(data=2, fsdp=2, tensor=2) mesh from the same state and batches, and prints, per
+mesh, the largest differences of loss and parameters as one JSON line."""
 import functools
 import json
 
@@ -35,22 +36,26 @@ def main():
 
   single = jax.device_put(state, jax.devices()[0])
   single_step = jax.jit(step)
-  mesh = sharding.make_mesh(data=2, fsdp=4)
-  shardings = sharding.state_shardings(state, mesh)
-  sharded = jax.device_put(state, shardings)
-  sharded_step = jax.jit(step, out_shardings=(shardings, None))
-  losses = []
+  single_losses = []
   for batch in batches:
-    single, m1 = single_step(single, jax.device_put(batch, jax.devices()[0]))
-    sharded, m2 = sharded_step(sharded, sharding.shard_batch(batch, mesh))
-    losses.append((float(m1["loss"]), float(m2["loss"])))
-  split = [str(leaf.sharding.spec) for leaf in jax.tree.leaves(sharded.params)]
-  param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                   for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)))
-  print(json.dumps({"losses": losses, "param_max_abs_diff": param_diff,
-                    "sharded_specs": split,
-                    "devices_per_param": [len(l.sharding.device_set) for l in
-                                          jax.tree.leaves(sharded.params)]}))
+    single, metrics = single_step(single, jax.device_put(batch, jax.devices()[0]))
+    single_losses.append(float(metrics["loss"]))
+  report = {}
+  for name, sizes in {"data2_fsdp4": (2, 4, 1), "data2_fsdp2_tensor2": (2, 2, 2)}.items():
+    mesh = sharding.make_mesh(*sizes)
+    shardings = sharding.state_shardings(state, mesh)
+    sharded = jax.device_put(state, shardings)
+    sharded_step = jax.jit(step, out_shardings=(shardings, None))
+    losses = []
+    for batch, single_loss in zip(batches, single_losses):
+      sharded, metrics = sharded_step(sharded, sharding.shard_batch(batch, mesh))
+      losses.append((single_loss, float(metrics["loss"])))
+    param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                     zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)))
+    report[name] = {"losses": losses, "param_max_abs_diff": param_diff,
+                    "sharded_specs": [str(leaf.sharding.spec)
+                                      for leaf in jax.tree.leaves(sharded.params)]}
+  print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       schedule="linear", eps=1e-3, prefix_fraction=0.25, ema_decay=0.99))
   config.checkpoint = ml_collections.ConfigDict(dict(every=200, max_to_keep=2))
-  # Devices: data-parallel over all of them (-1), parameters split over `fsdp`.
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # Devices: data-parallel over all of them (-1), parameters split over `fsdp`,
+  # attention heads and MLP features over `tensor`.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sample = ml_collections.ConfigDict(dict(
       num_prompts=512,
       samplers=("ancestral:steps=1", "confidence:steps=1", "confidence:steps=5",

@@ -12,5 +12,5 @@ def get_config() -> ml_collections.ConfigDict:
   config = gpu.get_config()
   config.batch_size = 512
   config.model.remat = True
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=8))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=8, tensor=1))
   return config
