@@ -219,7 +219,8 @@ def test_jsonl_type_and_answer_errors(tmp_path):
 
 TASKS = [synthetic.PairSum(base=5), synthetic.Permutation(alphabet_size=6,
                                                           length=3),
-         synthetic.Copy(alphabet_size=5, length=4), synthetic.Phrases()]
+         synthetic.Copy(alphabet_size=5, length=4), synthetic.Phrases(),
+         synthetic.PairSum(base=4, pairs=3)]
 
 
 def _symbols(*values):
@@ -278,6 +279,17 @@ def test_pair_sum_checker():
     task.check(prompt, _symbols(4, 5, 0))
   with pytest.raises(ValueError, match="SEP_ID"):
     task.check(_symbols(9, 9), _symbols(4, 5))
+
+
+def test_pair_sums_check_every_pair():
+  task = synthetic.PairSum(base=10, pairs=3)
+  assert (task.prompt_length, task.answer_length) == (4, 6)
+  prompt = np.concatenate([_symbols(9, 0, 18), [[synthetic.SEP_ID]]], axis=1)
+  assert task.check(prompt, _symbols(4, 5, 0, 0, 9, 9))[0]
+  assert not task.check(prompt, _symbols(4, 5, 0, 0, 9, 8))[0]  # the last pair is off
+  assert not task.check(prompt, _symbols(5, 4, 9, 9, 0, 0))[0]  # pairs in another order
+  with pytest.raises(ValueError, match="pairs"):
+    synthetic.PairSum(pairs=0)
 
 
 def test_permutation_copy_phrases_checkers():

@@ -16,7 +16,7 @@ fixed length, so `V = 2 + num_symbols`.
 
 | task          | prompt symbols            | answer symbols                     |
 |---------------|---------------------------|------------------------------------|
-| `PairSum`     | `[t]`, `t in [0, 2b-2]`   | digits `[a, c]` in `[0, b)`, a+c=t |
+| `PairSum`     | `k` targets in `[0, 2b-2]`| `k` digit pairs, pair i sums to t_i|
 | `Permutation` | `n` distinct, sorted      | any ordering of the prompt symbols |
 | `Copy`        | `n` symbols               | the same `n` symbols (one answer)  |
 | `Phrases`     | none                      | one of the given phrases, whole    |
@@ -136,17 +136,21 @@ def _check_positive(name: str, value: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PairSum(Task):
-  """Two base-`base` digits summing to a target: prompt `[t]`, answer `[a, c]`.
+  """`pairs` pairs of base-`base` digits, pair `i` summing to target `t_i`.
 
-  Generation draws `a, c` uniformly and sets `t = a + c`, so given `t` the
-  answer is uniform over its `min(t, 2b-2-t) + 1` valid pairs. Symbols
-  `0..2b-2` (the target range; digits use `0..b-1`).
+  Prompt `[t_1, ..., t_k]`, answer `[a_1, c_1, ..., a_k, c_k]`. Generation
+  draws the digits uniformly and sets `t_i = a_i + c_i`, so given `t_i` pair
+  `i` is uniform over its `min(t_i, 2b-2-t_i) + 1` valid pairs: the two digits
+  of a pair must agree, pairs are independent. Symbols `0..2b-2` (the target
+  range; digits use `0..b-1`).
   """
   base: int = 10
+  pairs: int = 1
 
   def __post_init__(self):
     if self.base < 2:
       raise ValueError(f"base must be >= 2, got {self.base}.")
+    _check_positive("pairs", self.pairs)
 
   @property
   def num_symbols(self) -> int:
@@ -154,19 +158,20 @@ class PairSum(Task):
 
   @property
   def prompt_symbols(self) -> int:
-    return 1
+    return self.pairs
 
   @property
   def answer_length(self) -> int:
-    return 2
+    return 2 * self.pairs
 
   def _sample_symbols(self, rng, num):
-    answer_Nx2 = rng.integers(0, self.base, (num, 2))
-    return answer_Nx2.sum(axis=1, keepdims=True), answer_Nx2
+    digits_NxKx2 = rng.integers(0, self.base, (num, self.pairs, 2))
+    return digits_NxKx2.sum(axis=2), digits_NxKx2.reshape(num, 2 * self.pairs)
 
   def _check_symbols(self, prompt_NxS, answer_NxA):
     digits_N = np.all(answer_NxA < self.base, axis=1)
-    return digits_N & (answer_NxA.sum(axis=1) == prompt_NxS[:, 0])
+    sums_NxK = answer_NxA.reshape(len(answer_NxA), self.pairs, 2).sum(axis=2)
+    return digits_N & np.all(sums_NxK == prompt_NxS, axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
