@@ -9,7 +9,7 @@ import pytest
 from fef_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["tiny", "shakespeare", "gpu", "tpu_pod"]
+CONFIGS = ["tiny", "shakespeare", "gpu", "tpu_pod", "gsm8k"]
 
 
 def _model(config, vocab_size=258, length=None):

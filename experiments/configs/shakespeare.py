@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 128
   config.data = ml_collections.ConfigDict(dict(
       kind="text", path="../shared/data/tinyshakespeare/input.txt", length=128,
-      eval_fraction=0.05))
+      eval_fraction=0.05, tokenizer="byte"))
   config.model = ml_collections.ConfigDict(dict(
       d_model=128, num_layers=4, num_heads=4, mlp_dim=384, time_conditioning=False,
       tie_embeddings=True, remat=False))
@@ -19,4 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.prefix_fraction = 0.1
   config.checkpoint.every = 500
   config.sample.samplers = ()  # no task checker for free text
+  config.sample.every = 1000
+  config.sample.num_periodic = 4
+  config.sample.periodic_samplers = ("fef:steps=16,window=8", "confidence:steps=16")
   return config

@@ -24,12 +24,22 @@ def get_config() -> ml_collections.ConfigDict:
       grad_clip=1.0, grad_accum_steps=1))
   config.loss = ml_collections.ConfigDict(dict(
       schedule="linear", eps=1e-3, prefix_fraction=0.25, ema_decay=0.99))
-  config.checkpoint = ml_collections.ConfigDict(dict(every=200, max_to_keep=2))
+  # The latest `max_to_keep` checkpoints (to resume) and, in workdir/best, the
+  # evaluated one with the lowest `best_metric`.
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every=200, max_to_keep=2, best_metric="eval_elbo_bits", best_mode="min"))
   # Devices: data-parallel over all of them (-1), parameters split over `fsdp`,
   # attention heads and MLP features over `tensor`.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # `samplers` run on `num_prompts` held-out prompts after training; every
+  # `every` steps (0: never) `periodic_samplers` run on `num_periodic` of them
+  # (text data: completions of `gen_length` tokens after `prefix_length`-token
+  # prefixes of held-out text, or after held-out GSM8K/MBPP prompts).
   config.sample = ml_collections.ConfigDict(dict(
       num_prompts=512,
       samplers=("ancestral:steps=1", "confidence:steps=1", "confidence:steps=5",
-                "first_hitting", "fef:steps=1,window=5")))
+                "first_hitting", "fef:steps=1,window=5"),
+      every=400, num_periodic=128,
+      periodic_samplers=("fef:steps=1,window=5", "confidence:steps=1"),
+      gen_length=64, prefix_length=32))
   return config

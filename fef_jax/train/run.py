@@ -2,13 +2,14 @@
 
 Builds data, model, optimizer and state from a config; resumes from the latest
 checkpoint in `workdir` (bit-identically: the state, PRNG key and data position
-are all restored); trains with a progress bar showing loss, tokens/s and (on known accelerators) MFU; logs
-metrics as JSON lines; evaluates and checkpoints periodically.
+are all restored); trains with a progress bar showing loss, tokens/s and (on
+known accelerators) MFU; logs metrics to JSON lines and TensorBoard; evaluates,
+draws periodic samples with FeF and a baseline, and checkpoints periodically,
+keeping the latest checkpoints (to resume) and the best one by a metric.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -21,8 +22,10 @@ from fef_jax.data import pipeline
 from fef_jax.models import transformer
 from fef_jax.train import checkpoint
 from fef_jax.train import data_source
+from fef_jax.train import metric_writer
 from fef_jax.train import mfu
 from fef_jax.train import optim
+from fef_jax.train import periodic_samples
 from fef_jax.train import sharding
 from fef_jax.train import step as train_lib
 
@@ -45,9 +48,10 @@ def _apply_fn(model: transformer.Transformer):
   return apply
 
 
-def setup(config: ml_collections.ConfigDict):
-  """Data, model, optimizer, loss config and a fresh state, all from `config`."""
-  source = data_source.build(config.data, config.seed)
+def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None):
+  """Data, model, optimizer, loss config and a fresh state, all from `config`
+  (text data saves / reuses its tokenizer in `tokenizer_dir`)."""
+  source = data_source.build(config.data, config.seed, tokenizer_dir)
   length = source.arrays["tokens"].shape[1]
   model_cfg = model_config(config, source, length)
   model = transformer.Transformer(model_cfg)
@@ -67,8 +71,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     {"state": the final TrainState, "metrics": the last logged metrics,
      "source": the DataSource, "model": the Transformer}.
 
-  Writes `workdir/metrics.jsonl` (one JSON object per logged step) and
-  checkpoints in `workdir/checkpoints`.
+  Writes `workdir/metrics.jsonl` (one JSON object per logged step),
+  `workdir/tensorboard/` (the same scalars, and sample texts),
+  `workdir/samples.jsonl` (periodic text samples), `workdir/tokenizer/` (text
+  data), the latest checkpoints in `workdir/checkpoints` and, when
+  `config.checkpoint.best_metric` is set, the best evaluated one in
+  `workdir/best`.
 
   Raises:
     checkpoint.CheckpointMismatchError: `workdir` holds a checkpoint of another
@@ -77,13 +85,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   from tqdm.auto import tqdm
   os.makedirs(workdir, exist_ok=True)
   sharding.initialize_distributed()
-  source, model, optimizer, loss_cfg, state = setup(config)
+  source, model, optimizer, loss_cfg, state = setup(config, os.path.join(workdir, "tokenizer"))
   apply_fn = _apply_fn(model)
   iterator = pipeline.BatchIterator(source.arrays, config.batch_size, config.seed)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
+  best_metric = config.checkpoint.get("best_metric")
+  best_manager = (checkpoint.make_manager(os.path.join(workdir, "best"), max_to_keep=1,
+                                          best_metric=best_metric,
+                                          best_mode=config.checkpoint.get("best_mode", "min"))
+                  if best_metric else None)
   run_fingerprint = fingerprint(source, model.config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  sample_every = config.sample.get("every", 0)
+  prompts = (periodic_samples.held_out_prompts(source, config.sample, config.seed)
+             if sample_every else None)
   shardings = sharding.state_shardings(state, mesh)
   state = jax.device_put(state, shardings)
   restored = checkpoint.restore_latest(manager, checkpoint.abstract(state), run_fingerprint)
@@ -102,7 +118,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   flops_per_token = transformer.flops_per_token(model.config, source.arrays["tokens"].shape[1])
   metrics: dict[str, Any] = {}
   bar = tqdm(total=total, initial=int(state.step), disable=not progress, desc="train")
-  with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
+  writer = metric_writer.MetricWriter(workdir)
+  try:
     last_time = time.perf_counter()
     while int(state.step) < total:
       state, step_metrics = step_fn(state, sharding.shard_batch(next(iterator), mesh))
@@ -114,16 +131,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         metrics = {k: float(v) for k, v in step_metrics.items()}
         metrics.update(step=step, tokens_per_second=tokens_per_step * config.log_every / elapsed)
         metrics.update(mfu.utilization(flops_per_token, metrics["tokens_per_second"]))
-        if step % config.eval_every == 0 or step == total:
+        evaluated = step % config.eval_every == 0 or step == total
+        if evaluated:
           eval_metrics = eval_fn(state.ema_params, eval_batch, jax.random.key(config.seed))
           metrics.update({f"eval_{k}": float(v) for k, v in eval_metrics.items()})
-        log.write(json.dumps(metrics) + "\n")
-        log.flush()
+        if sample_every and (step % sample_every == 0 or step == total):
+          sample_metrics, texts = periodic_samples.draw(
+              model, state.ema_params, source, prompts, config.sample,
+              jax.random.key(config.seed + 4))
+          metrics.update(sample_metrics)
+          for spec, spec_texts in texts.items():
+            writer.texts(step, f"samples/{spec}", spec_texts)
+        writer.scalars(step, metrics)
+        if best_manager is not None and evaluated:
+          if best_metric not in metrics:
+            raise ValueError(f"checkpoint.best_metric={best_metric!r} is not an evaluated "
+                             f"metric; choose one of {sorted(metrics)}")
+          checkpoint.save(best_manager, step, state, iterator.state(), run_fingerprint,
+                          metrics={best_metric: metrics[best_metric]})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                         tok_s=f"{metrics['tokens_per_second']:.0f}",
                         **({"mfu": f"{metrics['mfu']:.1%}"} if "mfu" in metrics else {}))
       if step % config.checkpoint.every == 0 or step == total:
         checkpoint.save(manager, step, state, iterator.state(), run_fingerprint)
-  bar.close()
+  finally:
+    writer.close()
+    bar.close()
   manager.wait_until_finished()
+  if best_manager is not None:
+    best_manager.wait_until_finished()
   return {"state": state, "metrics": metrics, "source": source, "model": model}
