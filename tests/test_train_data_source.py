@@ -39,7 +39,7 @@ def test_sft_pairs_mask_only_the_answer_which_ends_with_eos(kind, path):
   prompt = tokenizer.decode(tokens[valid & ~maskable])
   answer = tokens[maskable]
   assert answer[-1] == tokenizer.eos_id
-  assert prompt.startswith("Question: " if kind == "gsm8k" else "Write")
+  assert prompt.startswith("Question: " if kind == "gsm8k" else '"""\nWrite')
   assert np.all(tokens[~valid] == tokenizer.pad_id) and not np.any(maskable & ~valid)
   # The prompt comes first, then the answer: no maskable position before a prompt one.
   assert np.flatnonzero(maskable)[0] == np.flatnonzero(valid & ~maskable)[-1] + 1

@@ -11,7 +11,8 @@ Kinds (`config.kind`):
 - `text`: a plain-text corpus at `config.path`, packed into rows of
   `config.length` tokens; every token maskable.
 - `gsm8k` / `mbpp`: prompt-conditioned (SFT-style) pairs from the JSONL file at
-  `config.path`: the prompt (`sft_prompt`) is never masked, the answer
+  `config.path`: the prompt (as `fef_jax.eval.gsm8k.format_prompt` /
+  `fef_jax.eval.code.mbpp_prompt` write it) is never masked, the answer
   (GSM8K's worked solution, MBPP's code) plus EOS is; padding fills each row
   to `config.length`, and pairs that do not fit are dropped (counted in
   `DataSource.dropped`).
@@ -34,10 +35,8 @@ from fef_jax.data import pipeline
 from fef_jax.data import synthetic
 from fef_jax.data import text
 from fef_jax.data import tokenizers
-
-# The SFT layout of GSM8K / MBPP pairs; generation prompts must match it.
-GSM8K_PROMPT = "Question: {question}\nAnswer: "
-MBPP_PROMPT = "{text}\nYour code should pass this test:\n{test}\n"
+from fef_jax.eval import code
+from fef_jax.eval import gsm8k
 
 TASKS = {"pair_sum": synthetic.PairSum, "permutation": synthetic.Permutation,
          "copy": synthetic.Copy, "phrases": synthetic.Phrases}
@@ -69,18 +68,11 @@ def task_arrays(task: synthetic.Task, num_examples: int, seed: int) -> dict[str,
   return pipeline.pad(zip(prompts, answers), length, task.pad_id)
 
 
-def sft_prompt(kind: str, record: Any) -> str:
-  """The prompt text of a GSM8K or MBPP record in the training layout."""
-  if kind == "gsm8k":
-    return GSM8K_PROMPT.format(question=record.question)
-  return MBPP_PROMPT.format(text=record.text, test=record.test_list[0])
-
-
 def _sft_pairs(kind: str, path: str) -> list[tuple[str, str]]:
+  """(prompt, answer) texts in the layout the benchmark harnesses prompt with."""
   if kind == "gsm8k":
-    return [(sft_prompt(kind, r), r.answer) for r in text.load_gsm8k(path)]
-  return [(sft_prompt(kind, r), r.code.replace("\r\n", "\n"))
-          for r in text.load_mbpp(path)]
+    return [(gsm8k.format_prompt(r.question), " " + r.answer) for r in text.load_gsm8k(path)]
+  return [(code.mbpp_prompt(r), r.code.replace("\r\n", "\n")) for r in text.load_mbpp(path)]
 
 
 def make_tokenizer(config: ml_collections.ConfigDict, texts: list[str],

@@ -1,0 +1,31 @@
+"""The sampler comparison on a dependency-heavy task, CPU-sized.
+
+PairSum with 4 pairs: the prompt holds 4 targets, the answer 4 digit pairs, each
+summing to its target. A pair's two digits must agree (many valid forms), so
+committing both from their marginals in one parallel step is often wrong, while
+pairs are independent of each other, so an exact sampler can commit many tokens
+per call.
+
+    python -m experiments.compare --config=experiments/configs/compare.py --workdir=runs/compare
+"""
+import ml_collections
+
+from experiments.configs import tiny
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = tiny.get_config()
+  config.data = ml_collections.ConfigDict(dict(
+      kind="task", task="pair_sum", task_kwargs=dict(base=10, pairs=4),
+      num_examples=100_000, num_eval_examples=1024))
+  config.model = ml_collections.ConfigDict(dict(
+      d_model=96, num_layers=3, num_heads=4, mlp_dim=288, time_conditioning=False,
+      tie_embeddings=True, remat=False))
+  config.optimizer.total_steps = 1500
+  config.sample.samplers = ()  # the comparison below replaces the post-training table
+  config.sample.every = 500
+  config.sample.periodic_samplers = ("fef:steps=1,window=8", "confidence:steps=1")
+  # `samplers`: empty for the full grid of fef_jax.eval.compare.default_samplers.
+  config.compare = ml_collections.ConfigDict(dict(
+      num_prompts=1024, batch_size=256, samplers=()))
+  return config

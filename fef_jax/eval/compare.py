@@ -1,0 +1,185 @@
+"""The paper's comparison on a trained model: accuracy and speed of every sampler.
+
+For one denoiser and one set of task prompts, each sampler spec
+(`"method:opt=val,..."`, see `fef_jax.eval.exactness.parse_sampler`) fills
+the answers; we report accuracy with a Wilson interval, sequential calls,
+sequences evaluated, tokens per round, acceptance rate, and wall-clock per
+generated token measured after a compile-only warm-up (`block_until_ready`),
+plus the speed-up over the reference sampler (one token per call,
+`first_hitting`, the exact baseline). Rows go to JSON, a Markdown table and a
+plot of accuracy against wall-clock with the Pareto front marked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+import fef_jax as fj
+from fef_jax.data import synthetic
+from fef_jax.eval import metrics
+from fef_jax.eval.exactness import parse_sampler
+
+REFERENCE = "first_hitting"
+
+
+def default_samplers(answer_length: int) -> tuple[str, ...]:
+  """The issue's grid for answers of `answer_length` tokens.
+
+  first-hitting (the exact one-token-per-call reference); LLaDA low-confidence
+  at 1, 2, 4 tokens per step; Fast-dLLM threshold; EB; ancestral; randomized
+  sizes; FeF commit-set (one step) and joint-then-remask (2 and 4 steps), each
+  with windows 4, 8, 16.
+  """
+  def steps(tokens_per_step):
+    return max(1, answer_length // tokens_per_step)
+  specs = [REFERENCE]
+  specs += [f"confidence:steps={steps(k)}" for k in (1, 2, 4)]
+  specs += ["threshold:threshold=0.9", "eb:gamma=0.1", f"ancestral:steps={steps(2)}",
+            f"random_sizes:steps={steps(2)}"]
+  specs += [f"fef:steps=1,window={w}" for w in (4, 8, 16)]
+  specs += [f"fef:mode=joint_then_remask,steps={s},window={w}" for s in (2, 4)
+            for w in (4, 8, 16)]
+  return tuple(specs)
+
+
+def _sample_all(logits_fn, tokens_NxL, key, method, options, mask_id, batch_size):
+  """Samples every row in batches of `batch_size` (the last one padded); blocks until done."""
+  num = tokens_NxL.shape[0]
+  outputs, stats = [], []
+  for index, lo in enumerate(range(0, num, batch_size)):
+    batch = tokens_NxL[lo:lo + batch_size]
+    real = batch.shape[0]
+    if real < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
+    result = fj.sample(logits_fn, jnp.asarray(batch), jax.random.fold_in(key, index),
+                       method, mask_id=mask_id, **options)
+    jax.block_until_ready(result)
+    outputs.append(np.asarray(result.tokens)[:real])
+    stats.append(jax.tree.map(lambda x, n=real: np.asarray(x)[:n], result.stats))
+  merged = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *stats)
+  return np.concatenate(outputs), merged
+
+
+def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
+            prompts_NxP: np.ndarray, specs: Sequence[str], key: jax.Array, *,
+            batch_size: int = 256, progress: bool = False) -> list[dict[str, Any]]:
+  """One row per sampler spec: accuracy, costs and wall-clock on `prompts_NxP`.
+
+  Each spec is first run once on one batch to compile (not timed), then timed
+  on all prompts with the same `key`. The reference (`first_hitting`) must be
+  among `specs`; speed-ups are relative to it.
+
+  Returns:
+    Dicts with `sampler, accuracy, accuracy_low, accuracy_high, n,
+    seconds_per_token, speedup` and the `SampleStats.summary()` fields.
+
+  Raises:
+    ValueError: `specs` without the reference, an unknown sampler or option,
+      prompts that do not fit the task.
+  """
+  if REFERENCE not in specs:
+    raise ValueError(f"the comparison needs the reference sampler {REFERENCE!r} among "
+                     f"the specs to compute speed-ups; got {list(specs)}")
+  num, _ = prompts_NxP.shape
+  batch_size = min(batch_size, num)
+  tokens_NxL = np.concatenate(
+      [prompts_NxP, np.full((num, task.answer_length), task.mask_id)], axis=1).astype(np.int32)
+  rows = []
+  for spec in tqdm.tqdm(specs, desc="samplers", disable=not progress):
+    method, options = parse_sampler(spec)
+    _sample_all(logits_fn, tokens_NxL[:batch_size], key, method, options, task.mask_id,
+                batch_size)
+    start = time.perf_counter()
+    filled, stats = _sample_all(logits_fn, tokens_NxL, key, method, options, task.mask_id,
+                                batch_size)
+    seconds = time.perf_counter() - start
+    valid = task.check(prompts_NxP, filled[:, prompts_NxP.shape[1]:])
+    low, high = metrics.wilson_interval(int(valid.sum()), num)
+    summary = stats.summary()
+    rows.append({"sampler": spec, "accuracy": float(valid.mean()), "accuracy_low": low,
+                 "accuracy_high": high, "n": num, "seconds": seconds,
+                 "seconds_per_token": seconds / max(summary["tokens"] * num, 1), **summary})
+  reference = next(r for r in rows if r["sampler"] == REFERENCE)
+  for row in rows:
+    row["speedup"] = reference["seconds_per_token"] / row["seconds_per_token"]
+  return rows
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """Specs not dominated in (higher accuracy, lower seconds per token)."""
+  front = []
+  for r in rows:
+    dominated = any(o["accuracy"] >= r["accuracy"]
+                    and o["seconds_per_token"] <= r["seconds_per_token"]
+                    and (o["accuracy"] > r["accuracy"]
+                         or o["seconds_per_token"] < r["seconds_per_token"])
+                    for o in rows)
+    if not dominated:
+      front.append(r["sampler"])
+  return front
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """The comparison as a Markdown table (Pareto-optimal samplers in bold)."""
+  front = set(pareto_front(rows))
+  lines = ["| sampler | accuracy (95% CI) | seq. calls | sequences | tokens/round | "
+           "accept | ms/token | speed-up |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    name = f"**`{r['sampler']}`**" if r["sampler"] in front else f"`{r['sampler']}`"
+    accept = "-" if np.isnan(r["acceptance_rate"]) else f"{r['acceptance_rate']:.2f}"
+    lines.append(
+        f"| {name} | {r['accuracy']:.3f} ({r['accuracy_low']:.3f}-{r['accuracy_high']:.3f}) | "
+        f"{r['nfe']:.2f} | {r['sequences']:.1f} | {r['tokens_per_round']:.2f} | {accept} | "
+        f"{1e3 * r['seconds_per_token']:.3f} | {r['speedup']:.2f}x |")
+  return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+  """Accuracy (with intervals) against wall-clock per token, Pareto front joined."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for r in rows:
+    family = "fef" if r["sampler"].startswith("fef") else "baseline"
+    ax.errorbar(1e3 * r["seconds_per_token"], r["accuracy"],
+                yerr=[[r["accuracy"] - r["accuracy_low"]], [r["accuracy_high"] - r["accuracy"]]],
+                fmt="o" if family == "fef" else "s", color="C0" if family == "fef" else "C1",
+                alpha=0.8, capsize=2)
+    ax.annotate(r["sampler"], (1e3 * r["seconds_per_token"], r["accuracy"]), fontsize=6,
+                xytext=(3, 3), textcoords="offset points")
+  front = sorted((r for r in rows if r["sampler"] in set(pareto_front(rows))),
+                 key=lambda r: r["seconds_per_token"])
+  ax.plot([1e3 * r["seconds_per_token"] for r in front], [r["accuracy"] for r in front],
+          "k--", lw=1, label="Pareto front")
+  ax.set_xscale("log")
+  ax.set_xlabel("wall-clock per generated token (ms)")
+  ax.set_ylabel("accuracy (valid answers)")
+  ax.set_title("FeF (blue circles) vs baselines (orange squares)")
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=150)
+  plt.close(fig)
+
+
+def write(rows: Sequence[dict[str, Any]], workdir: str, info: dict[str, Any]) -> dict[str, str]:
+  """Writes `comparison.json` (rows + `info`), `comparison.md` and `comparison.png`."""
+  os.makedirs(workdir, exist_ok=True)
+  paths = {kind: os.path.join(workdir, f"comparison.{kind}") for kind in ("json", "md", "png")}
+  # JSON has no NaN: samplers without drafts have no acceptance rate (null).
+  clean = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+           for r in rows]
+  with open(paths["json"], "w") as f:
+    json.dump({"info": info, "rows": clean}, f, indent=1)
+  with open(paths["md"], "w") as f:
+    f.write(format_table(rows) + "\n")
+  plot(rows, paths["png"])
+  return paths

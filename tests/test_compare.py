@@ -1,0 +1,62 @@
+"""The sampler comparison: Pareto front logic, and the experiment end to end on a tiny model."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fef_jax.data import synthetic
+from fef_jax.eval import compare
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_default_grid_has_every_family_the_issue_asks_for():
+  specs = compare.default_samplers(answer_length=8)
+  assert specs[0] == compare.REFERENCE
+  for expected in ("confidence:steps=8", "confidence:steps=4", "confidence:steps=2",
+                   "threshold:threshold=0.9", "eb:gamma=0.1", "ancestral:steps=4",
+                   "random_sizes:steps=4", "fef:steps=1,window=16",
+                   "fef:mode=joint_then_remask,steps=2,window=4",
+                   "fef:mode=joint_then_remask,steps=4,window=16"):
+    assert expected in specs
+
+
+def test_pareto_front_keeps_exactly_the_undominated_rows():
+  rows = [{"sampler": "a", "accuracy": 0.9, "seconds_per_token": 1.0},
+          {"sampler": "b", "accuracy": 0.8, "seconds_per_token": 0.5},
+          {"sampler": "c", "accuracy": 0.7, "seconds_per_token": 0.6},  # dominated by b
+          {"sampler": "d", "accuracy": 0.9, "seconds_per_token": 2.0}]  # dominated by a
+  assert compare.pareto_front(rows) == ["a", "b"]
+
+
+def test_comparison_needs_the_reference():
+  task = synthetic.PairSum()
+  with pytest.raises(ValueError, match="reference"):
+    compare.compare(lambda x: x, task, np.zeros((1, 2), np.int32), ["fef"], None)
+
+
+@pytest.mark.slow
+def test_compare_experiment_runs_end_to_end_with_every_sampler_row(tmp_path):
+  overrides = ["--config.optimizer.total_steps=30", "--config.optimizer.warmup_steps=5",
+               "--config.log_every=10", "--config.eval_every=30", "--config.checkpoint.every=30",
+               "--config.sample.every=0", "--config.compare.num_prompts=32",
+               "--config.compare.batch_size=32", "--config.model.num_layers=1",
+               "--config.model.d_model=32", "--config.model.mlp_dim=64",
+               "--config.data.num_examples=2000", "--config.eval_batch_size=64"]
+  done = subprocess.run([sys.executable, "-m", "experiments.compare", f"--workdir={tmp_path}",
+                         *overrides], cwd=REPO, capture_output=True, text=True, timeout=1500)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((tmp_path / "comparison.json").read_text())
+  samplers = [r["sampler"] for r in result["rows"]]
+  assert samplers == list(compare.default_samplers(8))
+  table = (tmp_path / "comparison.md").read_text()
+  assert all(f"`{s}`" in table for s in samplers)
+  assert (tmp_path / "comparison.png").stat().st_size > 0
+  for row in result["rows"]:
+    assert row["n"] == 32 and 0 <= row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+    assert row["tokens"] == 8 and row["nfe"] >= 1
+  reference = result["rows"][0]
+  assert reference["nfe"] == 8 and reference["speedup"] == 1.0
