@@ -24,16 +24,25 @@ from fef_jax.types import SampleStats
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 
-def left_padding_valid_fn(pad_id: int) -> Callable[[jax.Array], jax.Array]:
-  """`tokens_NxL -> bool[N, L]`: valid from each row's first non-pad token on.
+@dataclasses.dataclass(frozen=True)
+class LeftPaddingValid:
+  """`tokens_NxL -> bool[N, L]`: valid from each row's first token that is not `pad_id`.
 
-  Matches `layout_prompts`' left padding: a pad (or EOS used as pad) that the
-  sampler generates later in the row stays valid. A row whose prompt itself
-  starts with `pad_id` would lose those leading tokens, so prompts must not.
+  Matches `layout_prompts`' left padding: a pad (or EOS, often the same id)
+  that the sampler generates later in the row stays valid. Hashed by value, so
+  equal pad ids give equal `valid_fn`s (and one compiled sampler). A prompt
+  that itself starts with `pad_id` would lose those leading tokens, so
+  `layout_prompts` refuses it.
   """
-  def valid_fn(tokens_NxL: jax.Array) -> jax.Array:
-    return jnp.cumsum(tokens_NxL != pad_id, axis=1) > 0
-  return valid_fn
+  pad_id: int
+
+  def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
+    return jnp.cumsum(tokens_NxL != self.pad_id, axis=1) > 0
+
+
+def left_padding_valid_fn(pad_id: int) -> LeftPaddingValid:
+  """The `valid_fn` of left-padded rows (see `LeftPaddingValid`)."""
+  return LeftPaddingValid(int(pad_id))
 
 
 def layout_prompts(prompt_ids: Sequence[Sequence[int]], gen_length: int, *, mask_id: int,
