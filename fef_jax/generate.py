@@ -155,32 +155,43 @@ def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.
                     stats=all_stats, seconds=seconds)
 
 
-def text_generate_fn(logits_fn: LogitsFn, tokenizer: Tokenizer, key: jax.Array, *,
-                     gen_length: int, method: str = "fef", batch_size: int = 8,
-                     prompt_length: int | None = None, length_multiple: int = 32,
-                     progress: bool = False,
+def text_generate_fn(logits_fn: LogitsFn, key: jax.Array, *,
+                     encode: Callable[[str], Sequence[int]],
+                     decode: Callable[[Sequence[int]], str], mask_id: int, pad_id: int,
+                     stop_ids: Sequence[int] = (), gen_length: int, method: str = "fef",
+                     batch_size: int = 8, prompt_length: int | None = None,
+                     length_multiple: int = 32, progress: bool = False,
                      **options: Any) -> Callable[[list[str]], list[str]]:
   """A `list[str] -> list[str]` completion function for the benchmark harnesses.
 
-  Encodes with `tokenizer`, generates with `generate` (stopping at the
-  tokenizer's EOS) and decodes. Each call uses a fresh key folded from `key`
-  and the call count, so repeated calls draw new samples reproducibly. Prompt
-  lengths are rounded up to a multiple of `length_multiple` so that calls on
-  similar prompts reuse one compiled sampler. The statistics of every call are
+  Encodes with `encode` (e.g. a tokenizer's `encode`, or one applying a chat
+  template), generates with `generate` (cutting at `stop_ids`) and decodes
+  with `decode`. Each call uses a fresh key folded from `key` and the call
+  count, so repeated calls draw new samples reproducibly. Prompt lengths are
+  rounded up to a multiple of `length_multiple` so that calls on similar
+  prompts reuse one compiled sampler. The statistics of every call are
   appended to the returned function's `.stats` list and its sampling time to
   `.seconds`.
   """
   def complete(prompts: list[str]) -> list[str]:
-    result = generate(logits_fn, [tokenizer.encode(p) for p in prompts],
+    result = generate(logits_fn, [list(encode(p)) for p in prompts],
                       jax.random.fold_in(key, len(complete.stats)), gen_length=gen_length,
-                      mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
-                      stop_ids=(tokenizer.eos_id,), method=method, batch_size=batch_size,
-                      prompt_length=prompt_length, length_multiple=length_multiple,
-                      progress=progress, **options)
+                      mask_id=mask_id, pad_id=pad_id, stop_ids=stop_ids, method=method,
+                      batch_size=batch_size, prompt_length=prompt_length,
+                      length_multiple=length_multiple, progress=progress, **options)
     complete.stats.append(result.stats)
     complete.seconds.append(result.seconds)
-    return [tokenizer.decode(ids) for ids in result.token_ids]
+    return [decode(ids) for ids in result.token_ids]
 
   complete.stats = []
   complete.seconds = []
   return complete
+
+
+def tokenizer_generate_fn(logits_fn: LogitsFn, tokenizer: Tokenizer, key: jax.Array,
+                          **kwargs: Any) -> Callable[[list[str]], list[str]]:
+  """`text_generate_fn` with a `fef_jax.data.tokenizers.Tokenizer`'s encode, decode,
+  mask, pad and EOS (the stop id)."""
+  return text_generate_fn(logits_fn, key, encode=tokenizer.encode, decode=tokenizer.decode,
+                          mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
+                          stop_ids=(tokenizer.eos_id,), **kwargs)

@@ -67,8 +67,8 @@ def test_generate_fills_last_batch_cuts_at_stop_ids_and_reports_per_prompt_stats
 
 
 def test_text_generate_fn_returns_one_completion_per_prompt_and_records_stats():
-  complete = gen.text_generate_fn(DENOISER, TOKENIZER, jax.random.key(4), gen_length=5,
-                                  batch_size=2, length_multiple=8)
+  complete = gen.tokenizer_generate_fn(DENOISER, TOKENIZER, jax.random.key(4), gen_length=5,
+                                       batch_size=2, length_multiple=8)
   first = complete(["hello", "hi", "hey there"])
   second = complete(["hello", "hi", "hey there"])
   assert len(first) == 3 and all(isinstance(t, str) for t in first)

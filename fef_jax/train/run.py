@@ -63,6 +63,35 @@ def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None):
   return source, model, optimizer, loss_cfg, state
 
 
+def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, best: bool = False
+                    ) -> dict[str, Any]:
+  """The model of a finished (or interrupted) run in `workdir`, for sampling.
+
+  Args:
+    config: the run's config (it decides the model shape and data).
+    workdir: the run's directory.
+    best: restore `workdir/best` (the best checkpoint by the config's
+      `checkpoint.best_metric`) instead of the latest.
+
+  Returns:
+    {"state": the restored TrainState, "source": the DataSource (with the
+     run's saved tokenizer for text data), "model": the Transformer}.
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir`.
+    checkpoint.CheckpointMismatchError: the checkpoint is of another config.
+  """
+  source, model, _, _, state = setup(config, os.path.join(workdir, "tokenizer"))
+  directory = os.path.join(workdir, "best" if best else "checkpoints")
+  manager = checkpoint.make_manager(directory, async_save=False)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract(state),
+                                       fingerprint(source, model.config))
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}: train first "
+                            f"(python -m experiments.train --workdir={workdir})")
+  return {"state": restored[0], "source": source, "model": model}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True
           ) -> dict[str, Any]:
   """Trains (or resumes) until `config.optimizer.total_steps`.

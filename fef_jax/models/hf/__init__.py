@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from fef_jax.generate import left_padding_valid_fn
 from fef_jax.models.hf import dream
 from fef_jax.models.hf import llada
 from fef_jax.models.hf import loading
 from fef_jax.models.hf.llada import Denoiser
 from fef_jax.models.hf.llada import Network
 from fef_jax.models.hf.llada import NetworkConfig
-from fef_jax.generate import left_padding_valid_fn
 from fef_jax.models.hf.loading import CheckpointError
 from fef_jax.models.hf.tokenization import Tokenizer
 from fef_jax.models.hf.tokenization import TokenizerError
