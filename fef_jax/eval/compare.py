@@ -142,29 +142,52 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def _short(spec: str) -> str:
+  """'fef:mode=joint_then_remask,steps=2,window=8' -> 'fef jtr s2 w8' (plot labels)."""
+  method, _, options = spec.partition(":")
+  abbreviations = {"mode=joint_then_remask": "jtr", "steps=": "s", "window=": "w",
+                   "threshold=": "t", "gamma=": "g"}
+  parts = []
+  for option in filter(None, options.split(",")):
+    for long, short in abbreviations.items():
+      option = option.replace(long, short)
+    parts.append(option)
+  return " ".join([method.replace("random_sizes", "rand").replace("first_hitting", "1/call")]
+                  + parts)
+
+
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
-  """Accuracy (with intervals) against wall-clock per token, Pareto front joined."""
+  """Accuracy (with intervals) against wall-clock per token and against sequential calls.
+
+  Wall-clock is what this machine measured; sequential calls are the latency
+  on an accelerator that evaluates FeF's `W` copies in parallel. The
+  wall-clock Pareto front is dashed.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 5))
-  for r in rows:
-    family = "fef" if r["sampler"].startswith("fef") else "baseline"
-    ax.errorbar(1e3 * r["seconds_per_token"], r["accuracy"],
-                yerr=[[r["accuracy"] - r["accuracy_low"]], [r["accuracy_high"] - r["accuracy"]]],
-                fmt="o" if family == "fef" else "s", color="C0" if family == "fef" else "C1",
-                alpha=0.8, capsize=2)
-    ax.annotate(r["sampler"], (1e3 * r["seconds_per_token"], r["accuracy"]), fontsize=6,
-                xytext=(3, 3), textcoords="offset points")
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
   front = sorted((r for r in rows if r["sampler"] in set(pareto_front(rows))),
                  key=lambda r: r["seconds_per_token"])
-  ax.plot([1e3 * r["seconds_per_token"] for r in front], [r["accuracy"] for r in front],
-          "k--", lw=1, label="Pareto front")
-  ax.set_xscale("log")
-  ax.set_xlabel("wall-clock per generated token (ms)")
-  ax.set_ylabel("accuracy (valid answers)")
-  ax.set_title("FeF (blue circles) vs baselines (orange squares)")
-  ax.legend(loc="lower right")
+  for ax, (x_of, label) in zip(axes, [
+      (lambda r: 1e3 * r["seconds_per_token"], "wall-clock per generated token (ms)"),
+      (lambda r: r["nfe"], "sequential denoiser calls per answer")]):
+    for r in rows:
+      fef = r["sampler"].startswith("fef")
+      ax.errorbar(x_of(r), r["accuracy"],
+                  yerr=[[r["accuracy"] - r["accuracy_low"]],
+                        [r["accuracy_high"] - r["accuracy"]]],
+                  fmt="o" if fef else "s", color="C0" if fef else "C1", alpha=0.8, capsize=2)
+      ax.annotate(_short(r["sampler"]), (x_of(r), r["accuracy"]), fontsize=6, rotation=30,
+                  xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].plot([1e3 * r["seconds_per_token"] for r in front], [r["accuracy"] for r in front],
+               "k--", lw=1, label="Pareto front (wall-clock)")
+  axes[0].legend(loc="lower right")
+  axes[0].set_ylabel("accuracy (valid answers)")
+  fig.suptitle("FeF (blue circles) vs baselines (orange squares)")
   fig.tight_layout()
   fig.savefig(path, dpi=150)
   plt.close(fig)
