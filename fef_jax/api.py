@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fef_jax import samplers
+from fef_jax.samplers import cache
 from fef_jax.samplers import loop
 from fef_jax.types import SampleResult
 
@@ -74,7 +75,9 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     logits_fn: the denoiser, any hashable callable `int32[N, L] -> float[N, L, V]`
       that accepts any batch size `N` (FeF calls it on `B * window` rows). It
       sees `mask_id` at masked positions. The logit of `mask_id`, if it lies
-      inside the vocabulary, is ignored: the mask is never sampled.
+      inside the vocabulary, is ignored: the mask is never sampled. With
+      `cache="exact"` it must also be a block-local denoiser with an exact cache
+      (`fef_jax.samplers.cache.BlockLocalDenoiser`).
     tokens_BxL: int[B, L]; positions that are not `mask_id` are the prompt
       and are returned unchanged.
     key: a PRNG key; split into one key per row, so rows are independent.
@@ -83,7 +86,7 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     mask_id: the mask token id (inside or outside the model's vocabulary).
     **options: method options (see `fef_jax.samplers.config.SamplerConfig`):
       `steps, block_length, temperature, top_k, top_p, select, order, window,
-      mode, threshold, factor, gamma, schedule`.
+      mode, cache, threshold, factor, gamma, schedule`.
 
   Returns:
     `SampleResult` with `tokens` int32[B, L] (no mask left) and per-row `stats`.
@@ -91,8 +94,11 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
   Raises:
     ValueError / TypeError: unknown method or option, option out of range,
       tokens not a 2-D integer array, token ids outside `[0, V)` other than
-      `mask_id`, a row with no mask, or a `logits_fn` whose output is not
-      float[N, L, V]. Value checks need concrete `tokens` (outside `jax.jit`).
+      `mask_id`, a row with no mask, a `logits_fn` whose output is not
+      float[N, L, V], or, with `cache="exact"`, a denoiser without an exact
+      cache or blocks that do not fit its attention blocks
+      (`fef_jax.samplers.cache.check_denoiser`). Value checks need concrete
+      `tokens` (outside `jax.jit`).
     FloatingPointError: `logits_fn` returned NaN or +inf at a masked position
       (concrete inputs only; the offending rows are named).
   """
@@ -110,6 +116,9 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     raise ValueError(f"top_k={config.top_k} exceeds the vocabulary size {vocab_size}")
   if _is_concrete(tokens_BxL):
     _check_values(np.asarray(tokens_BxL), config.mask_id, vocab_size)
+  if config.cache == "exact":
+    cache.check_denoiser(logits_fn, config.block_length, config.mask_id, tokens_BxL.shape[1],
+                         np.asarray(tokens_BxL) if _is_concrete(tokens_BxL) else None)
   result, bad_logits_B = _run(logits_fn, tokens_BxL, key, config)
   if _is_concrete(bad_logits_B) and bool(jnp.any(bad_logits_B)):
     rows = np.flatnonzero(np.asarray(bad_logits_B))[:10].tolist()

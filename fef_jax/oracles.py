@@ -539,3 +539,92 @@ class MarkovChain(HiddenMarkovModel):
     transition_VxV = np.full((vocab_size, vocab_size), move_prob)
     np.fill_diagonal(transition_VxV, stay_prob)
     return cls(np.full(vocab_size, 1.0 / vocab_size), transition_VxV, length)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockCausal:
+  """An oracle seen block-causally, with the block-local interface of `cache="exact"`.
+
+  The denoiser's output for attention block `b` (positions `[b K, (b+1) K)`) is
+  the oracle's output with every position of the later blocks masked, so it
+  does not depend on them, like a block-causal transformer's. Its conditionals
+  are the oracle's exact ones whenever the later blocks are masked anyway, as
+  they are in semi-autoregressive decoding of an answer that ends the sequence
+  with generation blocks inside attention blocks: then every sampler sees exact
+  conditionals, and an exact sampler reproduces the oracle's joint.
+
+  The "cache" of a state is the state itself, so `block_logits` runs the oracle
+  on the assembled copies: it tests the sampler's cached path, not a speed-up.
+
+  Attributes:
+    oracle: any oracle (`logits_fn`, `mask_id`, `length`, `vocab_size`).
+    block_length: `K >= 1`, the attention block length in positions.
+
+  Raises (construction):
+    ValueError: `block_length` not an integer >= 1.
+  """
+  oracle: JointTable | HiddenMarkovModel
+  block_length: int
+
+  def __post_init__(self):
+    object.__setattr__(self, "block_length",
+                       _check_positive_int("block_length", self.block_length))
+
+  @property
+  def exact_cache(self) -> bool:
+    return True
+
+  @property
+  def mask_id(self) -> int:
+    return self.oracle.mask_id
+
+  @property
+  def length(self) -> int:
+    return self.oracle.length
+
+  @property
+  def vocab_size(self) -> int:
+    return self.oracle.vocab_size
+
+  @_jit_method
+  def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
+    """float32[N, L, V]: block `b` from the oracle with the blocks after `b` masked.
+
+    One oracle call per block. Raises ValueError: tokens not an integer [N, L] array.
+    """
+    tokens_NxL = _check_tokens(tokens_NxL, self.length)
+    position_L = jnp.arange(self.length)
+    blocks = []
+    for start in range(0, self.length, self.block_length):
+      end = start + self.block_length
+      visible_NxL = jnp.where(position_L < end, tokens_NxL, self.mask_id)
+      blocks.append(self.oracle.logits_fn(visible_NxL)[:, start:end])
+    return jnp.concatenate(blocks, axis=1)
+
+  def encode(self, tokens_NxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(float32[N, L, V] logits as `__call__`, the cache: int32[N, L], the states)."""
+    tokens_NxL = _check_tokens(tokens_NxL, self.length)
+    return self(tokens_NxL), tokens_NxL
+
+  @_jit_method
+  def block_logits(self, cache_NxL: jax.Array, tokens_NxCxS: jax.Array,
+                   start_N: jax.Array) -> jax.Array:
+    """float32[N, C, S, V]: the span `[start, start + S)` of `C` copies of each state.
+
+    Copy `c` of row `n` is `cache_NxL[n]` with the span set to `tokens_NxCxS[n, c]`
+    and everything after it masked; equal to `__call__` on that copy, at the
+    span, when `start` is a multiple of `block_length` and `S` of it.
+    `start + S <= L` is required and not checked.
+    """
+    batch, copies, span = tokens_NxCxS.shape
+    position_L = jnp.arange(self.length)
+    end_Nx1x1 = (start_N + span)[:, None, None]
+    copies_NxCxL = jax.vmap(lambda row_L, window_CxS, start: jax.lax.dynamic_update_slice(
+        jnp.broadcast_to(row_L, (copies, self.length)), window_CxS, (0, start)))(
+            cache_NxL, tokens_NxCxS, start_N)
+    copies_NxCxL = jnp.where(position_L < end_Nx1x1, copies_NxCxL, self.mask_id)
+    logits_NxCxLxV = self.oracle.logits_fn(
+        copies_NxCxL.reshape(batch * copies, self.length)).reshape(
+            batch, copies, self.length, -1)
+    return jax.vmap(lambda logits_CxLxV, start: jax.lax.dynamic_slice_in_dim(
+        logits_CxLxV, start, span, axis=1))(logits_NxCxLxV, start_N)

@@ -57,9 +57,29 @@ def evaluate_copies(logits_fn: LogitsFn, copies_BxWxL: jax.Array) -> jax.Array:
   return logits_NxLxV.reshape(batch, num_copies, length, -1)
 
 
+def span_of(values_BxWxL: jax.Array, offset_B: jax.Array, span: int) -> jax.Array:
+  """`[B, W, span]`: positions `offset_b .. offset_b + span - 1` of every copy of row `b`.
+
+  `offset + span <= L` is required (`lax.dynamic_slice` clamps a later offset).
+  """
+  return jax.vmap(lambda v, o: jax.lax.dynamic_slice_in_dim(v, o, span, axis=1))(
+      values_BxWxL, offset_B)
+
+
+def write_span(values_BxLxV: jax.Array, span_BxSxV: jax.Array,
+               offset_B: jax.Array) -> jax.Array:
+  """`values` with positions `offset_b .. offset_b + S - 1` of row `b` replaced by `span`."""
+  return jax.vmap(lambda v, u, o: jax.lax.dynamic_update_slice_in_dim(v, u, o, axis=0))(
+      values_BxLxV, span_BxSxV, offset_B)
+
+
 def gather_targets(copy_logits_BxWxLxV: jax.Array,
                    positions_BxW: jax.Array) -> jax.Array:
-  """float[B, W, V]: the logits of copy `c` at its target position `positions[b, c]`."""
+  """float[B, W, V]: the logits of copy `c` at its target position `positions[b, c]`.
+
+  `copy_logits` may cover a span of `S` positions (`float[B, W, S, V]`), with
+  `positions` counted from the span's start.
+  """
   index_BxWx1x1 = positions_BxW[:, :, None, None]
   return jnp.take_along_axis(copy_logits_BxWxLxV, index_BxWx1x1, axis=2)[:, :, 0]
 

@@ -13,10 +13,18 @@ Each round, for every row:
 Rounds run in a `lax.while_loop` until every row's set is decided. Each
 committed token is an exact draw from its prefix-conditioned factor, whatever
 the drafts, so the set is an exact draw from `prod_j p(x^{s_j} | xt, x^{s<j})`.
+
+A `CopyEvaluator` says how step 2 evaluates the copies: by default the
+denoiser runs on the `W` whole sequences; the sampler's exact cache
+(`fef_jax.samplers.cache`) evaluates only the span of positions where the copies
+differ, against cached keys and values of the rest. The round only needs the
+targets (inside the span) and the next drafts (the span is written into the
+previous draft logits), so both evaluators give the same round.
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Optional, Union
 
 import flax.struct
 import jax
@@ -40,6 +48,9 @@ class SpeculativeState:
     round_B: rounds run for each row within this set (keys are folded with it).
     stats: running per-row statistics.
     bad_logits_B: whether any denoiser output for the row had NaN or +inf.
+    draft_tokens_BxL: optional: the denoiser input whose logits are
+      `draft_logits_BxLxV` (the accepted-prefix copy), tracked when given (the
+      exact cache recomputes the drafts of a new block from it).
   """
   tokens_BxL: jax.Array
   draft_logits_BxLxV: jax.Array
@@ -47,6 +58,36 @@ class SpeculativeState:
   round_B: jax.Array
   stats: SampleStats
   bad_logits_B: jax.Array
+  draft_tokens_BxL: Optional[jax.Array] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyEvaluator:
+  """How a verification round evaluates its `W` copies in one call.
+
+  Attributes:
+    evaluate: copies int32[B, W, L] -> (logits float[B, W, S, V] of the span of
+      positions `offset_b .. offset_b + S - 1` of every copy, offset int32[B]).
+      The span must hold every target of the round (every undecided set position).
+    units_per_copy: what one evaluated copy adds to `stats.sequences` (1 when
+      that counts whole sequences).
+  """
+  evaluate: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+  units_per_copy: int = 1
+
+
+def whole_sequences(logits_fn: LogitsFn) -> CopyEvaluator:
+  """The default evaluator: the denoiser on the `B * W` whole copies (`S = L`, offset 0)."""
+  def evaluate(copies_BxWxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return (posterior.evaluate_copies(logits_fn, copies_BxWxL),
+            jnp.zeros(copies_BxWxL.shape[:1], jnp.int32))
+  return CopyEvaluator(evaluate)
+
+
+def bad_masked(logits_NxLxV: jax.Array, tokens_NxL: jax.Array, mask_id: int) -> jax.Array:
+  """bool[N, L]: masked positions whose logits have a NaN or +inf."""
+  bad_NxL = jnp.any(jnp.isnan(logits_NxLxV) | (logits_NxLxV == jnp.inf), axis=-1)
+  return bad_NxL & (tokens_NxL == mask_id)
 
 
 def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
@@ -57,8 +98,7 @@ def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
     (float32[N, L, V] logits, bool[N] bad-row flags).
   """
   logits_NxLxV = logits_fn(tokens_NxL).astype(jnp.float32)
-  bad_NxL = jnp.any(jnp.isnan(logits_NxLxV) | (logits_NxLxV == jnp.inf), axis=-1)
-  return logits_NxLxV, jnp.any(bad_NxL & (tokens_NxL == mask_id), axis=-1)
+  return logits_NxLxV, jnp.any(bad_masked(logits_NxLxV, tokens_NxL, mask_id), axis=-1)
 
 
 def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
@@ -80,14 +120,15 @@ def _row_keys(step_keys_B: jax.Array, round_B: jax.Array) -> tuple[jax.Array, ..
   return keys_Bx3[:, 0], keys_Bx3[:, 1], keys_Bx3[:, 2]
 
 
-def verification_round(logits_fn: LogitsFn, warp_fn: WarpFn, state: SpeculativeState,
-                       rank_BxL: jax.Array, count_B: jax.Array,
+def verification_round(denoiser: Union[LogitsFn, CopyEvaluator], warp_fn: WarpFn,
+                       state: SpeculativeState, rank_BxL: jax.Array, count_B: jax.Array,
                        step_keys_B: jax.Array, *, window: int,
                        mask_id: int) -> SpeculativeState:
   """One draft / verify / accept round for every row (a no-op for decided rows).
 
   Args:
-    logits_fn: denoiser, int32[N, L] -> float[N, L, V]; called once on `B * window` rows.
+    denoiser: int32[N, L] -> float[N, L, V], called once on `B * window` rows;
+      or a `CopyEvaluator`, called once on the `[B, window, L]` copies.
     warp_fn: raw logits -> normalized sampling log-probs (same for draft and target).
     state: the loop carry.
     rank_BxL: the ordered set (see `fef_jax.posterior`).
@@ -100,7 +141,7 @@ def verification_round(logits_fn: LogitsFn, warp_fn: WarpFn, state: SpeculativeS
     The updated carry: at least one more set position decided in every row
     that had undecided ones.
   """
-  batch = state.tokens_BxL.shape[0]
+  evaluator = denoiser if isinstance(denoiser, CopyEvaluator) else whole_sequences(denoiser)
   active_B = state.start_B < count_B
   draft_key_B, accept_key_B, residual_key_B = _row_keys(step_keys_B, state.round_B)
 
@@ -108,16 +149,20 @@ def verification_round(logits_fn: LogitsFn, warp_fn: WarpFn, state: SpeculativeS
   drafts_BxL = jax.vmap(jax.random.categorical)(draft_key_B, logq_BxLxV).astype(jnp.int32)
   copies_BxWxL = posterior.prefix_revealed_copies(
       state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window)
-  logits_NxLxV, bad_N = call_denoiser(
-      logits_fn, copies_BxWxL.reshape(batch * window, -1), mask_id)
-  copy_logits_BxWxLxV = logits_NxLxV.reshape(batch, window, *logits_NxLxV.shape[1:])
+  span_logits_BxWxSxV, offset_B = evaluator.evaluate(copies_BxWxL)
+  span_logits_BxWxSxV = span_logits_BxWxSxV.astype(jnp.float32)
+  span = span_logits_BxWxSxV.shape[2]
+  bad_BxWxS = bad_masked(span_logits_BxWxSxV,
+                         posterior.span_of(copies_BxWxL, offset_B, span), mask_id)
 
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
   positions_BxW = jnp.take_along_axis(
       posterior.positions_by_rank(rank_BxL),
       jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
-  logp_BxWxV = warp_fn(posterior.gather_targets(copy_logits_BxWxLxV, positions_BxW))
+  # Targets lie in the span; invalid targets (past the set) may not, and are clipped.
+  span_positions_BxW = jnp.clip(positions_BxW - offset_B[:, None], 0, span - 1)
+  logp_BxWxV = warp_fn(posterior.gather_targets(span_logits_BxWxSxV, span_positions_BxW))
   logq_BxWxV = jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
   draft_BxW = jnp.take_along_axis(drafts_BxL, positions_BxW, axis=1)
   log_ratio_BxW = (jnp.take_along_axis(logp_BxWxV, draft_BxW[..., None], axis=-1)
@@ -143,32 +188,41 @@ def verification_round(logits_fn: LogitsFn, warp_fn: WarpFn, state: SpeculativeS
                          jnp.where(take_residual_BxL, residual_B[:, None], state.tokens_BxL))
   num_committed_B = num_accepted_B + rejected_B.astype(jnp.int32)
 
-  pivot_copy_logits = jnp.take_along_axis(
-      copy_logits_BxWxLxV, pivot_B[:, None, None, None], axis=1)[:, 0]
-  draft_logits_BxLxV = jnp.where(active_B[:, None, None], pivot_copy_logits,
-                                 state.draft_logits_BxLxV)
+  pivot_span_logits_BxSxV = jnp.take_along_axis(
+      span_logits_BxWxSxV, pivot_B[:, None, None, None], axis=1)[:, 0]
+  draft_logits_BxLxV = jnp.where(
+      active_B[:, None, None],
+      posterior.write_span(state.draft_logits_BxLxV, pivot_span_logits_BxSxV, offset_B),
+      state.draft_logits_BxLxV)
+  draft_tokens_BxL = state.draft_tokens_BxL
+  if draft_tokens_BxL is not None:
+    pivot_copy_BxL = jnp.take_along_axis(copies_BxWxL, pivot_B[:, None, None], axis=1)[:, 0]
+    draft_tokens_BxL = jnp.where(active_B[:, None], pivot_copy_BxL, draft_tokens_BxL)
   active = active_B.astype(jnp.int32)
   stats = state.stats.replace(
       nfe=state.stats.nfe + active,
-      sequences=state.stats.sequences + active * window,
+      sequences=state.stats.sequences + active * window * evaluator.units_per_copy,
       rounds=state.stats.rounds + active,
       drafts_examined=state.stats.drafts_examined + num_committed_B,
       drafts_accepted=state.stats.drafts_accepted + num_accepted_B)
-  bad_B = jnp.any(bad_N.reshape(batch, window), axis=1) & active_B
+  bad_B = jnp.any(bad_BxWxS, axis=(1, 2)) & active_B
   return SpeculativeState(
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=state.start_B + num_committed_B, round_B=state.round_B + active,
-      stats=stats, bad_logits_B=state.bad_logits_B | bad_B)
+      stats=stats, bad_logits_B=state.bad_logits_B | bad_B,
+      draft_tokens_BxL=draft_tokens_BxL)
 
 
-def decide_set(logits_fn: LogitsFn, warp_fn: WarpFn, tokens_BxL: jax.Array,
-               draft_logits_BxLxV: jax.Array, rank_BxL: jax.Array,
+def decide_set(denoiser: Union[LogitsFn, CopyEvaluator], warp_fn: WarpFn,
+               tokens_BxL: jax.Array, draft_logits_BxLxV: jax.Array, rank_BxL: jax.Array,
                count_B: jax.Array, step_keys_B: jax.Array, stats: SampleStats,
-               *, window: int, mask_id: int) -> SpeculativeState:
+               *, window: int, mask_id: int,
+               draft_tokens_BxL: Optional[jax.Array] = None) -> SpeculativeState:
   """Decides every row's ordered set exactly, by speculative rounds in a `lax.while_loop`.
 
   Args:
-    logits_fn: denoiser, int32[N, L] -> float[N, L, V] (batch-polymorphic).
+    denoiser: int32[N, L] -> float[N, L, V] (batch-polymorphic), or a
+      `CopyEvaluator` whose span holds every position of the set.
     warp_fn: raw logits -> normalized sampling log-probs.
     tokens_BxL: the state; set positions must be masked.
     draft_logits_BxLxV: raw logits to draft the first round from; any function
@@ -179,20 +233,23 @@ def decide_set(logits_fn: LogitsFn, warp_fn: WarpFn, tokens_BxL: jax.Array,
     stats: statistics to add this set's rounds to.
     window: static verification window `W >= 1`.
     mask_id: the mask token.
+    draft_tokens_BxL: optional: the input that `draft_logits_BxLxV` came from;
+      given, the carry tracks it (see `SpeculativeState`).
 
   Returns:
     The final carry: `tokens_BxL` with every set position decided, the draft
-    logits for the next set, and updated statistics. Rounds per row are at most
+    logits for the next set (and their input, if tracked), and updated statistics. Rounds per row are at most
     the set size, since each round decides at least one position.
   """
   batch = tokens_BxL.shape[0]
   init = SpeculativeState(
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=jnp.zeros((batch,), jnp.int32), round_B=jnp.zeros((batch,), jnp.int32),
-      stats=stats, bad_logits_B=jnp.zeros((batch,), bool))
+      stats=stats, bad_logits_B=jnp.zeros((batch,), bool),
+      draft_tokens_BxL=draft_tokens_BxL)
 
   def body(state):
-    return verification_round(logits_fn, warp_fn, state, rank_BxL, count_B,
+    return verification_round(denoiser, warp_fn, state, rank_BxL, count_B,
                               step_keys_B, window=window, mask_id=mask_id)
 
   return jax.lax.while_loop(lambda s: jnp.any(s.start_B < count_B), body, init)

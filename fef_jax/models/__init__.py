@@ -8,6 +8,7 @@
     fj.sample(logits_fn, tokens_BxL, key, "fef", mask_id=config.mask_id)
 """
 from fef_jax.models.transformer import Denoiser
+from fef_jax.models.transformer import KVCache
 from fef_jax.models.transformer import Transformer
 from fef_jax.models.transformer import TransformerConfig
 from fef_jax.models.transformer import flops_per_token
@@ -15,5 +16,5 @@ from fef_jax.models.transformer import init_params
 from fef_jax.models.transformer import num_params
 from fef_jax.models.transformer import rope
 
-__all__ = ["Denoiser", "Transformer", "TransformerConfig", "flops_per_token",
+__all__ = ["Denoiser", "KVCache", "Transformer", "TransformerConfig", "flops_per_token",
            "init_params", "num_params", "rope"]

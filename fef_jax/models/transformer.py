@@ -1,12 +1,26 @@
-"""A bidirectional pre-norm transformer denoiser for masked diffusion.
+"""A pre-norm transformer denoiser for masked diffusion, bidirectional or block-causal.
 
 `Transformer(config)(tokens_BxL, valid_BxL, t_B)` maps token ids to float32
 logits over the model's `vocab_size` output tokens at every position:
 token embedding -> [RMSNorm -> multi-head attention with RoPE -> residual,
 RMSNorm -> SwiGLU MLP -> residual] x num_layers -> RMSNorm -> output projection
-(tied to the embedding table or untied). Attention is non-causal; `valid_BxL`
-hides padding keys. Parameters are always float32; `config.dtype` is the
-compute dtype (activations, matmul inputs), and logits accumulate in float32.
+(tied to the embedding table or untied). Attention is non-causal by default;
+with `attention="block_causal"` a position of block `b` (positions
+`[b K, (b+1) K)`, `K = block_length`) attends to the positions of blocks `<= b`
+only. `valid_BxL` hides padding keys. Parameters are always float32;
+`config.dtype` is the compute dtype (activations, matmul inputs), and logits
+accumulate in float32.
+
+Cached evaluation: `Transformer.encode` returns the logits and every layer's
+keys and values (a `KVCache`); `Transformer.block_logits` evaluates `C` copies
+of a span of `S` positions `[start, start + S)` against a cached state, sharing
+one cache among the copies. In a block-causal model the keys and values of the
+blocks before `start` do not depend on later positions and the span's logits
+do not depend on positions after it, so with `start` a multiple of
+`block_length` this equals the full forward pass of each copy (the cache is
+*exact*). In a bidirectional model it is an approximation: the span does not see
+the positions after it, and the cached keys were computed from the cached
+state's span, not the copy's.
 
 The mask id is an input id: with `mask_id == vocab_size` the embedding table
 has `vocab_size + 1` rows and the mask is never an output; with `mask_id` inside
@@ -24,9 +38,11 @@ import numbers
 from typing import Any, Callable
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
+ATTENTION_KINDS = ("bidirectional", "block_causal")
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 _TIME_SCALE = 1000.0  # t in [0, 1] is embedded as the "step" 1000 t
 
@@ -52,12 +68,16 @@ class TransformerConfig:
       the output projection.
     remat: rematerialize each block in the backward pass (`nn.remat`).
     dtype: compute dtype, e.g. `jnp.float32` or `jnp.bfloat16`.
+    attention: `"bidirectional"` or `"block_causal"` (see the module docstring).
+    block_length: the attention block length in positions; required with
+      `block_causal`, None with `bidirectional`.
 
   Raises:
     ValueError: (on construction) a size that is not a positive int, `mask_id`
       outside `[0, vocab_size]`, `d_model` not divisible by `num_heads`, an odd
-      head dim, `rope_theta <= 0`, or a `dtype` that is not floating; the
-      message names the field.
+      head dim, `rope_theta <= 0`, a `dtype` that is not floating, an unknown
+      `attention`, or a `block_length` that does not fit it; the message names
+      the field.
   """
   vocab_size: int
   mask_id: int
@@ -71,6 +91,16 @@ class TransformerConfig:
   tie_embeddings: bool = True
   remat: bool = False
   dtype: Any = jnp.float32
+  attention: str = "bidirectional"
+  block_length: int | None = None
+
+  def __repr__(self) -> str:
+    # Bidirectional configs print as they did before `attention` existed:
+    # checkpoint fingerprints hold this repr, and older runs must still resume.
+    skip = ("attention", "block_length") if self.attention == "bidirectional" else ()
+    fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
+                       for f in dataclasses.fields(self) if f.name not in skip)
+    return f"{type(self).__qualname__}({fields})"
 
   def __post_init__(self):
     for name in ("vocab_size", "max_length", "d_model", "num_layers", "num_heads",
@@ -97,6 +127,14 @@ class TransformerConfig:
     if not floating:
       raise ValueError(f"TransformerConfig.dtype must be a floating dtype, got "
                        f"{self.dtype!r}")
+    if self.attention not in ATTENTION_KINDS:
+      raise ValueError(f"TransformerConfig.attention must be one of {ATTENTION_KINDS}, "
+                       f"got {self.attention!r}")
+    if self.attention == "block_causal":
+      _check_positive_int("block_length", self.block_length)
+    elif self.block_length is not None:
+      raise ValueError(f"TransformerConfig.block_length={self.block_length!r} is only "
+                       f"used with attention='block_causal'; leave it None")
 
   @property
   def head_dim(self) -> int:
@@ -138,8 +176,9 @@ def flops_per_token(config: TransformerConfig, length: int) -> int:
   scales or the per-sequence time MLP -- each costing 2 FLOPs per token forward
   and 4 backward; the second term is the attention scores and the weighted sum
   of values (`2 * 2 * length * d_model` FLOPs per token and layer forward, no
-  causal halving since attention is bidirectional), times 3 for training. A
-  forward pass (sampling) costs a third of this.
+  causal halving: bidirectional attention needs all of it, and block-causal
+  attention computes all of it and masks), times 3 for training. A forward
+  pass (sampling) costs a third of this.
 
   Raises:
     ValueError: `length` is not a positive int.
@@ -159,8 +198,9 @@ def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, theta: float) -> jax.Arra
   Computed in float32; returned in the input dtype.
 
   Args:
-    x_BxLxHxK: queries or keys; `K` must be even.
-    positions_L: the position of each of the `L` tokens.
+    x_BxLxHxK: queries or keys, `[..., L, H, K]`; `K` must be even.
+    positions_L: the position of each token, broadcastable to `x.shape[:-2]`
+      (`[L]`, or e.g. `[B, 1, L]` for per-row positions of `[B, C, L, H, K]`).
     theta: base wavelength.
 
   Returns:
@@ -168,12 +208,12 @@ def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, theta: float) -> jax.Arra
   """
   half = x_BxLxHxK.shape[-1] // 2
   inv_freq_K2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_LxK2 = positions_L.astype(jnp.float32)[:, None] * inv_freq_K2
-  cos_1xLx1xK2 = jnp.cos(angle_LxK2)[None, :, None, :]
-  sin_1xLx1xK2 = jnp.sin(angle_LxK2)[None, :, None, :]
+  angle_LxK2 = positions_L.astype(jnp.float32)[..., None] * inv_freq_K2
+  cos_Lx1xK2 = jnp.cos(angle_LxK2)[..., None, :]
+  sin_Lx1xK2 = jnp.sin(angle_LxK2)[..., None, :]
   x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos_1xLx1xK2 - x2 * sin_1xLx1xK2,
-                             x2 * cos_1xLx1xK2 + x1 * sin_1xLx1xK2], axis=-1)
+  rotated = jnp.concatenate([x1 * cos_Lx1xK2 - x2 * sin_Lx1xK2,
+                             x2 * cos_Lx1xK2 + x1 * sin_Lx1xK2], axis=-1)
   return rotated.astype(x_BxLxHxK.dtype)
 
 
@@ -194,22 +234,76 @@ def _norm(config: TransformerConfig, name: str) -> nn.RMSNorm:
   return nn.RMSNorm(epsilon=1e-6, dtype=config.dtype, param_dtype=jnp.float32, name=name)
 
 
+@flax.struct.dataclass
+class KVCache:
+  """Every layer's keys and values for a batch of states: the context of `block_logits`.
+
+  Every leaf has the batch as its leading axis, so rows can be selected with
+  `jnp.where` like the states they were computed from.
+
+  Attributes:
+    keys_NxYxLxHxK: RoPE-rotated keys of the `Y = num_layers` layers, in the
+      compute dtype.
+    values_NxYxLxHxK: values, same shape and dtype.
+    valid_NxL: bool, the non-padding positions of the cached states.
+  """
+  keys_NxYxLxHxK: jax.Array
+  values_NxYxLxHxK: jax.Array
+  valid_NxL: jax.Array
+
+
+def _attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxHxK: jax.Array, v_BxCxSxHxK: jax.Array,
+                 span_mask_BxSxS: jax.Array, context_k_BxLxHxK: jax.Array,
+                 context_v_BxLxHxK: jax.Array, context_mask_BxL: jax.Array) -> jax.Array:
+  """Attention of `C` copies of a span over their own span and one shared context.
+
+  One softmax over [context keys, own span keys], with the numerics of
+  `jax.nn.dot_product_attention` (logits and softmax in float32); the context is
+  broadcast over the copies, never copied. Returns `[B, C, S, H, K]`.
+  """
+  logits_dtype = jnp.promote_types(q_BxCxSxHxK.dtype, jnp.float32)
+  scale = jnp.array(1.0 / math.sqrt(q_BxCxSxHxK.shape[-1]), logits_dtype)
+  large_negative = jnp.asarray(-0.7 * jnp.finfo(logits_dtype).max, logits_dtype)
+  context_BxCxHxSxL = jnp.einsum("bcshk,blhk->bchsl", q_BxCxSxHxK, context_k_BxLxHxK,
+                                 preferred_element_type=logits_dtype) * scale
+  own_BxCxHxSxS = jnp.einsum("bcshk,bcthk->bchst", q_BxCxSxHxK, k_BxCxSxHxK,
+                             preferred_element_type=logits_dtype) * scale
+  context_BxCxHxSxL = jnp.where(context_mask_BxL[:, None, None, None, :],
+                                context_BxCxHxSxL, large_negative)
+  own_BxCxHxSxS = jnp.where(span_mask_BxSxS[:, None, None], own_BxCxHxSxS, large_negative)
+  probs = jax.nn.softmax(jnp.concatenate([context_BxCxHxSxL, own_BxCxHxSxS], axis=-1)
+                         .astype(jnp.float32), axis=-1).astype(v_BxCxSxHxK.dtype)
+  length = context_k_BxLxHxK.shape[1]
+  return (jnp.einsum("bchsl,blhk->bcshk", probs[..., :length], context_v_BxLxHxK)
+          + jnp.einsum("bchst,bcthk->bcshk", probs[..., length:], v_BxCxSxHxK))
+
+
 class Attention(nn.Module):
-  """Bidirectional multi-head self-attention with RoPE on queries and keys."""
+  """Multi-head self-attention with RoPE on queries and keys.
+
+  Full pass: `x` is `[B, L, D]` and `mask` broadcasts to `[B, heads, L, L]`
+  (None: attend everywhere). Span pass (`context` given): `x` is `[B, C, S, D]`,
+  `C` copies of `S` positions; `mask` `[B, S, S]` says which span keys each span
+  query sees, and `context = (keys_BxLxHxK, values_BxLxHxK, mask_BxL)` adds
+  cached keys shared by the copies. Both return the output and the (rotated
+  keys, values) of their own tokens.
+  """
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
+               context: tuple[jax.Array, jax.Array, jax.Array] | None = None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     cfg = self.config
     heads = (cfg.num_heads, cfg.head_dim)
-    positions_L = jnp.arange(x_BxLxD.shape[1])
-    q_BxLxHxK = rope(_dense(cfg, heads, "query")(x_BxLxD), positions_L, cfg.rope_theta)
-    k_BxLxHxK = rope(_dense(cfg, heads, "key")(x_BxLxD), positions_L, cfg.rope_theta)
-    v_BxLxHxK = _dense(cfg, heads, "value")(x_BxLxD)
-    keys_Bx1x1xL = None if valid_BxL is None else valid_BxL[:, None, None, :]
-    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK,
-                                               mask=keys_Bx1x1xL)
-    return _dense(cfg, cfg.d_model, "out", axis=(-2, -1))(out_BxLxHxK)
+    q = rope(_dense(cfg, heads, "query")(x), positions, cfg.rope_theta)
+    k = rope(_dense(cfg, heads, "key")(x), positions, cfg.rope_theta)
+    v = _dense(cfg, heads, "value")(x)
+    if context is None:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    else:
+      out = _attend_span(q, k, v, mask, *context)
+    return _dense(cfg, cfg.d_model, "out", axis=(-2, -1))(out), (k, v)
 
 
 class MLP(nn.Module):
@@ -225,15 +319,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."""
+  """Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+
+  Returns the new stream and the attention's (keys, values); see `Attention`.
+  """
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, valid_BxL: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
+               context: tuple[jax.Array, jax.Array, jax.Array] | None = None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     cfg = self.config
-    x_BxLxD = x_BxLxD + Attention(cfg, name="attention")(
-        _norm(cfg, "attention_norm")(x_BxLxD), valid_BxL)
-    return x_BxLxD + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x_BxLxD))
+    attended, keys_values = Attention(cfg, name="attention")(
+        _norm(cfg, "attention_norm")(x), positions, mask, context)
+    x = x + attended
+    return x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x)), keys_values
 
 
 class TimeEmbedding(nn.Module):
@@ -267,16 +367,73 @@ def _check_inputs(config: TransformerConfig, tokens_BxL: Any, valid_BxL: Any,
                      f"{None if t_B is None else jnp.shape(t_B)}")
 
 
+def _check_cacheable(config: TransformerConfig) -> None:
+  if config.time_conditioning:
+    raise ValueError("cached evaluation needs time_conditioning=False: the time embedding "
+                     "depends on the masks of the whole sequence, so cached keys and "
+                     "values would not match the copies evaluated against them")
+
+
+def _check_span_inputs(cache: KVCache, tokens_BxCxS: Any, start_B: Any) -> None:
+  """Shape and dtype checks of `block_logits` (static, so they run under jit too)."""
+  shape = getattr(tokens_BxCxS, "shape", None)
+  if (shape is None or len(shape) != 3
+      or not jnp.issubdtype(tokens_BxCxS.dtype, jnp.integer)):
+    raise ValueError(f"tokens_BxCxS must be an integer array of shape [B, C, S], got "
+                     f"{getattr(tokens_BxCxS, 'dtype', type(tokens_BxCxS))}{shape}")
+  batch, length = cache.valid_NxL.shape
+  if shape[0] != batch or shape[2] > length:
+    raise ValueError(f"tokens_BxCxS{list(shape)} needs B equal to the cache's batch "
+                     f"{batch} and S <= its length {length}")
+  if jnp.shape(start_B) != (batch,) or not jnp.issubdtype(jnp.result_type(start_B),
+                                                          jnp.integer):
+    raise ValueError(f"start_B must be an integer array of shape ({batch},), got "
+                     f"{jnp.result_type(start_B)}{list(jnp.shape(start_B))}")
+
+
+def _full_mask(config: TransformerConfig, valid_BxL: jax.Array | None,
+               length: int) -> jax.Array | None:
+  """The full pass's attention mask, broadcastable to [B, heads, L, L]; None: no mask."""
+  keys_Bx1x1xL = None if valid_BxL is None else valid_BxL[:, None, None, :]
+  if config.attention == "bidirectional":
+    return keys_Bx1x1xL
+  block_L = jnp.arange(length) // config.block_length
+  causal_1x1xLxL = (block_L[None, :] <= block_L[:, None])[None, None]
+  return causal_1x1xLxL if keys_Bx1x1xL is None else causal_1x1xLxL & keys_Bx1x1xL
+
+
+def _span_masks(config: TransformerConfig, cache: KVCache, start_B: jax.Array,
+                span: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(positions int32[B, S], span mask bool[B, S, S], context mask bool[B, L]).
+
+  Span keys are seen when valid (and, block-causally, not in a later block);
+  context keys when valid and before `start`, so the cached span itself is
+  replaced by each copy's.
+  """
+  start_B = start_B.astype(jnp.int32)
+  positions_BxS = start_B[:, None] + jnp.arange(span, dtype=jnp.int32)
+  span_valid_BxS = jax.vmap(lambda v, s: jax.lax.dynamic_slice(v, (s,), (span,)))(
+      cache.valid_NxL, start_B)
+  span_mask_BxSxS = jnp.broadcast_to(span_valid_BxS[:, None, :], (*span_valid_BxS.shape, span))
+  if config.attention == "block_causal":
+    block_BxS = positions_BxS // config.block_length
+    span_mask_BxSxS = span_mask_BxSxS & (block_BxS[:, None, :] <= block_BxS[:, :, None])
+  length = cache.valid_NxL.shape[1]
+  context_mask_BxL = cache.valid_NxL & (jnp.arange(length)[None, :] < start_B[:, None])
+  return positions_BxS, span_mask_BxSxS, context_mask_BxL
+
+
 class Transformer(nn.Module):
   """The denoiser network: int32[B, L] token ids -> float32[B, L, vocab_size] logits.
 
   Token ids must lie in `[0, vocab_size) U {mask_id}`. This cannot be checked
   under jit; an id outside the embedding table reads NaN (JAX's out-of-bounds
   gather fill), so its row's logits are NaN (which `fef_jax.sample` reports).
+  `encode` and `block_logits` (call them with `apply(..., method=...)`) are the
+  cached evaluation described in the module docstring.
   """
   config: TransformerConfig
 
-  @nn.compact
   def __call__(self, tokens_BxL: jax.Array, valid_BxL: jax.Array | None = None,
                t_B: jax.Array | None = None) -> jax.Array:
     """Logits of every position.
@@ -299,22 +456,106 @@ class Transformer(nn.Module):
     """
     cfg = self.config
     _check_inputs(cfg, tokens_BxL, valid_BxL, t_B)
+    length = tokens_BxL.shape[1]
+    logits_BxLxV, _ = self._forward(tokens_BxL, t_B, jnp.arange(length),
+                                    _full_mask(cfg, valid_BxL, length))
+    return logits_BxLxV
+
+  def encode(self, tokens_BxL: jax.Array,
+             valid_BxL: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """The full pass, also returning every layer's keys and values.
+
+    Args:
+      tokens_BxL, valid_BxL: as for `__call__` (no time: see Raises).
+
+    Returns:
+      (float32[B, L, vocab_size] logits, the same as `__call__`'s; the `KVCache`
+      of the `B` states, `valid_NxL` all True when `valid_BxL` is None).
+
+    Raises:
+      ValueError: bad inputs as for `__call__`, or a time-conditioned model.
+    """
+    cfg = self.config
+    _check_cacheable(cfg)
+    _check_inputs(cfg, tokens_BxL, valid_BxL, None)
+    length = tokens_BxL.shape[1]
+    logits_BxLxV, keys_values = self._forward(tokens_BxL, None, jnp.arange(length),
+                                              _full_mask(cfg, valid_BxL, length))
+    valid_BxL = jnp.ones(tokens_BxL.shape, bool) if valid_BxL is None else valid_BxL
+    return logits_BxLxV, KVCache(
+        keys_NxYxLxHxK=jnp.stack([k for k, _ in keys_values], axis=1),
+        values_NxYxLxHxK=jnp.stack([v for _, v in keys_values], axis=1),
+        valid_NxL=valid_BxL)
+
+  def block_logits(self, cache: KVCache, tokens_BxCxS: jax.Array,
+                   start_B: jax.Array) -> jax.Array:
+    """Logits of the span `[start, start + S)` of `C` copies of each cached state.
+
+    Copy `c` of row `b` is the cached state `b` with positions
+    `start_b .. start_b + S - 1` replaced by `tokens_BxCxS[b, c]`; the span
+    attends to the cache's valid keys before `start` and to its own valid keys
+    (block-causally in a block-causal model), and nothing after it. Validity of
+    the span's positions is read from the cache (padding is not re-decided).
+    Exact (equal to `__call__` on each copy, at the span) for a block-causal
+    model when `start` is a multiple of `block_length`; see the module docstring.
+
+    Args:
+      cache: a `KVCache` of `B` states of length `L` (from `encode`).
+      tokens_BxCxS: int[B, C, S] span tokens, static `S <= L`.
+      start_B: int[B] span starts, traced; `start + S <= L` is required and not
+        checked (a later start is clamped by `lax.dynamic_slice`).
+
+    Returns:
+      float32[B, C, S, vocab_size] logits.
+
+    Raises:
+      ValueError: tokens not an integer [B, C, S] array, a batch that is not
+        the cache's, `S > L`, `start_B` not int[B], or a time-conditioned model.
+    """
+    cfg = self.config
+    _check_cacheable(cfg)
+    _check_span_inputs(cache, tokens_BxCxS, start_B)
+    positions_BxS, span_mask_BxSxS, context_mask_BxL = _span_masks(
+        cfg, cache, start_B, tokens_BxCxS.shape[2])
+    logits_BxCxSxV, _ = self._forward(
+        tokens_BxCxS, None, positions_BxS[:, None, :], span_mask_BxSxS,
+        (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
+    return logits_BxCxSxV
+
+  @nn.compact
+  def _forward(self, tokens: jax.Array, t_B: jax.Array | None, positions: jax.Array,
+               mask: jax.Array | None,
+               context: tuple[jax.Array, jax.Array, jax.Array] | None = None
+               ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """The network on `[B, L]` tokens, or on `[B, C, S]` span copies with a `context`
+    of stacked layer keys and values `[B, Y, L, H, K]` and a key mask `[B, L]`.
+
+    Returns:
+      (float32 logits `[..., vocab_size]`, every layer's (keys, values) of `tokens`).
+    """
+    cfg = self.config
     embed = nn.Embed(cfg.num_embeddings, cfg.d_model, embedding_init=_EMBED_INIT,
                      dtype=cfg.dtype, param_dtype=jnp.float32, name="embed")
-    x_BxLxD = embed(tokens_BxL)
+    x = embed(tokens)
     if cfg.time_conditioning:
-      x_BxLxD = x_BxLxD + TimeEmbedding(cfg, name="time")(t_B)[:, None, :]
+      x = x + TimeEmbedding(cfg, name="time")(t_B)[:, None, :]
     block_cls = nn.remat(Block) if cfg.remat else Block
+    keys_values = []
     for i in range(cfg.num_layers):
-      x_BxLxD = block_cls(cfg, name=f"block_{i}")(x_BxLxD, valid_BxL)
-    x_BxLxD = _norm(cfg, "final_norm")(x_BxLxD)
+      layer_context = None if context is None else (
+          context[0][:, i], context[1][:, i], context[2])
+      x, layer_keys_values = block_cls(cfg, name=f"block_{i}")(x, positions, mask,
+                                                               layer_context)
+      keys_values.append(layer_keys_values)
+    x = _norm(cfg, "final_norm")(x)
     if cfg.tie_embeddings:
       unembed_VxD = embed.embedding[:cfg.vocab_size]
     else:
       unembed_VxD = self.param("unembed", nn.initializers.lecun_normal(),
                                (cfg.vocab_size, cfg.d_model), jnp.float32)
-    return jnp.einsum("bld,vd->blv", x_BxLxD, unembed_VxD.astype(cfg.dtype),
-                      preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...d,vd->...v", x, unembed_VxD.astype(cfg.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits, keys_values
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -343,6 +584,10 @@ class Denoiser:
   With `time_conditioning`, the time given to the model is the masked fraction
   of the valid positions: under the linear schedule, the `t` at which that
   fraction is the expected one.
+
+  It also offers the block-local interface that `fef_jax.sample(...,
+  cache="exact")` uses (`exact_cache`, `block_length`, `encode`,
+  `block_logits`; see `fef_jax.samplers.cache`).
   """
   model: Transformer
   params: Any
@@ -358,3 +603,30 @@ class Denoiser:
       masked_N = jnp.sum((tokens_NxL == cfg.mask_id) & counted_NxL, axis=1)
       t_N = masked_N / jnp.maximum(jnp.sum(counted_NxL, axis=1), 1)
     return self.model.apply({"params": self.params}, tokens_NxL, valid_NxL, t_N)
+
+  @property
+  def block_length(self) -> int | None:
+    """The model's attention block length in positions (None: bidirectional)."""
+    return self.model.config.block_length
+
+  @property
+  def exact_cache(self) -> bool:
+    """Whether `block_logits` equals the full call: block-causal, no time conditioning."""
+    cfg = self.model.config
+    return cfg.attention == "block_causal" and not cfg.time_conditioning
+
+  def encode(self, tokens_NxL: jax.Array) -> tuple[jax.Array, KVCache]:
+    """(float32[N, L, vocab_size] logits, as `__call__`; the `KVCache` of the states).
+
+    Raises:
+      ValueError: a time-conditioned model (see `Transformer.encode`).
+    """
+    valid_NxL = None if self.valid_fn is None else self.valid_fn(tokens_NxL)
+    return self.model.apply({"params": self.params}, tokens_NxL, valid_NxL,
+                            method=Transformer.encode)
+
+  def block_logits(self, cache: KVCache, tokens_NxCxS: jax.Array,
+                   start_N: jax.Array) -> jax.Array:
+    """float32[N, C, S, vocab_size]: `Transformer.block_logits` with these parameters."""
+    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
+                            method=Transformer.block_logits)

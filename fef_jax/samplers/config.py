@@ -12,6 +12,7 @@ METHODS = ("ancestral", "confidence", "threshold", "eb", "first_hitting",
            "random_sizes", "fef")
 ORDERS = ("left_to_right", "confidence", "random")
 MODES = ("commit_set", "joint_then_remask")
+CACHE_MODES = ("none", "exact")
 
 _COMMON = ("steps", "block_length", "temperature", "top_k", "top_p")
 METHOD_OPTIONS = {
@@ -21,7 +22,7 @@ METHOD_OPTIONS = {
     "eb": ("block_length", "temperature", "top_k", "top_p", "gamma"),
     "first_hitting": ("block_length", "temperature", "top_k", "top_p", "select"),
     "random_sizes": _COMMON + ("select",),
-    "fef": _COMMON + ("select", "order", "window", "mode"),
+    "fef": _COMMON + ("select", "order", "window", "mode", "cache"),
 }
 DEFAULT_SELECT = {"confidence": "confidence", "first_hitting": "random",
                   "random_sizes": "confidence", "fef": "confidence"}
@@ -45,6 +46,10 @@ class SamplerConfig:
     order: FeF: order of a step's set in the prefix factorization.
     window: FeF: drafts verified per round (copies per batched call).
     mode: FeF: `commit_set` or `joint_then_remask` (see DESIGN.md).
+    cache: FeF: `none` (every round evaluates `window` whole sequences) or
+      `exact` (rounds evaluate the copies over one attention block against
+      cached keys and values; needs `block_length` and a denoiser with an exact
+      cache, see `fef_jax.samplers.cache`).
     threshold: Fast-dLLM: commit positions whose confidence exceeds it.
     factor: Fast-dLLM factor rule: commit the largest n with (n+1)(1-c_n) < factor.
     gamma: EB: entropy budget (sum of entropies minus the largest).
@@ -61,6 +66,7 @@ class SamplerConfig:
   order: str = "left_to_right"
   window: int = 16
   mode: str = "commit_set"
+  cache: str = "none"
   threshold: float = 0.9
   factor: Optional[float] = None
   gamma: float = 0.1
@@ -117,6 +123,11 @@ def make_config(method: str, mask_id: int, **options: Any) -> SamplerConfig:
          f"unknown select rule {config.select!r}; expected one of {SCORE_RULES}")
   _check(config.order in ORDERS, f"unknown order {config.order!r}; expected one of {ORDERS}")
   _check(config.mode in MODES, f"unknown mode {config.mode!r}; expected one of {MODES}")
+  _check(config.cache in CACHE_MODES,
+         f"unknown cache {config.cache!r}; expected one of {CACHE_MODES}")
+  _check(config.cache == "none" or config.block_length is not None,
+         "cache='exact' needs block_length: the cache holds the blocks before the "
+         "current one, so without blocks there is nothing to cache")
   _check(_is_int(config.window) and config.window >= 1,
          f"window must be an integer >= 1, got {config.window!r}")
   _check(_is_real(config.threshold) and 0 < config.threshold <= 1,

@@ -5,14 +5,15 @@ the lowest unfinished block of every row and hands a `StepContext` to the
 method's *plan* (which positions to commit). Two *deciders* fill them in:
 `independent` (each position from its own marginal at the current state: one
 call per step, the usual parallel decoding) and the FeF deciders, which draw the
-set from the prefix-conditioned factorization by speculative verification.
-All randomness is derived per row from `fold_in(row_key, row_step)`, so a row's
+set from the prefix-conditioned factorization by speculative verification
+(optionally over one block of copies against a cached context:
+`fef_jax.samplers.cache`). All randomness is derived per row from `fold_in(row_key, row_step)`, so a row's
 result does not depend on the other rows of the batch.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from fef_jax import speculative
 from fef_jax import warp
+from fef_jax.samplers import cache
 from fef_jax.samplers import selection
 from fef_jax.samplers.config import SamplerConfig
 from fef_jax.types import SampleResult, SampleStats
@@ -63,6 +65,11 @@ class LoopState:
   step_B: jax.Array
   stats: SampleStats
   bad_logits_B: jax.Array
+  # FeF with cache="exact" only: the input of the draft logits, the denoiser's
+  # cache and the start of the window it serves.
+  draft_tokens_BxL: Optional[jax.Array] = None
+  context: Any = None
+  window_B: Optional[jax.Array] = None
 
 
 def _split_rows(keys_B: jax.Array, num: int) -> list[jax.Array]:
@@ -74,10 +81,13 @@ def _propose(log_probs_BxLxV: jax.Array, keys_B: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.categorical)(keys_B, log_probs_BxLxV).astype(jnp.int32)
 
 
-def _context(config: SamplerConfig, state: LoopState, block_BxL, steps_per_block_B,
-             log_probs_BxLxV, x0_keys_B, plan_keys_B) -> StepContext:
-  masked_BxL = state.tokens_BxL == config.mask_id
-  eligible_BxL = masked_BxL & (block_BxL == state.cur_block_B[:, None])
+def _eligible(config: SamplerConfig, state: LoopState, block_BxL) -> jax.Array:
+  """bool[B, L]: the masked positions of each row's current block."""
+  return (state.tokens_BxL == config.mask_id) & (block_BxL == state.cur_block_B[:, None])
+
+
+def _context(state: LoopState, eligible_BxL, steps_per_block_B, log_probs_BxLxV,
+             x0_keys_B, plan_keys_B) -> StepContext:
   return StepContext(
       eligible_BxL=eligible_BxL,
       remaining_B=jnp.sum(eligible_BxL, axis=1).astype(jnp.int32),
@@ -94,8 +104,8 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
   """Commits the plan's positions, each drawn from its marginal at the current state."""
   x0_keys_B, plan_keys_B = _split_rows(step_keys_B, 2)
   logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, state.tokens_BxL, config.mask_id)
-  ctx = _context(config, state, block_BxL, steps_per_block_B, warp_fn(logits_BxLxV),
-                 x0_keys_B, plan_keys_B)
+  ctx = _context(state, _eligible(config, state, block_BxL), steps_per_block_B,
+                 warp_fn(logits_BxLxV), x0_keys_B, plan_keys_B)
   commit_BxL = plan(config, ctx) & ctx.eligible_BxL
   one = active_B.astype(jnp.int32)
   stats = state.stats.replace(nfe=state.stats.nfe + one,
@@ -103,6 +113,34 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
                               rounds=state.stats.rounds + one)
   return state.replace(tokens_BxL=jnp.where(commit_BxL, ctx.x0_BxL, state.tokens_BxL),
                        stats=stats, bad_logits_B=state.bad_logits_B | (bad_B & active_B))
+
+
+def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
+                  state: LoopState, eligible_BxL, active_B
+                  ) -> tuple[LoopState, speculative.CopyEvaluator]:
+  """Cached FeF: refreshes rows whose window moved; returns the rounds' evaluator.
+
+  The refresh is one batched call of `2B` full sequences, skipped (`lax.cond`)
+  when no row moved; it counts one call and two sequences for each moved row
+  (`stats.sequences` is in token positions here, see `run`).
+  """
+  length = state.tokens_BxL.shape[1]
+  start_B = cache.window_start(eligible_BxL, denoiser.block_length)
+  refresh_B = active_B & (start_B != state.window_B)
+
+  def refresh(state: LoopState) -> LoopState:
+    logits_BxLxV, context, bad_B = cache.refresh(
+        denoiser, refresh_B, state.tokens_BxL, state.draft_tokens_BxL, state.logits_BxLxV,
+        state.context, config.mask_id)
+    one = refresh_B.astype(jnp.int32)
+    stats = state.stats.replace(nfe=state.stats.nfe + one,
+                                sequences=state.stats.sequences + one * 2 * length)
+    return state.replace(logits_BxLxV=logits_BxLxV, context=context,
+                         window_B=jnp.where(refresh_B, start_B, state.window_B),
+                         stats=stats, bad_logits_B=state.bad_logits_B | bad_B)
+
+  state = jax.lax.cond(jnp.any(refresh_B), refresh, lambda state: state, state)
+  return state, cache.evaluator(denoiser, state.context, start_B)
 
 
 def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
@@ -114,19 +152,26 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   `joint_then_remask`: every eligible position is drawn jointly, then a
   uniformly random subset of the plan's size is kept and the rest re-masked
   (the reverse transition; a value-independent choice, so still exact).
+  With `cache="exact"` the rounds evaluate only the window's positions.
   """
   x0_keys_B, plan_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 5)
-  ctx = _context(config, state, block_BxL, steps_per_block_B,
-                 warp_fn(state.logits_BxLxV), x0_keys_B, plan_keys_B)
+  eligible_BxL = _eligible(config, state, block_BxL)
+  denoiser = logits_fn
+  if config.cache == "exact":
+    # Before the drafts are read: a new window's drafts come from the refresh.
+    state, denoiser = _enter_window(logits_fn, config, state, eligible_BxL, active_B)
+  ctx = _context(state, eligible_BxL, steps_per_block_B, warp_fn(state.logits_BxLxV),
+                 x0_keys_B, plan_keys_B)
   chosen_BxL = plan(config, ctx) & ctx.eligible_BxL
   decide_BxL = ctx.eligible_BxL if config.mode == "joint_then_remask" else chosen_BxL
   order_rule = "position" if config.order == "left_to_right" else config.order
   rank_BxL = selection.rank_by_score(
       selection.scores(order_rule, ctx.log_probs_BxLxV, ctx.x0_BxL, order_keys_B), decide_BxL)
   decided = speculative.decide_set(
-      logits_fn, warp_fn, state.tokens_BxL, state.logits_BxLxV, rank_BxL,
+      denoiser, warp_fn, state.tokens_BxL, state.logits_BxLxV, rank_BxL,
       jnp.sum(decide_BxL, axis=1).astype(jnp.int32), spec_keys_B, state.stats,
-      window=config.window, mask_id=config.mask_id)
+      window=config.window, mask_id=config.mask_id,
+      draft_tokens_BxL=state.draft_tokens_BxL)
   tokens_BxL = decided.tokens_BxL
   if config.mode == "joint_then_remask":
     keep_BxL = selection.top_k(
@@ -134,7 +179,7 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
         decide_BxL, jnp.sum(chosen_BxL, axis=1))
     tokens_BxL = jnp.where(decide_BxL & ~keep_BxL, config.mask_id, tokens_BxL)
   return state.replace(tokens_BxL=tokens_BxL, logits_BxLxV=decided.draft_logits_BxLxV,
-                       stats=decided.stats,
+                       draft_tokens_BxL=decided.draft_tokens_BxL, stats=decided.stats,
                        bad_logits_B=state.bad_logits_B | decided.bad_logits_B)
 
 
@@ -167,6 +212,10 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
 
   Returns:
     (SampleResult, bool[B] flags of rows whose logits had NaN or +inf).
+
+  With `cache="exact"`, `stats.sequences` is counted in token positions during
+  the loop (`unit = L` per whole sequence, since a window copy is a fraction of
+  one) and reported as whole-sequence equivalents, rounded up.
   """
   batch, length = tokens_BxL.shape
   warp_fn = functools.partial(warp.warp_log_probs, mask_id=config.mask_id,
@@ -179,11 +228,19 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   row_keys_B = jax.random.split(key, batch)
   stats = SampleStats.zeros(batch)
   logits_BxLxV, bad_B = None, jnp.zeros((batch,), bool)
+  draft_tokens_BxL = context = window_B = None
+  unit = length if config.cache == "exact" else 1
   step = independent_step
   if config.method == "fef":
     step = fef_step
-    logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, tokens_BxL, config.mask_id)
-    stats = stats.replace(nfe=stats.nfe + 1, sequences=stats.sequences + 1)
+    if config.cache == "exact":
+      # The first call also caches the states for the first window.
+      logits_BxLxV, context, bad_B = cache.encode(logits_fn, tokens_BxL, config.mask_id)
+      draft_tokens_BxL = tokens_BxL
+      window_B = cache.window_start(masked_BxL & (block_BxL == 0), logits_fn.block_length)
+    else:
+      logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, tokens_BxL, config.mask_id)
+    stats = stats.replace(nfe=stats.nfe + 1, sequences=stats.sequences + unit)
 
   def body(state: LoopState) -> LoopState:
     masked_BxL = state.tokens_BxL == config.mask_id
@@ -200,7 +257,8 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   init = LoopState(tokens_BxL=tokens_BxL, logits_BxLxV=logits_BxLxV,
                    cur_block_B=jnp.full((batch,), -1, jnp.int32),
                    block_step_B=jnp.zeros((batch,), jnp.int32),
-                   step_B=jnp.zeros((batch,), jnp.int32), stats=stats, bad_logits_B=bad_B)
+                   step_B=jnp.zeros((batch,), jnp.int32), stats=stats, bad_logits_B=bad_B,
+                   draft_tokens_BxL=draft_tokens_BxL, context=context, window_B=window_B)
   # Every step commits at least one token per unfinished row, except ancestral
   # steps, which may commit none but end each block within its step budget; the
   # bound only guards against a plan that commits nothing.
@@ -208,5 +266,6 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   final = jax.lax.while_loop(
       lambda s: jnp.any(s.tokens_BxL == config.mask_id) & (jnp.max(s.step_B) < max_steps),
       body, init)
-  stats = final.stats.replace(tokens=jnp.sum(masked_BxL, axis=1).astype(jnp.int32))
+  stats = final.stats.replace(tokens=jnp.sum(masked_BxL, axis=1).astype(jnp.int32),
+                              sequences=(final.stats.sequences + unit - 1) // unit)
   return SampleResult(tokens=final.tokens_BxL, stats=stats), final.bad_logits_B

@@ -1,0 +1,161 @@
+"""Cost of one FeF verification round: whole-sequence copies vs block-local copies with a cache.
+
+A round evaluates `W` prefix-revealed copies of each of `B` states in one call.
+Uncached that is `B W` whole sequences of length `L`. With a block-causal model
+and `cache="exact"` (`fef_jax.samplers.cache`) it is `B W` copies of one block of
+`S` positions against cached keys and values, `W S / L` of the work, plus the
+sampler's refresh once per block: one call of `2B` whole sequences (the current
+states, for the cache, and the drafts' inputs, for the new block's drafts).
+
+Every time is the median of `repeats` warm calls of a jit-compiled function
+(`block_until_ready`), reported in units of one call of the `B` whole
+sequences: the cost of decoding one token per call. With `tau` tokens per round
+(at most `W`) a block takes about `S / tau` rounds, so a cached round costs
+`block + refresh tau / S` on average, and the speed-up over one token per call
+is `tau / (round cost)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from fef_jax import models
+
+
+def model_config(d_model: int, length: int, span: int, num_layers: int,
+                 vocab_size: int) -> models.TransformerConfig:
+  """A block-causal transformer of width `d_model` (heads of 64, MLP `3 d_model`)."""
+  return models.TransformerConfig(
+      vocab_size=vocab_size, mask_id=vocab_size, max_length=length, d_model=d_model,
+      num_layers=num_layers, num_heads=max(1, d_model // 64), mlp_dim=3 * d_model,
+      attention="block_causal", block_length=span)
+
+
+def median_seconds(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
+  """Median wall-clock seconds of `fn(*args)` over `repeats` calls after a warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, batch: int,
+            num_layers: int, vocab_size: int, tokens_per_round: float, repeats: int,
+            seed: int = 0) -> list[dict[str, Any]]:
+  """Times the round of every window `W` for one model size and length; one row per `W`.
+
+  Raises:
+    ValueError: `length` not a multiple of `span` (or a bad model size).
+  """
+  if length % span:
+    raise ValueError(f"length={length} must be a multiple of span={span}")
+  config = model_config(d_model, length, span, num_layers, vocab_size)
+  model = models.Transformer(config)
+  params_key, tokens_key, mask_key, window_key = jax.random.split(jax.random.key(seed), 4)
+  params = models.init_params(config, params_key)
+  call = jax.jit(lambda p, t: model.apply({"params": p}, t))
+  encode = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode"))
+  block = jax.jit(lambda p, c, t, s: model.apply({"params": p}, c, t, s,
+                                                 method="block_logits"))
+  tokens_BxL = jnp.where(jax.random.bernoulli(mask_key, 0.5, (batch, length)), config.mask_id,
+                         jax.random.randint(tokens_key, (batch, length), 0, vocab_size))
+  single_s = median_seconds(call, params, tokens_BxL, repeats=repeats)
+  refresh_s = median_seconds(encode, params, jnp.concatenate([tokens_BxL, tokens_BxL]),
+                             repeats=repeats)
+  _, cache = encode(params, tokens_BxL)
+  # A block in the middle; shapes are static, so the cost does not depend on it.
+  start_B = jnp.full((batch,), length // 2 // span * span, jnp.int32)
+  rows = []
+  for window in windows:
+    copies_NxL = jnp.repeat(tokens_BxL, window, axis=0)
+    span_BxWxS = jax.random.randint(window_key, (batch, window, span), 0, vocab_size + 1)
+    whole_s = median_seconds(call, params, copies_NxL, repeats=repeats)
+    block_s = median_seconds(block, params, cache, span_BxWxS, start_B, repeats=repeats)
+    tau = min(float(tokens_per_round), float(window))
+    whole_units, block_units = whole_s / single_s, block_s / single_s
+    refresh_units = refresh_s / single_s
+    cached_units = block_units + refresh_units * tau / span
+    rows.append({
+        "d_model": d_model, "length": length, "span": span, "window": window,
+        "batch": batch, "num_layers": num_layers, "tokens_per_round": tau,
+        "single_ms": 1e3 * single_s, "whole_ms": 1e3 * whole_s, "block_ms": 1e3 * block_s,
+        "refresh_ms": 1e3 * refresh_s, "whole_units": whole_units,
+        "block_units": block_units, "ideal_block_units": window * span / length,
+        "refresh_units": refresh_units, "cached_round_units": cached_units,
+        "speedup_whole": tau / whole_units, "speedup_cached": tau / cached_units})
+  return rows
+
+
+def run_grid(d_models: Sequence[int], lengths: Sequence[int], span: int,
+             windows: Sequence[int], **options: Any) -> list[dict[str, Any]]:
+  """`measure` for every model width and length."""
+  return [row for d_model in d_models for length in lengths
+          for row in measure(d_model, length, span, windows, **options)]
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table; costs in units of one whole-sequence call of the batch."""
+  header = ["d_model", "L", "S", "W", "1 call (ms)", "whole W×L", "block W×S", "ideal W·S/L",
+            "refresh 2B×L", "cached round", "tok/round", "speed-up whole",
+            "speed-up cached"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in rows:
+    cells = [r["d_model"], r["length"], r["span"], r["window"], f"{r['single_ms']:.2f}",
+             f"{r['whole_units']:.2f}", f"{r['block_units']:.2f}",
+             f"{r['ideal_block_units']:.2f}", f"{r['refresh_units']:.2f}",
+             f"{r['cached_round_units']:.2f}", f"{r['tokens_per_round']:.1f}",
+             f"{r['speedup_whole']:.2f}x", f"{r['speedup_cached']:.2f}x"]
+    lines.append("| " + " | ".join(map(str, cells)) + " |")
+  return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+  """Round cost against the window, one panel per (d_model, L)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  groups = list(dict.fromkeys((r["d_model"], r["length"]) for r in rows))
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 4), squeeze=False)
+  for ax, (d_model, length) in zip(axes[0], groups):
+    mine = [r for r in rows if (r["d_model"], r["length"]) == (d_model, length)]
+    windows = [r["window"] for r in mine]
+    for key, label, style in [("whole_units", "whole copies (W×L)", "o-"),
+                              ("block_units", "block copies (W×S)", "s-"),
+                              ("cached_round_units", "cached round incl. refresh", "^-"),
+                              ("ideal_block_units", "ideal W·S/L", "k--")]:
+      ax.plot(windows, [r[key] for r in mine], style, label=label)
+    ax.axhline(1.0, color="gray", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("copies per round W")
+    ax.set_ylabel("round cost (whole-sequence calls)")
+    ax.set_title(f"d_model={d_model}, L={length}, S={mine[0]['span']}")
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write(rows: Sequence[dict[str, Any]], config: dict[str, Any],
+          workdir: str) -> dict[str, str]:
+  """Writes round_cost.json, round_cost.md and round_cost.png into `workdir`; returns the paths."""
+  os.makedirs(workdir, exist_ok=True)
+  paths = {name: os.path.join(workdir, f"round_cost.{name}") for name in ("json", "md", "png")}
+  with open(paths["json"], "w") as f:
+    json.dump({"config": config, "jax_version": jax.__version__,
+               "backend": jax.default_backend(),
+               "devices": [d.device_kind for d in jax.devices()], "rows": rows}, f, indent=1)
+  with open(paths["md"], "w") as f:
+    f.write(format_table(rows) + "\n")
+  plot(rows, paths["png"])
+  return paths
