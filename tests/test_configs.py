@@ -36,3 +36,12 @@ def test_unknown_config_key_on_the_command_line_is_an_error(tmp_path):
                         text=True, timeout=300)
   assert done.returncode != 0 and "no_such_key" in done.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_can_switch_to_block_causal_attention(name):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  config.model.attention = "block_causal"
+  config.model.block_length = 4
+  model = _model(config, length=16)
+  assert (model.attention, model.block_length) == ("block_causal", 4)

@@ -18,9 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind="task", task="pair_sum", task_kwargs=dict(base=10, pairs=4),
       num_examples=100_000, num_eval_examples=1024))
-  config.model = ml_collections.ConfigDict(dict(
-      d_model=96, num_layers=3, num_heads=4, mlp_dim=288, time_conditioning=False,
-      tie_embeddings=True, remat=False))
+  config.model.update(d_model=96, num_layers=3, num_heads=4, mlp_dim=288)
   config.optimizer.total_steps = 1500
   config.sample.samplers = ()  # the comparison below replaces the post-training table
   config.sample.every = 500

@@ -12,9 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = shakespeare.get_config()
   config.batch_size = 64
   config.data.length = 512
-  config.model = ml_collections.ConfigDict(dict(
-      d_model=768, num_layers=12, num_heads=12, mlp_dim=2048, time_conditioning=False,
-      tie_embeddings=True, remat=False, dtype=jnp.bfloat16))
+  config.model.update(d_model=768, num_layers=12, num_heads=12, mlp_dim=2048,
+                      dtype=jnp.bfloat16)
   config.optimizer.learning_rate = 6e-4
   config.optimizer.total_steps = 20_000
   config.optimizer.warmup_steps = 1000

@@ -17,9 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind="gsm8k", path="../shared/data/gsm8k/train.jsonl", length=320,
       eval_fraction=0.02, tokenizer="bpe", bpe_vocab_size=4096))
-  config.model = ml_collections.ConfigDict(dict(
-      d_model=512, num_layers=8, num_heads=8, mlp_dim=1536, time_conditioning=False,
-      tie_embeddings=True, remat=False, dtype=jnp.bfloat16))
+  config.model.update(d_model=512, num_layers=8, num_heads=8, mlp_dim=1536,
+                      dtype=jnp.bfloat16)
   config.optimizer.learning_rate = 6e-4
   config.optimizer.total_steps = 20_000
   config.optimizer.warmup_steps = 500

@@ -11,9 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind="text", path="../shared/data/tinyshakespeare/input.txt", length=128,
       eval_fraction=0.05, tokenizer="byte"))
-  config.model = ml_collections.ConfigDict(dict(
-      d_model=128, num_layers=4, num_heads=4, mlp_dim=384, time_conditioning=False,
-      tie_embeddings=True, remat=False))
+  config.model.update(d_model=128, num_layers=4, num_heads=4, mlp_dim=384)
   config.optimizer.total_steps = 3000
   config.optimizer.warmup_steps = 200
   config.loss.prefix_fraction = 0.1

@@ -18,7 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
       num_examples=50_000, num_eval_examples=1024))
   config.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=3, num_heads=4, mlp_dim=192, time_conditioning=False,
-      tie_embeddings=True, remat=False))
+      tie_embeddings=True, remat=False, attention="bidirectional",
+      block_length=ml_collections.config_dict.placeholder(int)))
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=100, total_steps=800, weight_decay=0.01,
       grad_clip=1.0, grad_accum_steps=1))
