@@ -1,4 +1,4 @@
-"""Round-cost benchmark: FeF verification over whole-sequence copies vs block-local copies.
+"""Round-cost benchmark: FeF verification over whole-sequence copies, block-local copies, or a head.
 
     python -m experiments.benchmark_rounds [--d_models=128,256] [--lengths=128,256]
         [--span=32] [--windows=4,8,16] [--tokens_per_round=3] [--workdir=runs/rounds]
@@ -18,6 +18,7 @@ _WINDOWS = flags.DEFINE_list("windows", ["4", "8", "16"], "Copies per round W.")
 _BATCH = flags.DEFINE_integer("batch", 4, "States B evaluated per round.")
 _LAYERS = flags.DEFINE_integer("num_layers", 4, "Transformer layers.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 256, "Vocabulary size.")
+_HEAD_LAYERS = flags.DEFINE_integer("head_layers", 1, "Layers of the speculative head.")
 _TOKENS = flags.DEFINE_float("tokens_per_round", 3.0,
                              "Tokens committed per round, for the implied speed-up.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed calls per measurement (median).")
@@ -30,11 +31,13 @@ def main(argv):
             "lengths": [int(n) for n in _LENGTHS.value], "span": _SPAN.value,
             "windows": [int(w) for w in _WINDOWS.value], "batch": _BATCH.value,
             "num_layers": _LAYERS.value, "vocab_size": _VOCAB.value,
+            "head_layers": _HEAD_LAYERS.value,
             "tokens_per_round": _TOKENS.value, "repeats": _REPEATS.value}
   rows = round_cost.run_grid(
       config["d_models"], config["lengths"], config["span"], config["windows"],
       batch=config["batch"], num_layers=config["num_layers"],
       vocab_size=config["vocab_size"], tokens_per_round=config["tokens_per_round"],
+      head_layers=config["head_layers"],
       repeats=config["repeats"])
   print(round_cost.format_table(rows))
   paths = round_cost.write(rows, config, _WORKDIR.value)

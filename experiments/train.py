@@ -17,7 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fef_jax.eval import task_sampling
-from fef_jax.models import transformer
+from fef_jax.models import spec_head
 from fef_jax.train import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py",
@@ -34,7 +34,7 @@ def main(argv):
   task = out["source"].task
   if task is None or not config.sample.samplers:
     return
-  logits_fn = transformer.Denoiser(out["model"], out["state"].ema_params)
+  logits_fn = spec_head.make_denoiser(out["model"], out["state"].ema_params)
   prompts, _ = task.sample(np.random.default_rng(config.seed + 2), config.sample.num_prompts)
   rows = task_sampling.answer_validity(logits_fn, task, prompts, config.sample.samplers,
                                        jax.random.key(config.seed))

@@ -10,6 +10,7 @@ import numpy as np
 
 from fef_jax import samplers
 from fef_jax.samplers import cache
+from fef_jax.samplers import head
 from fef_jax.samplers import loop
 from fef_jax.types import SampleResult
 
@@ -77,7 +78,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       sees `mask_id` at masked positions. The logit of `mask_id`, if it lies
       inside the vocabulary, is ignored: the mask is never sampled. With
       `cache="exact"` it must also be a block-local denoiser with an exact cache
-      (`fef_jax.samplers.cache.BlockLocalDenoiser`).
+      (`fef_jax.samplers.cache.BlockLocalDenoiser`); with `verifier="head"` a
+      denoiser with a speculative head (`fef_jax.samplers.head.HeadDenoiser`).
     tokens_BxL: int[B, L]; positions that are not `mask_id` are the prompt
       and are returned unchanged.
     key: a PRNG key; split into one key per row, so rows are independent.
@@ -86,7 +88,7 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     mask_id: the mask token id (inside or outside the model's vocabulary).
     **options: method options (see `fef_jax.samplers.config.SamplerConfig`):
       `steps, block_length, temperature, top_k, top_p, select, order, window,
-      mode, cache, threshold, factor, gamma, schedule`.
+      mode, cache, verifier, threshold, factor, gamma, schedule`.
 
   Returns:
     `SampleResult` with `tokens` int32[B, L] (no mask left) and per-row `stats`.
@@ -97,7 +99,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       `mask_id`, a row with no mask, a `logits_fn` whose output is not
       float[N, L, V], or, with `cache="exact"`, a denoiser without an exact
       cache or blocks that do not fit its attention blocks
-      (`fef_jax.samplers.cache.check_denoiser`). Value checks need concrete
+      (`fef_jax.samplers.cache.check_denoiser`), or, with `verifier="head"`, a
+      denoiser without a head. Value checks need concrete
       `tokens` (outside `jax.jit`).
     FloatingPointError: `logits_fn` returned NaN or +inf at a masked position
       (concrete inputs only; the offending rows are named).
@@ -119,6 +122,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
   if config.cache == "exact":
     cache.check_denoiser(logits_fn, config.block_length, config.mask_id, tokens_BxL.shape[1],
                          np.asarray(tokens_BxL) if _is_concrete(tokens_BxL) else None)
+  if config.verifier == "head":
+    head.check_denoiser(logits_fn)
   result, bad_logits_B = _run(logits_fn, tokens_BxL, key, config)
   if _is_concrete(bad_logits_B) and bool(jnp.any(bad_logits_B)):
     rows = np.flatnonzero(np.asarray(bad_logits_B))[:10].tolist()

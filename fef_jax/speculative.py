@@ -20,6 +20,12 @@ denoiser runs on the `W` whole sequences; the sampler's exact cache
 differ, against cached keys and values of the rest. The round only needs the
 targets (inside the span) and the next drafts (the span is written into the
 previous draft logits), so both evaluators give the same round.
+
+A `HeadEvaluator` replaces step 2 by one pass of a causal head
+(`fef_jax.models.spec_head`) over the set in rank order, fed the committed
+values and this round's drafts: item `r` is the target `p(x^{s_r} | xt, x^{s<r})`
+of the head, so the set is an exact draw from the head's own joint. Its drafts
+are the step's backbone marginals throughout the step.
 """
 from __future__ import annotations
 
@@ -76,6 +82,27 @@ class CopyEvaluator:
   units_per_copy: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadEvaluator:
+  """How a verification round gets its targets from one pass of a causal head.
+
+  The head (`fef_jax.models.spec_head`) reads the step's backbone pass (closed
+  over by `evaluate`) and runs causally over the set's positions in rank order,
+  item `r` fed the values of ranks `< r`; so one pass gives the targets of all
+  `W` drafts of a round, and the set is drawn from the head's joint.
+
+  Attributes:
+    evaluate: (positions int32[B, K] of ranks 0..K-1, values int32[B, K] at them,
+      valid bool[B, K] (rank < set size), queries int32[B, W] item indices) ->
+      logits float[B, W, V] of the queried items.
+    num_items: static `K`, at least every set's size.
+    units_per_pass: what one pass adds to `stats.sequences`.
+  """
+  evaluate: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+  num_items: int
+  units_per_pass: int
+
+
 def whole_sequences(logits_fn: LogitsFn) -> CopyEvaluator:
   """The default evaluator: the denoiser on the `B * W` whole copies (`S = L`, offset 0)."""
   def evaluate(copies_BxWxL: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -120,15 +147,77 @@ def _row_keys(step_keys_B: jax.Array, round_B: jax.Array) -> tuple[jax.Array, ..
   return keys_Bx3[:, 0], keys_Bx3[:, 1], keys_Bx3[:, 2]
 
 
-def verification_round(denoiser: Union[LogitsFn, CopyEvaluator], warp_fn: WarpFn,
-                       state: SpeculativeState, rank_BxL: jax.Array, count_B: jax.Array,
-                       step_keys_B: jax.Array, *, window: int,
+def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
+                  rank_BxL: jax.Array, positions_BxW: jax.Array, window: int, mask_id: int):
+  """Targets from `W` prefix-revealed copies evaluated in one call.
+
+  Returns:
+    (target logits float32[B, W, V], bool[B] NaN/+inf-in-a-span flags,
+    `next_drafts(pivot_B, active_B) -> (draft logits, draft tokens)`: the span of
+    the pivot copy, whose revealed prefix was accepted, written into the drafts).
+  """
+  copies_BxWxL = posterior.prefix_revealed_copies(
+      state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window)
+  span_logits_BxWxSxV, offset_B = evaluator.evaluate(copies_BxWxL)
+  span_logits_BxWxSxV = span_logits_BxWxSxV.astype(jnp.float32)
+  span = span_logits_BxWxSxV.shape[2]
+  bad_BxWxS = bad_masked(span_logits_BxWxSxV,
+                         posterior.span_of(copies_BxWxL, offset_B, span), mask_id)
+  # Targets lie in the span; invalid targets (past the set) may not, and are clipped.
+  span_positions_BxW = jnp.clip(positions_BxW - offset_B[:, None], 0, span - 1)
+  target_logits_BxWxV = posterior.gather_targets(span_logits_BxWxSxV, span_positions_BxW)
+
+  def next_drafts(pivot_B, active_B):
+    pivot_span_logits_BxSxV = jnp.take_along_axis(
+        span_logits_BxWxSxV, pivot_B[:, None, None, None], axis=1)[:, 0]
+    draft_logits_BxLxV = jnp.where(
+        active_B[:, None, None],
+        posterior.write_span(state.draft_logits_BxLxV, pivot_span_logits_BxSxV, offset_B),
+        state.draft_logits_BxLxV)
+    draft_tokens_BxL = state.draft_tokens_BxL
+    if draft_tokens_BxL is not None:
+      pivot_copy_BxL = jnp.take_along_axis(copies_BxWxL, pivot_B[:, None, None], axis=1)[:, 0]
+      draft_tokens_BxL = jnp.where(active_B[:, None], pivot_copy_BxL, draft_tokens_BxL)
+    return draft_logits_BxLxV, draft_tokens_BxL
+
+  return target_logits_BxWxV, jnp.any(bad_BxWxS, axis=(1, 2)), next_drafts
+
+
+def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
+                  rank_BxL: jax.Array, count_B: jax.Array, valid_BxW: jax.Array, window: int):
+  """Targets from one head pass over the set in rank order: committed values, then drafts.
+
+  Item `r` of the pass reads the values of ranks `< r`: the committed tokens
+  (ranks `< start`) and this round's drafts, exactly what copy `r - start` of the
+  copies path reveals. The drafts stay the step's (`next_drafts` keeps them).
+  """
+  num_items = evaluator.num_items
+  positions_BxK = posterior.positions_by_rank(rank_BxL)[:, :num_items]
+  committed_BxL = rank_BxL < state.start_B[:, None]
+  values_BxK = jnp.take_along_axis(jnp.where(committed_BxL, state.tokens_BxL, drafts_BxL),
+                                   positions_BxK, axis=1)
+  valid_BxK = jnp.arange(num_items)[None, :] < count_B[:, None]
+  queries_BxW = jnp.minimum(state.start_B[:, None] + jnp.arange(window)[None, :],
+                            num_items - 1)
+  target_logits_BxWxV = evaluator.evaluate(positions_BxK, values_BxK, valid_BxK,
+                                           queries_BxW).astype(jnp.float32)
+  bad_BxW = jnp.any(jnp.isnan(target_logits_BxWxV) | (target_logits_BxWxV == jnp.inf),
+                    axis=-1) & valid_BxW
+  return (target_logits_BxWxV, jnp.any(bad_BxW, axis=1),
+          lambda pivot_B, active_B: (state.draft_logits_BxLxV, state.draft_tokens_BxL))
+
+
+def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
+                       warp_fn: WarpFn, state: SpeculativeState, rank_BxL: jax.Array,
+                       count_B: jax.Array, step_keys_B: jax.Array, *, window: int,
                        mask_id: int) -> SpeculativeState:
   """One draft / verify / accept round for every row (a no-op for decided rows).
 
   Args:
     denoiser: int32[N, L] -> float[N, L, V], called once on `B * window` rows;
-      or a `CopyEvaluator`, called once on the `[B, window, L]` copies.
+      or a `CopyEvaluator`, called once on the `[B, window, L]` copies; or a
+      `HeadEvaluator`, called once on the set in rank order (its drafts are
+      not updated by the round).
     warp_fn: raw logits -> normalized sampling log-probs (same for draft and target).
     state: the loop carry.
     rank_BxL: the ordered set (see `fef_jax.posterior`).
@@ -141,28 +230,27 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator], warp_fn: WarpFn
     The updated carry: at least one more set position decided in every row
     that had undecided ones.
   """
-  evaluator = denoiser if isinstance(denoiser, CopyEvaluator) else whole_sequences(denoiser)
   active_B = state.start_B < count_B
   draft_key_B, accept_key_B, residual_key_B = _row_keys(step_keys_B, state.round_B)
 
   logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
   drafts_BxL = jax.vmap(jax.random.categorical)(draft_key_B, logq_BxLxV).astype(jnp.int32)
-  copies_BxWxL = posterior.prefix_revealed_copies(
-      state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window)
-  span_logits_BxWxSxV, offset_B = evaluator.evaluate(copies_BxWxL)
-  span_logits_BxWxSxV = span_logits_BxWxSxV.astype(jnp.float32)
-  span = span_logits_BxWxSxV.shape[2]
-  bad_BxWxS = bad_masked(span_logits_BxWxSxV,
-                         posterior.span_of(copies_BxWxL, offset_B, span), mask_id)
-
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
   positions_BxW = jnp.take_along_axis(
       posterior.positions_by_rank(rank_BxL),
       jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
-  # Targets lie in the span; invalid targets (past the set) may not, and are clipped.
-  span_positions_BxW = jnp.clip(positions_BxW - offset_B[:, None], 0, span - 1)
-  logp_BxWxV = warp_fn(posterior.gather_targets(span_logits_BxWxSxV, span_positions_BxW))
+  if isinstance(denoiser, HeadEvaluator):
+    target_logits_BxWxV, bad_B, next_drafts = _head_targets(
+        denoiser, state, drafts_BxL, rank_BxL, count_B, valid_BxW, window)
+    units = denoiser.units_per_pass
+  else:
+    evaluator = denoiser if isinstance(denoiser, CopyEvaluator) else whole_sequences(denoiser)
+    target_logits_BxWxV, bad_B, next_drafts = _copy_targets(
+        evaluator, state, drafts_BxL, rank_BxL, positions_BxW, window, mask_id)
+    units = window * evaluator.units_per_copy
+
+  logp_BxWxV = warp_fn(target_logits_BxWxV)
   logq_BxWxV = jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
   draft_BxW = jnp.take_along_axis(drafts_BxL, positions_BxW, axis=1)
   log_ratio_BxW = (jnp.take_along_axis(logp_BxWxV, draft_BxW[..., None], axis=-1)
@@ -188,32 +276,22 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator], warp_fn: WarpFn
                          jnp.where(take_residual_BxL, residual_B[:, None], state.tokens_BxL))
   num_committed_B = num_accepted_B + rejected_B.astype(jnp.int32)
 
-  pivot_span_logits_BxSxV = jnp.take_along_axis(
-      span_logits_BxWxSxV, pivot_B[:, None, None, None], axis=1)[:, 0]
-  draft_logits_BxLxV = jnp.where(
-      active_B[:, None, None],
-      posterior.write_span(state.draft_logits_BxLxV, pivot_span_logits_BxSxV, offset_B),
-      state.draft_logits_BxLxV)
-  draft_tokens_BxL = state.draft_tokens_BxL
-  if draft_tokens_BxL is not None:
-    pivot_copy_BxL = jnp.take_along_axis(copies_BxWxL, pivot_B[:, None, None], axis=1)[:, 0]
-    draft_tokens_BxL = jnp.where(active_B[:, None], pivot_copy_BxL, draft_tokens_BxL)
+  draft_logits_BxLxV, draft_tokens_BxL = next_drafts(pivot_B, active_B)
   active = active_B.astype(jnp.int32)
   stats = state.stats.replace(
       nfe=state.stats.nfe + active,
-      sequences=state.stats.sequences + active * window * evaluator.units_per_copy,
+      sequences=state.stats.sequences + active * units,
       rounds=state.stats.rounds + active,
       drafts_examined=state.stats.drafts_examined + num_committed_B,
       drafts_accepted=state.stats.drafts_accepted + num_accepted_B)
-  bad_B = jnp.any(bad_BxWxS, axis=(1, 2)) & active_B
   return SpeculativeState(
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=state.start_B + num_committed_B, round_B=state.round_B + active,
-      stats=stats, bad_logits_B=state.bad_logits_B | bad_B,
+      stats=stats, bad_logits_B=state.bad_logits_B | (bad_B & active_B),
       draft_tokens_BxL=draft_tokens_BxL)
 
 
-def decide_set(denoiser: Union[LogitsFn, CopyEvaluator], warp_fn: WarpFn,
+def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn: WarpFn,
                tokens_BxL: jax.Array, draft_logits_BxLxV: jax.Array, rank_BxL: jax.Array,
                count_B: jax.Array, step_keys_B: jax.Array, stats: SampleStats,
                *, window: int, mask_id: int,
@@ -221,8 +299,9 @@ def decide_set(denoiser: Union[LogitsFn, CopyEvaluator], warp_fn: WarpFn,
   """Decides every row's ordered set exactly, by speculative rounds in a `lax.while_loop`.
 
   Args:
-    denoiser: int32[N, L] -> float[N, L, V] (batch-polymorphic), or a
-      `CopyEvaluator` whose span holds every position of the set.
+    denoiser: int32[N, L] -> float[N, L, V] (batch-polymorphic), a
+      `CopyEvaluator` whose span holds every position of the set, or a
+      `HeadEvaluator` with `num_items` at least every set's size.
     warp_fn: raw logits -> normalized sampling log-probs.
     tokens_BxL: the state; set positions must be masked.
     draft_logits_BxLxV: raw logits to draft the first round from; any function

@@ -29,7 +29,11 @@ def test_benchmark_runs_end_to_end(tmp_path):
     assert r["cached_round_units"] == pytest.approx(cached)
     assert r["speedup_cached"] == pytest.approx(r["tokens_per_round"] / cached)
     assert r["speedup_whole"] == pytest.approx(r["tokens_per_round"] / r["whole_units"])
-    assert min(r["single_ms"], r["whole_ms"], r["block_ms"], r["refresh_ms"]) > 0
+    head = r["head_units"] + r["backbone_units"] * r["tokens_per_round"] / 8
+    assert r["head_round_units"] == pytest.approx(head)
+    assert r["speedup_head"] == pytest.approx(r["tokens_per_round"] / head)
+    assert min(r["single_ms"], r["whole_ms"], r["block_ms"], r["refresh_ms"], r["head_ms"],
+               r["backbone_ms"]) > 0
 
 
 def test_length_must_be_a_multiple_of_the_span():

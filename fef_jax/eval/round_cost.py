@@ -13,9 +13,16 @@ sequences: the cost of decoding one token per call. With `tau` tokens per round
 (at most `W`) a block takes about `S / tau` rounds, so a cached round costs
 `block + refresh tau / S` on average, and the speed-up over one token per call
 is `tau / (round cost)`.
+
+(c) The single-pass speculative head (`verifier="head"`,
+`fef_jax.models.spec_head`, `head_layers` causal blocks on the same backbone):
+a round is one head pass over the block's `S` items (`head`), and the backbone
+runs once per step on the `B` states (`backbone`, logits and hidden states), so
+with one step per block a head round costs `head + backbone tau / S`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -26,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from fef_jax import models
+from fef_jax.models import spec_head
 
 
 def model_config(d_model: int, length: int, span: int, num_layers: int,
@@ -35,6 +43,12 @@ def model_config(d_model: int, length: int, span: int, num_layers: int,
       vocab_size=vocab_size, mask_id=vocab_size, max_length=length, d_model=d_model,
       num_layers=num_layers, num_heads=max(1, d_model // 64), mlp_dim=3 * d_model,
       attention="block_causal", block_length=span)
+
+
+def head_config(config: models.TransformerConfig, head_layers: int) -> models.SpecHeadConfig:
+  """`config` with a speculative head of `head_layers` blocks."""
+  fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+  return models.SpecHeadConfig(**fields, head_layers=head_layers)
 
 
 def median_seconds(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
@@ -50,7 +64,7 @@ def median_seconds(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
 
 def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, batch: int,
             num_layers: int, vocab_size: int, tokens_per_round: float, repeats: int,
-            seed: int = 0) -> list[dict[str, Any]]:
+            head_layers: int = 1, seed: int = 0) -> list[dict[str, Any]]:
   """Times the round of every window `W` for one model size and length; one row per `W`.
 
   Raises:
@@ -72,6 +86,16 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
   refresh_s = median_seconds(encode, params, jnp.concatenate([tokens_BxL, tokens_BxL]),
                              repeats=repeats)
   _, cache = encode(params, tokens_BxL)
+  head_denoiser = spec_head.SpecHeadDenoiser(
+      spec_head.SpecHeadTransformer(head_config(config, head_layers)),
+      spec_head.init_params(head_config(config, head_layers), params_key))
+  backbone = jax.jit(head_denoiser.hidden)
+  head = jax.jit(head_denoiser.head_logits)
+  backbone_s = median_seconds(backbone, tokens_BxL, repeats=repeats)
+  _, hidden_BxLxD = backbone(tokens_BxL)
+  # The head's items: the block in the middle, in order (shapes are static).
+  items_BxS = jnp.broadcast_to(length // 2 // span * span + jnp.arange(span), (batch, span))
+  values_BxS = jax.random.randint(window_key, (batch, span), 0, vocab_size)
   # A block in the middle; shapes are static, so the cost does not depend on it.
   start_B = jnp.full((batch,), length // 2 // span * span, jnp.int32)
   rows = []
@@ -84,6 +108,11 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     whole_units, block_units = whole_s / single_s, block_s / single_s
     refresh_units = refresh_s / single_s
     cached_units = block_units + refresh_units * tau / span
+    queries_BxW = jnp.broadcast_to(jnp.arange(window) % span, (batch, window))
+    head_s = median_seconds(head, hidden_BxLxD, items_BxS, values_BxS,
+                            jnp.ones((batch, span), bool), queries_BxW, repeats=repeats)
+    head_units, backbone_units = head_s / single_s, backbone_s / single_s
+    head_round_units = head_units + backbone_units * tau / span
     rows.append({
         "d_model": d_model, "length": length, "span": span, "window": window,
         "batch": batch, "num_layers": num_layers, "tokens_per_round": tau,
@@ -91,7 +120,10 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
         "refresh_ms": 1e3 * refresh_s, "whole_units": whole_units,
         "block_units": block_units, "ideal_block_units": window * span / length,
         "refresh_units": refresh_units, "cached_round_units": cached_units,
-        "speedup_whole": tau / whole_units, "speedup_cached": tau / cached_units})
+        "speedup_whole": tau / whole_units, "speedup_cached": tau / cached_units,
+        "head_layers": head_layers, "head_ms": 1e3 * head_s, "backbone_ms": 1e3 * backbone_s,
+        "head_units": head_units, "backbone_units": backbone_units,
+        "head_round_units": head_round_units, "speedup_head": tau / head_round_units})
   return rows
 
 
@@ -105,15 +137,17 @@ def run_grid(d_models: Sequence[int], lengths: Sequence[int], span: int,
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table; costs in units of one whole-sequence call of the batch."""
   header = ["d_model", "L", "S", "W", "1 call (ms)", "whole W×L", "block W×S", "ideal W·S/L",
-            "refresh 2B×L", "cached round", "tok/round", "speed-up whole",
-            "speed-up cached"]
+            "refresh 2B×L", "cached round", "head pass", "head round", "tok/round",
+            "speed-up whole", "speed-up cached", "speed-up head"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["d_model"], r["length"], r["span"], r["window"], f"{r['single_ms']:.2f}",
              f"{r['whole_units']:.2f}", f"{r['block_units']:.2f}",
              f"{r['ideal_block_units']:.2f}", f"{r['refresh_units']:.2f}",
-             f"{r['cached_round_units']:.2f}", f"{r['tokens_per_round']:.1f}",
-             f"{r['speedup_whole']:.2f}x", f"{r['speedup_cached']:.2f}x"]
+             f"{r['cached_round_units']:.2f}", f"{r['head_units']:.2f}",
+             f"{r['head_round_units']:.2f}", f"{r['tokens_per_round']:.1f}",
+             f"{r['speedup_whole']:.2f}x", f"{r['speedup_cached']:.2f}x",
+             f"{r['speedup_head']:.2f}x"]
     lines.append("| " + " | ".join(map(str, cells)) + " |")
   return "\n".join(lines)
 
@@ -132,6 +166,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     for key, label, style in [("whole_units", "whole copies (W×L)", "o-"),
                               ("block_units", "block copies (W×S)", "s-"),
                               ("cached_round_units", "cached round incl. refresh", "^-"),
+                              ("head_round_units", "head round incl. backbone", "v-"),
                               ("ideal_block_units", "ideal W·S/L", "k--")]:
       ax.plot(windows, [r[key] for r in mine], style, label=label)
     ax.axhline(1.0, color="gray", lw=1)

@@ -7,6 +7,9 @@
     logits_fn = models.Denoiser(models.Transformer(config), params)
     fj.sample(logits_fn, tokens_BxL, key, "fef", mask_id=config.mask_id)
 """
+from fef_jax.models.spec_head import SpecHeadConfig
+from fef_jax.models.spec_head import SpecHeadDenoiser
+from fef_jax.models.spec_head import SpecHeadTransformer
 from fef_jax.models.transformer import Denoiser
 from fef_jax.models.transformer import KVCache
 from fef_jax.models.transformer import Transformer
@@ -16,5 +19,6 @@ from fef_jax.models.transformer import init_params
 from fef_jax.models.transformer import num_params
 from fef_jax.models.transformer import rope
 
-__all__ = ["Denoiser", "KVCache", "Transformer", "TransformerConfig", "flops_per_token",
-           "init_params", "num_params", "rope"]
+__all__ = ["Denoiser", "KVCache", "SpecHeadConfig", "SpecHeadDenoiser", "SpecHeadTransformer",
+           "Transformer", "TransformerConfig", "flops_per_token", "init_params", "num_params",
+           "rope"]

@@ -457,9 +457,41 @@ class Transformer(nn.Module):
     cfg = self.config
     _check_inputs(cfg, tokens_BxL, valid_BxL, t_B)
     length = tokens_BxL.shape[1]
-    logits_BxLxV, _ = self._forward(tokens_BxL, t_B, jnp.arange(length),
-                                    _full_mask(cfg, valid_BxL, length))
+    logits_BxLxV, _, _ = self._forward(tokens_BxL, t_B, jnp.arange(length),
+                                       _full_mask(cfg, valid_BxL, length))
     return logits_BxLxV
+
+  def hidden(self, tokens_BxL: jax.Array, valid_BxL: jax.Array | None = None,
+             t_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The full pass, also returning the final hidden states (what a head reads).
+
+    Args:
+      tokens_BxL, valid_BxL, t_B: as for `__call__`.
+
+    Returns:
+      (float32[B, L, vocab_size] logits, the same as `__call__`'s; the
+      final-normed hidden states [B, L, d_model] in the compute dtype, from
+      which the logits are projected).
+
+    Raises:
+      ValueError: bad inputs as for `__call__`.
+    """
+    cfg = self.config
+    _check_inputs(cfg, tokens_BxL, valid_BxL, t_B)
+    length = tokens_BxL.shape[1]
+    logits_BxLxV, _, hidden_BxLxD = self._forward(tokens_BxL, t_B, jnp.arange(length),
+                                                  _full_mask(cfg, valid_BxL, length))
+    return logits_BxLxV, hidden_BxLxD
+
+  def output_tables(self) -> tuple[jax.Array, jax.Array]:
+    """(float32 input embedding table [num_embeddings, d_model], output projection
+    [vocab_size, d_model]): the parameters a head shares with the model. Needs
+    the parameters to exist (call it after a forward pass when initializing)."""
+    params = self.variables["params"]
+    embed_ExD = params["embed"]["embedding"]
+    unembed_VxD = (embed_ExD[:self.config.vocab_size] if self.config.tie_embeddings
+                   else params["unembed"])
+    return embed_ExD, unembed_VxD
 
   def encode(self, tokens_BxL: jax.Array,
              valid_BxL: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
@@ -479,8 +511,8 @@ class Transformer(nn.Module):
     _check_cacheable(cfg)
     _check_inputs(cfg, tokens_BxL, valid_BxL, None)
     length = tokens_BxL.shape[1]
-    logits_BxLxV, keys_values = self._forward(tokens_BxL, None, jnp.arange(length),
-                                              _full_mask(cfg, valid_BxL, length))
+    logits_BxLxV, keys_values, _ = self._forward(tokens_BxL, None, jnp.arange(length),
+                                                 _full_mask(cfg, valid_BxL, length))
     valid_BxL = jnp.ones(tokens_BxL.shape, bool) if valid_BxL is None else valid_BxL
     return logits_BxLxV, KVCache(
         keys_NxYxLxHxK=jnp.stack([k for k, _ in keys_values], axis=1),
@@ -517,7 +549,7 @@ class Transformer(nn.Module):
     _check_span_inputs(cache, tokens_BxCxS, start_B)
     positions_BxS, span_mask_BxSxS, context_mask_BxL = _span_masks(
         cfg, cache, start_B, tokens_BxCxS.shape[2])
-    logits_BxCxSxV, _ = self._forward(
+    logits_BxCxSxV, _, _ = self._forward(
         tokens_BxCxS, None, positions_BxS[:, None, :], span_mask_BxSxS,
         (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
     return logits_BxCxSxV
@@ -531,7 +563,8 @@ class Transformer(nn.Module):
     of stacked layer keys and values `[B, Y, L, H, K]` and a key mask `[B, L]`.
 
     Returns:
-      (float32 logits `[..., vocab_size]`, every layer's (keys, values) of `tokens`).
+      (float32 logits `[..., vocab_size]`, every layer's (keys, values) of `tokens`,
+      the final-normed hidden states `[..., d_model]` the logits are projected from).
     """
     cfg = self.config
     embed = nn.Embed(cfg.num_embeddings, cfg.d_model, embedding_init=_EMBED_INIT,
@@ -555,7 +588,7 @@ class Transformer(nn.Module):
                                (cfg.vocab_size, cfg.d_model), jnp.float32)
     logits = jnp.einsum("...d,vd->...v", x, unembed_VxD.astype(cfg.dtype),
                         preferred_element_type=jnp.float32)
-    return logits, keys_values
+    return logits, keys_values, x
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -593,7 +626,8 @@ class Denoiser:
   params: Any
   valid_fn: Callable[[jax.Array], jax.Array] | None = None
 
-  def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
+  def _conditioning(self, tokens_NxL: jax.Array) -> tuple[jax.Array | None, jax.Array | None]:
+    """(valid_NxL or None, t_N or None): what the model is given besides the tokens."""
     cfg = self.model.config
     valid_NxL = None if self.valid_fn is None else self.valid_fn(tokens_NxL)
     t_N = None
@@ -602,7 +636,16 @@ class Denoiser:
                      else valid_NxL)
       masked_N = jnp.sum((tokens_NxL == cfg.mask_id) & counted_NxL, axis=1)
       t_N = masked_N / jnp.maximum(jnp.sum(counted_NxL, axis=1), 1)
-    return self.model.apply({"params": self.params}, tokens_NxL, valid_NxL, t_N)
+    return valid_NxL, t_N
+
+  def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
+    return self.model.apply({"params": self.params}, tokens_NxL,
+                            *self._conditioning(tokens_NxL))
+
+  def hidden(self, tokens_NxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(float32[N, L, vocab_size] logits, as `__call__`; hidden states [N, L, d_model])."""
+    return self.model.apply({"params": self.params}, tokens_NxL,
+                            *self._conditioning(tokens_NxL), method="hidden")
 
   @property
   def block_length(self) -> int | None:
@@ -623,10 +666,10 @@ class Denoiser:
     """
     valid_NxL = None if self.valid_fn is None else self.valid_fn(tokens_NxL)
     return self.model.apply({"params": self.params}, tokens_NxL, valid_NxL,
-                            method=Transformer.encode)
+                            method="encode")
 
   def block_logits(self, cache: KVCache, tokens_NxCxS: jax.Array,
                    start_N: jax.Array) -> jax.Array:
     """float32[N, C, S, vocab_size]: `Transformer.block_logits` with these parameters."""
     return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
-                            method=Transformer.block_logits)
+                            method="block_logits")

@@ -13,6 +13,7 @@ METHODS = ("ancestral", "confidence", "threshold", "eb", "first_hitting",
 ORDERS = ("left_to_right", "confidence", "random")
 MODES = ("commit_set", "joint_then_remask")
 CACHE_MODES = ("none", "exact")
+VERIFIERS = ("copies", "head")
 
 _COMMON = ("steps", "block_length", "temperature", "top_k", "top_p")
 METHOD_OPTIONS = {
@@ -22,7 +23,8 @@ METHOD_OPTIONS = {
     "eb": ("block_length", "temperature", "top_k", "top_p", "gamma"),
     "first_hitting": ("block_length", "temperature", "top_k", "top_p", "select"),
     "random_sizes": _COMMON + ("select",),
-    "fef": _COMMON + ("select", "order", "window", "mode", "cache"),
+    "fef": _COMMON + ("select", "order", "window", "mode", "cache",
+                    "verifier"),
 }
 DEFAULT_SELECT = {"confidence": "confidence", "first_hitting": "random",
                   "random_sizes": "confidence", "fef": "confidence"}
@@ -50,6 +52,10 @@ class SamplerConfig:
       `exact` (rounds evaluate the copies over one attention block against
       cached keys and values; needs `block_length` and a denoiser with an exact
       cache, see `fef_jax.samplers.cache`).
+    verifier: FeF: `copies` (targets from `window` prefix-revealed copies of the
+      denoiser: the denoiser's own prefix factorization) or `head` (targets
+      from one pass of a causal head per round, the backbone run once per step:
+      the head's joint; needs a head denoiser, see `fef_jax.samplers.head`).
     threshold: Fast-dLLM: commit positions whose confidence exceeds it.
     factor: Fast-dLLM factor rule: commit the largest n with (n+1)(1-c_n) < factor.
     gamma: EB: entropy budget (sum of entropies minus the largest).
@@ -67,6 +73,7 @@ class SamplerConfig:
   window: int = 16
   mode: str = "commit_set"
   cache: str = "none"
+  verifier: str = "copies"
   threshold: float = 0.9
   factor: Optional[float] = None
   gamma: float = 0.1
@@ -128,6 +135,11 @@ def make_config(method: str, mask_id: int, **options: Any) -> SamplerConfig:
   _check(config.cache == "none" or config.block_length is not None,
          "cache='exact' needs block_length: the cache holds the blocks before the "
          "current one, so without blocks there is nothing to cache")
+  _check(config.verifier in VERIFIERS,
+         f"unknown verifier {config.verifier!r}; expected one of {VERIFIERS}")
+  _check(config.verifier == "copies" or config.cache == "none",
+         "verifier='head' takes no cache: the backbone runs once per step and each "
+         "round runs only the head; use cache='none'")
   _check(_is_int(config.window) and config.window >= 1,
          f"window must be an integer >= 1, got {config.window!r}")
   _check(_is_real(config.threshold) and 0 < config.threshold <= 1,

@@ -7,7 +7,7 @@ method's *plan* (which positions to commit). Two *deciders* fill them in:
 call per step, the usual parallel decoding) and the FeF deciders, which draw the
 set from the prefix-conditioned factorization by speculative verification
 (optionally over one block of copies against a cached context:
-`fef_jax.samplers.cache`). All randomness is derived per row from `fold_in(row_key, row_step)`, so a row's
+`fef_jax.samplers.cache`, or with a causal head: `fef_jax.samplers.head`). All randomness is derived per row from `fold_in(row_key, row_step)`, so a row's
 result does not depend on the other rows of the batch.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from fef_jax import speculative
 from fef_jax import warp
 from fef_jax.samplers import cache
+from fef_jax.samplers import head
 from fef_jax.samplers import selection
 from fef_jax.samplers.config import SamplerConfig
 from fef_jax.types import SampleResult, SampleStats
@@ -143,6 +144,22 @@ def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
   return state, cache.evaluator(denoiser, state.context, start_B)
 
 
+def _head_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig, state: LoopState,
+                   active_B, num_items: int
+                   ) -> tuple[LoopState, speculative.HeadEvaluator]:
+  """FeF with a head: the step's backbone pass (its logits become the drafts);
+  returns the rounds' head evaluator. Counts one call and `L * num_layers` units
+  (one whole sequence, `stats.sequences` being in layer-positions, see `run`)."""
+  logits_BxLxV, hidden, bad_B = head.backbone(denoiser, state.tokens_BxL, config.mask_id)
+  one = active_B.astype(jnp.int32)
+  units = state.tokens_BxL.shape[1] * denoiser.num_layers
+  stats = state.stats.replace(nfe=state.stats.nfe + one,
+                              sequences=state.stats.sequences + one * units)
+  state = state.replace(logits_BxLxV=logits_BxLxV, stats=stats,
+                        bad_logits_B=state.bad_logits_B | (bad_B & active_B))
+  return state, head.evaluator(denoiser, hidden, num_items)
+
+
 def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
              state: LoopState, block_BxL, steps_per_block_B, step_keys_B,
              active_B) -> LoopState:
@@ -152,7 +169,9 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   `joint_then_remask`: every eligible position is drawn jointly, then a
   uniformly random subset of the plan's size is kept and the rest re-masked
   (the reverse transition; a value-independent choice, so still exact).
-  With `cache="exact"` the rounds evaluate only the window's positions.
+  With `cache="exact"` the rounds evaluate only the window's positions; with
+  `verifier="head"` the backbone runs on the state first and the rounds run the
+  head (the set is drawn from the head's joint).
   """
   x0_keys_B, plan_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 5)
   eligible_BxL = _eligible(config, state, block_BxL)
@@ -160,6 +179,10 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   if config.cache == "exact":
     # Before the drafts are read: a new window's drafts come from the refresh.
     state, denoiser = _enter_window(logits_fn, config, state, eligible_BxL, active_B)
+  if config.verifier == "head":
+    # A set lies in one generation block, so block_length items hold any set.
+    num_items = min(config.block_length or state.tokens_BxL.shape[1], state.tokens_BxL.shape[1])
+    state, denoiser = _head_backbone(logits_fn, config, state, active_B, num_items)
   ctx = _context(state, eligible_BxL, steps_per_block_B, warp_fn(state.logits_BxLxV),
                  x0_keys_B, plan_keys_B)
   chosen_BxL = plan(config, ctx) & ctx.eligible_BxL
@@ -215,7 +238,8 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
 
   With `cache="exact"`, `stats.sequences` is counted in token positions during
   the loop (`unit = L` per whole sequence, since a window copy is a fraction of
-  one) and reported as whole-sequence equivalents, rounded up.
+  one), with `verifier="head"` in layer-positions (`unit = L * num_layers`),
+  and reported as whole-sequence equivalents, rounded up.
   """
   batch, length = tokens_BxL.shape
   warp_fn = functools.partial(warp.warp_log_probs, mask_id=config.mask_id,
@@ -231,7 +255,12 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   draft_tokens_BxL = context = window_B = None
   unit = length if config.cache == "exact" else 1
   step = independent_step
-  if config.method == "fef":
+  if config.method == "fef" and config.verifier == "head":
+    step = fef_step
+    unit = length * logits_fn.num_layers
+    # Every step runs the backbone first; the carry only needs the logits' shape.
+    logits_BxLxV = jnp.zeros(jax.eval_shape(logits_fn, tokens_BxL).shape, jnp.float32)
+  elif config.method == "fef":
     step = fef_step
     if config.cache == "exact":
       # The first call also caches the states for the first window.

@@ -16,6 +16,7 @@ import numpy as np
 from fef_jax import generate
 from fef_jax.eval import exactness
 from fef_jax.eval import task_sampling
+from fef_jax.models import spec_head
 from fef_jax.models import transformer
 from fef_jax.train import data_source
 
@@ -47,7 +48,7 @@ def draw(model: transformer.Transformer, params: Any, source: data_source.DataSo
     (scalar metrics, {spec: decoded completions}); tasks give no texts.
   """
   if source.task is not None:
-    rows = task_sampling.answer_validity(transformer.Denoiser(model, params), source.task,
+    rows = task_sampling.answer_validity(spec_head.make_denoiser(model, params), source.task,
                                          prompts, sample_config.periodic_samplers, key)
     metrics = {}
     for row in rows:
@@ -55,8 +56,8 @@ def draw(model: transformer.Transformer, params: Any, source: data_source.DataSo
       metrics[f"sample/{row['sampler']}/calls"] = row["nfe"]
     return metrics, {}
   tokenizer = source.tokenizer
-  logits_fn = transformer.Denoiser(model, params,
-                                   valid_fn=generate.left_padding_valid_fn(tokenizer.pad_id))
+  logits_fn = spec_head.make_denoiser(
+      model, params, valid_fn=generate.left_padding_valid_fn(tokenizer.pad_id))
   # Completions fill the rest of the model's length, up to `gen_length`.
   gen_length = min(sample_config.gen_length,
                    model.config.max_length - max(len(p) for p in prompts))

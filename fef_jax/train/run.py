@@ -19,6 +19,7 @@ import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fef_jax.data import pipeline
+from fef_jax.models import spec_head
 from fef_jax.models import transformer
 from fef_jax.train import checkpoint
 from fef_jax.train import data_source
@@ -32,9 +33,22 @@ from fef_jax.train import step as train_lib
 
 def model_config(config: ml_collections.ConfigDict, source: data_source.DataSource,
                  length: int) -> transformer.TransformerConfig:
-  """The transformer config for this data (vocabulary and mask id come from the data)."""
+  """The transformer config for this data (vocabulary and mask id come from the data);
+  a `SpecHeadConfig` when `config.model.head_layers` is set and positive."""
+  fields = dict(config.model)
+  head_layers = fields.pop("head_layers", 0)
+  if head_layers:
+    return spec_head.SpecHeadConfig(vocab_size=source.vocab_size, mask_id=source.mask_id,
+                                    max_length=length, head_layers=head_layers, **fields)
   return transformer.TransformerConfig(vocab_size=source.vocab_size, mask_id=source.mask_id,
-                                       max_length=length, **dict(config.model))
+                                       max_length=length, **fields)
+
+
+def build_model(model_cfg: transformer.TransformerConfig, key: jax.Array):
+  """(the Flax model, its fresh parameters): a `SpecHeadTransformer` for a head config."""
+  if isinstance(model_cfg, spec_head.SpecHeadConfig):
+    return spec_head.SpecHeadTransformer(model_cfg), spec_head.init_params(model_cfg, key)
+  return transformer.Transformer(model_cfg), transformer.init_params(model_cfg, key)
 
 
 def fingerprint(source: data_source.DataSource, model: transformer.TransformerConfig) -> str:
@@ -42,8 +56,12 @@ def fingerprint(source: data_source.DataSource, model: transformer.TransformerCo
   return f"model={model!r};data={source.fingerprint}"
 
 
-def _apply_fn(model: transformer.Transformer):
-  def apply(params, tokens_BxL, valid_BxL, t_B):
+def _apply_fn(model):
+  """`train_lib.ApplyFn`; given the head's items, the head logits too (one backbone pass)."""
+  def apply(params, tokens_BxL, valid_BxL, t_B, *items):
+    if items:
+      return model.apply({"params": params}, tokens_BxL, valid_BxL, t_B, *items,
+                         method="with_head")
     return model.apply({"params": params}, tokens_BxL, valid_BxL, t_B)
   return apply
 
@@ -54,11 +72,13 @@ def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None):
   source = data_source.build(config.data, config.seed, tokenizer_dir)
   length = source.arrays["tokens"].shape[1]
   model_cfg = model_config(config, source, length)
-  model = transformer.Transformer(model_cfg)
-  init_key, state_key = jax.random.split(jax.random.key(config.seed))
-  params = transformer.init_params(model_cfg, init_key)
-  optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
   loss_cfg = train_lib.LossConfig(mask_id=source.mask_id, **dict(config.loss))
+  if loss_cfg.head_weight and not isinstance(model_cfg, spec_head.SpecHeadConfig):
+    raise ValueError(f"config.loss.head_weight={loss_cfg.head_weight} trains a speculative "
+                     f"head: set config.model.head_layers >= 1")
+  init_key, state_key = jax.random.split(jax.random.key(config.seed))
+  model, params = build_model(model_cfg, init_key)
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
   state = train_lib.create_train_state(params, optimizer, state_key)
   return source, model, optimizer, loss_cfg, state
 

@@ -1,9 +1,12 @@
 """Train state, the jitted train step and the evaluation step.
 
 The model enters as `apply_fn(params, tokens_BxL, valid_BxL, t_B) -> logits_BxLxV`
-(float32 logits); batches are dicts with `tokens` int32[B, L] and optionally
-`valid` (not padding) and `maskable` (positions that may be masked: the answer
-in prompt-conditioned training) bool[B, L].
+(float32 logits); with a speculative head (`LossConfig.head_weight > 0`) it also
+takes the head's items, `apply_fn(params, tokens, valid, t, positions_BxK,
+values_BxK, items_valid_BxK) -> (logits_BxLxV, head_logits_BxKxV)`, from one
+backbone pass (`fef_jax.models.spec_head`). Batches are dicts with `tokens`
+int32[B, L] and optionally `valid` (not padding) and `maskable` (positions that
+may be masked: the answer in prompt-conditioned training) bool[B, L].
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import optax
 
 from fef_jax import losses
 from fef_jax import schedules
+from fef_jax.train import head_loss
 from fef_jax.train import masking
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -33,12 +37,26 @@ class LossConfig:
     prefix_fraction: share of rows trained on prefix-revealed masks
       (`fef_jax.train.masking`).
     ema_decay: decay of the parameter EMA (0 disables the update).
+    head_weight: weight of the speculative head's any-order AR cross-entropy
+      (`fef_jax.train.head_loss`); 0 trains no head.
+    head_items: items of the head's random order per row (0: `L`, every
+      masked position); use at least the sampler's generation block length.
   """
   mask_id: int
   schedule: str = "linear"
   eps: float = 1e-3
   prefix_fraction: float = 0.0
   ema_decay: float = 0.999
+  head_weight: float = 0.0
+  head_items: int = 0
+
+  def __post_init__(self):
+    if not self.head_weight >= 0:
+      raise ValueError(f"LossConfig.head_weight must be >= 0, got {self.head_weight!r}")
+    if isinstance(self.head_items, bool) or not isinstance(self.head_items, int) or (
+        self.head_items < 0):
+      raise ValueError(f"LossConfig.head_items must be an int >= 0 (0: every position), "
+                       f"got {self.head_items!r}")
 
 
 @flax.struct.dataclass
@@ -74,22 +92,38 @@ def loss_fn(params: Any, apply_fn: ApplyFn, batch: dict[str, jax.Array], key: ja
 
   Uniform-mask rows contribute the continuous-time ELBO (nats per maskable
   token); prefix-revealed rows the mean cross-entropy over their masked positions.
+  With `head_weight > 0` every row adds `head_weight` times the head's mean
+  any-order AR cross-entropy over its masked positions (metric `head_ce`).
   """
   schedule = schedules.get_schedule(config.schedule)
   x0_BxL = batch["tokens"]
   valid_BxL, maskable_BxL = _valid_and_maskable(batch)
+  if config.head_weight:
+    key, items_key = jax.random.split(key)  # runs without a head keep their masks
   xt_BxL, t_B, is_prefix_B = masking.training_mask(
       key, x0_BxL, schedule, config.mask_id, prefix_fraction=config.prefix_fraction,
       eps=config.eps, maskable_BxL=maskable_BxL)
-  logits_BxLxV = apply_fn(params, xt_BxL, valid_BxL, t_B)
+  if config.head_weight:
+    items = head_loss.random_items(items_key, xt_BxL, x0_BxL, config.mask_id,
+                                   config.head_items or x0_BxL.shape[1])
+    logits_BxLxV, head_logits_BxKxV = apply_fn(params, xt_BxL, valid_BxL, t_B, *items)
+    head_ce_B = head_loss.any_order_cross_entropy(head_logits_BxKxV, items[1], items[2],
+                                                  config.mask_id)
+  else:
+    logits_BxLxV = apply_fn(params, xt_BxL, valid_BxL, t_B)
   elbo_B = losses.continuous_elbo(logits_BxLxV, x0_BxL, xt_BxL, t_B, schedule,
                                   config.mask_id, eps=config.eps, maskable_BxL=maskable_BxL)
   ce_BxL = losses.masked_cross_entropy(logits_BxLxV, x0_BxL, xt_BxL, config.mask_id)
   num_masked_B = jnp.sum(xt_BxL == config.mask_id, axis=1)
   prefix_ce_B = jnp.sum(ce_BxL, axis=1) / jnp.maximum(num_masked_B, 1)
   loss_B = jnp.where(is_prefix_B, prefix_ce_B, elbo_B)
+  head_metrics = {}
+  if config.head_weight:
+    loss_B = loss_B + config.head_weight * head_ce_B
+    head_metrics["head_ce"] = jnp.mean(head_ce_B)
   uniform_B = (~is_prefix_B).astype(jnp.float32)
   metrics = {
+      **head_metrics,
       "loss": jnp.mean(loss_B),
       "elbo_bits": losses.nats_to_bits(
           jnp.sum(elbo_B * uniform_B) / jnp.maximum(jnp.sum(uniform_B), 1.0)),
@@ -121,7 +155,7 @@ def eval_step(params: Any, batch: dict[str, jax.Array], key: jax.Array, *,
               apply_fn: ApplyFn, config: LossConfig) -> dict[str, jax.Array]:
   """ELBO on uniform masks: bits per token and the perplexity bound (fixed `key` for
   comparable evaluations)."""
-  uniform = dataclasses.replace(config, prefix_fraction=0.0)
+  uniform = dataclasses.replace(config, prefix_fraction=0.0, head_weight=0.0)
   _, metrics = loss_fn(params, apply_fn, batch, key, uniform)
   nats = metrics["elbo_bits"] * jnp.log(2.0)
   return {"elbo_bits": metrics["elbo_bits"], "perplexity_bound": losses.perplexity_bound(nats)}

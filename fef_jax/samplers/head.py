@@ -1,0 +1,84 @@
+"""FeF with a single-pass speculative head (`verifier="head"`): the set drawn from the head's joint.
+
+A head denoiser (`fef_jax.models.spec_head.SpecHeadDenoiser`, or anything with
+the `HeadDenoiser` interface) has a bidirectional backbone, whose logits are
+the marginals `q`, and a causal head that gives every prefix-conditioned
+factor of an ordered set in one pass. FeF uses it as follows
+(`fef_jax.samplers.loop.fef_step`):
+- Each step runs the backbone once on the current state `xt`: its logits are
+  the step's drafts (and score the choice of the set), its hidden states feed
+  every round of the step. There is no extra initial call.
+- Each verification round runs the head once over the set in rank order, fed
+  the committed tokens of the step and the round's drafts (`K` items, `K` the
+  generation block length, or `L` without blocks: at least any set's size);
+  the targets are the head's conditionals, so the set is an exact draw from
+  `prod_j head_j(x^{s_j} | xt, x^{s<j})` in the step's order.
+Any `select`, `order`, `mode`, `steps`, `block_length` and warp are supported;
+`cache="exact"` is not (the backbone runs once per step anyway).
+
+Statistics: `nfe` counts the backbone pass of each step and each head pass
+(each is one sequential call). `sequences` is counted in layer-positions: a
+backbone pass is `L * num_layers` (one whole sequence), a head pass
+`K * head_layers`; the sum is reported in whole sequences, rounded up.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from fef_jax import speculative
+
+REQUIRED = ("hidden", "head_logits", "head_layers", "num_layers")
+
+
+class HeadDenoiser(Protocol):
+  """A denoiser with a causal head (see `fef_jax.models.spec_head`).
+
+  Attributes:
+    head_layers: the head's layers; `num_layers`: the backbone's (for the cost).
+  """
+  head_layers: int
+  num_layers: int
+
+  def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
+    """float[N, L, V]: the backbone's logits."""
+
+  def hidden(self, tokens_NxL: jax.Array) -> tuple[jax.Array, Any]:
+    """(float[N, L, V] logits as `__call__`, the hidden states the head reads)."""
+
+  def head_logits(self, hidden: Any, positions_NxK: jax.Array, values_NxK: jax.Array,
+                  valid_NxK: jax.Array, queries_NxW: jax.Array) -> jax.Array:
+    """float[N, W, V]: the head's logits of the queried items."""
+
+
+def check_denoiser(denoiser: Any) -> None:
+  """Raises TypeError when `denoiser` lacks the `HeadDenoiser` interface."""
+  missing = [name for name in REQUIRED if not hasattr(denoiser, name)]
+  if missing:
+    raise TypeError(f"verifier='head' needs a denoiser with a speculative head (e.g. "
+                    f"fef_jax.models.spec_head.SpecHeadDenoiser); {denoiser!r} lacks "
+                    f"{missing}")
+
+
+def backbone(denoiser: HeadDenoiser, tokens_BxL: jax.Array,
+             mask_id: int) -> tuple[jax.Array, Any, jax.Array]:
+  """(float32 logits [B, L, V], hidden states, bool[B] NaN/+inf-at-a-mask flags)."""
+  logits_BxLxV, hidden = denoiser.hidden(tokens_BxL)
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  bad_B = jnp.any(speculative.bad_masked(logits_BxLxV, tokens_BxL, mask_id), axis=1)
+  return logits_BxLxV, hidden, bad_B
+
+
+def evaluator(denoiser: HeadDenoiser, hidden: Any,
+              num_items: int) -> speculative.HeadEvaluator:
+  """The rounds' head pass over `num_items` items against one step's hidden states.
+
+  Each pass counts `num_items * head_layers` layer-positions towards `stats.sequences`.
+  """
+  def evaluate(positions_BxK, values_BxK, valid_BxK, queries_BxW):
+    return denoiser.head_logits(hidden, positions_BxK, values_BxK, valid_BxK, queries_BxW)
+
+  return speculative.HeadEvaluator(evaluate, num_items=num_items,
+                                   units_per_pass=num_items * denoiser.head_layers)
