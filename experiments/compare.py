@@ -16,7 +16,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fef_jax.eval import compare
-from fef_jax.models import transformer
+from fef_jax.models import spec_head
 from fef_jax.train import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/compare.py",
@@ -32,9 +32,11 @@ def main(argv):
   task = out["source"].task
   if task is None:
     raise app.UsageError("the comparison needs task data (config.data.kind='task')")
-  logits_fn = transformer.Denoiser(out["model"], out["state"].ema_params)
+  has_head = isinstance(out["model"], spec_head.SpecHeadTransformer)
+  logits_fn = spec_head.make_denoiser(out["model"], out["state"].ema_params)
   prompts, _ = task.sample(np.random.default_rng(config.seed + 5), config.compare.num_prompts)
-  specs = config.compare.samplers or compare.default_samplers(task.answer_length)
+  specs = config.compare.samplers or compare.default_samplers(task.answer_length,
+                                                              head=has_head)
   rows = compare.compare(logits_fn, task, prompts, specs, jax.random.key(config.seed),
                          batch_size=config.compare.batch_size, progress=True)
   info = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),

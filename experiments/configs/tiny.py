@@ -19,12 +19,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=3, num_heads=4, mlp_dim=192, time_conditioning=False,
       tie_embeddings=True, remat=False, attention="bidirectional",
-      block_length=ml_collections.config_dict.placeholder(int)))
+      block_length=ml_collections.config_dict.placeholder(int),
+      head_layers=0))  # > 0: a single-pass speculative head (fef_jax.models.spec_head)
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=100, total_steps=800, weight_decay=0.01,
       grad_clip=1.0, grad_accum_steps=1))
   config.loss = ml_collections.ConfigDict(dict(
-      schedule="linear", eps=1e-3, prefix_fraction=0.25, ema_decay=0.99))
+      schedule="linear", eps=1e-3, prefix_fraction=0.25, ema_decay=0.99,
+      head_weight=0.0, head_items=0))  # the head's any-order AR loss (with head_layers)
   # The latest `max_to_keep` checkpoints (to resume) and, in workdir/best, the
   # evaluated one with the lowest `best_metric`.
   config.checkpoint = ml_collections.ConfigDict(dict(

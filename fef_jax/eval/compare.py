@@ -29,13 +29,14 @@ from fef_jax.eval.exactness import parse_sampler
 REFERENCE = "first_hitting"
 
 
-def default_samplers(answer_length: int) -> tuple[str, ...]:
+def default_samplers(answer_length: int, head: bool = False) -> tuple[str, ...]:
   """The issue's grid for answers of `answer_length` tokens.
 
   first-hitting (the exact one-token-per-call reference); LLaDA low-confidence
   at 1, 2, 4 tokens per step; Fast-dLLM threshold; EB; ancestral; randomized
   sizes; FeF commit-set (one step) and joint-then-remask (2 and 4 steps), each
-  with windows 4, 8, 16.
+  with windows 4, 8, 16; with `head` (a model with a speculative head), FeF
+  verified by the head (one step, windows 4, 8, 16).
   """
   def steps(tokens_per_step):
     return max(1, answer_length // tokens_per_step)
@@ -46,6 +47,8 @@ def default_samplers(answer_length: int) -> tuple[str, ...]:
   specs += [f"fef:steps=1,window={w}" for w in (4, 8, 16)]
   specs += [f"fef:mode=joint_then_remask,steps={s},window={w}" for s in (2, 4)
             for w in (4, 8, 16)]
+  if head:
+    specs += [f"fef:steps=1,window={w},verifier=head" for w in (4, 8, 16)]
   return tuple(specs)
 
 

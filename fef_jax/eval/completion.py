@@ -14,7 +14,7 @@ import jax
 import ml_collections
 
 from fef_jax import generate
-from fef_jax.models import transformer
+from fef_jax.models import spec_head
 from fef_jax.train import run
 
 # End-of-turn tokens of instruct checkpoints, which are not always config.json's EOS.
@@ -89,8 +89,8 @@ def trained_completion_fn(config: ml_collections.ConfigDict, workdir: str, key: 
     raise ValueError(f"the run in {workdir} trained on a synthetic task, not text: "
                      f"use experiments.compare for task data")
   model = restored["model"]
-  logits_fn = transformer.Denoiser(model, restored["state"].ema_params,
-                                   valid_fn=generate.left_padding_valid_fn(tokenizer.pad_id))
+  logits_fn = spec_head.make_denoiser(model, restored["state"].ema_params,
+                                      valid_fn=generate.left_padding_valid_fn(tokenizer.pad_id))
   # Every call uses the model's whole length: one compiled sampler for all prompts.
   prompt_length = model.config.max_length - gen_length
   if prompt_length < 1:
