@@ -30,7 +30,7 @@ are the step's backbone marginals throughout the step.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import flax.struct
 import jax
@@ -126,6 +126,16 @@ def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
   """
   logits_NxLxV = logits_fn(tokens_NxL).astype(jnp.float32)
   return logits_NxLxV, jnp.any(bad_masked(logits_NxLxV, tokens_NxL, mask_id), axis=-1)
+
+
+def call_with_extras(fn: Callable[[jax.Array], tuple[jax.Array, Any]], tokens_NxL: jax.Array,
+                     mask_id: int) -> tuple[jax.Array, Any, jax.Array]:
+  """`call_denoiser` for a denoiser method that returns (logits, extras), e.g. a cache
+  or hidden states: (float32[N, L, V] logits, extras, bool[N] bad-row flags)."""
+  logits_NxLxV, extras = fn(tokens_NxL)
+  logits_NxLxV = logits_NxLxV.astype(jnp.float32)
+  return (logits_NxLxV, extras,
+          jnp.any(bad_masked(logits_NxLxV, tokens_NxL, mask_id), axis=-1))
 
 
 def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:

@@ -130,10 +130,7 @@ def window_start(eligible_BxL: jax.Array, span: int) -> jax.Array:
 def encode(denoiser: BlockLocalDenoiser, tokens_BxL: jax.Array,
            mask_id: int) -> tuple[jax.Array, Any, jax.Array]:
   """(float32 logits [B, L, V], the cache of the states, bool[B] NaN/+inf-at-a-mask flags)."""
-  logits_BxLxV, context = denoiser.encode(tokens_BxL)
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  bad_B = jnp.any(speculative.bad_masked(logits_BxLxV, tokens_BxL, mask_id), axis=1)
-  return logits_BxLxV, context, bad_B
+  return speculative.call_with_extras(denoiser.encode, tokens_BxL, mask_id)
 
 
 def refresh(denoiser: BlockLocalDenoiser, refresh_B: jax.Array, tokens_BxL: jax.Array,

@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 
 from fef_jax import speculative
 
@@ -65,10 +64,7 @@ def check_denoiser(denoiser: Any) -> None:
 def backbone(denoiser: HeadDenoiser, tokens_BxL: jax.Array,
              mask_id: int) -> tuple[jax.Array, Any, jax.Array]:
   """(float32 logits [B, L, V], hidden states, bool[B] NaN/+inf-at-a-mask flags)."""
-  logits_BxLxV, hidden = denoiser.hidden(tokens_BxL)
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  bad_B = jnp.any(speculative.bad_masked(logits_BxLxV, tokens_BxL, mask_id), axis=1)
-  return logits_BxLxV, hidden, bad_B
+  return speculative.call_with_extras(denoiser.hidden, tokens_BxL, mask_id)
 
 
 def evaluator(denoiser: HeadDenoiser, hidden: Any,

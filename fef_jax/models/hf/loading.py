@@ -83,6 +83,23 @@ class StoredTensor:
   offset: int
 
 
+def read_json_object(path: str, error: type[CheckpointError] = CheckpointError
+                     ) -> dict[str, Any]:
+  """The JSON object in the file at `path`.
+
+  Raises:
+    `error`: the file is not valid JSON or does not hold an object.
+  """
+  with open(path, encoding="utf-8") as f:
+    try:
+      value = json.load(f)
+    except json.JSONDecodeError as e:
+      raise error(f"{path} is not valid JSON: {e}") from e
+  if not isinstance(value, dict):
+    raise error(f"{path} must hold a JSON object, got {type(value).__name__}")
+  return value
+
+
 def read_config(checkpoint_dir: str) -> dict[str, Any]:
   """The parsed `config.json` of a checkpoint directory.
 
@@ -92,14 +109,7 @@ def read_config(checkpoint_dir: str) -> dict[str, Any]:
   path = os.path.join(checkpoint_dir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise CheckpointError(f"{CONFIG_FILE} not found in checkpoint directory {checkpoint_dir!r}")
-  with open(path, encoding="utf-8") as f:
-    try:
-      config = json.load(f)
-    except json.JSONDecodeError as e:
-      raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-  if not isinstance(config, dict):
-    raise CheckpointError(f"{path} must hold a JSON object, got {type(config).__name__}")
-  return config
+  return read_json_object(path)
 
 
 def config_int(config: dict[str, Any], key: str, default: int | None = None) -> int:

@@ -25,6 +25,7 @@ import jinja2.sandbox
 import tokenizers
 
 from fef_jax.models.hf.loading import CheckpointError
+from fef_jax.models.hf.loading import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -68,17 +69,6 @@ def _token_text(value: Any) -> str | None:
   if isinstance(value, dict):
     value = value.get("content")
   return value if isinstance(value, str) else None
-
-
-def _read_json(path: str) -> dict[str, Any]:
-  with open(path, encoding="utf-8") as f:
-    try:
-      value = json.load(f)
-    except json.JSONDecodeError as e:
-      raise TokenizerError(f"{path} is not valid JSON: {e}") from e
-  if not isinstance(value, dict):
-    raise TokenizerError(f"{path} must hold a JSON object")
-  return value
 
 
 def _chat_template(checkpoint_dir: str, tokenizer_config: dict[str, Any]) -> str | None:
@@ -127,7 +117,7 @@ class Tokenizer:
     except Exception as e:  # tokenizers raises its own Exception type on bad files
       raise TokenizerError(f"{path} cannot be read by `tokenizers`: {e}") from e
     config_path = os.path.join(checkpoint_dir, TOKENIZER_CONFIG_FILE)
-    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    config = read_json_object(config_path, TokenizerError) if os.path.isfile(config_path) else {}
     special = {key: _token_text(value) for key, value in config.items()
                if key.endswith("_token") and _token_text(value) is not None}
     return cls(tokenizer, _chat_template(checkpoint_dir, config), special)
