@@ -112,12 +112,6 @@ class NetworkConfig:
       raise ValueError(f"NetworkConfig.dtype must be a floating dtype, got {self.dtype!r}")
 
 
-def _rope_rows(x_NxLxHxK: jax.Array, positions_NxL: jax.Array, theta: float) -> jax.Array:
-  """`rope` with a position per row and token (left-padded rows start at 0 later)."""
-  return jax.vmap(lambda x_LxHxK, p_L: rope(x_LxHxK[None], p_L, theta)[0])(
-      x_NxLxHxK, positions_NxL)
-
-
 def _norm(config: NetworkConfig, name: str) -> nn.RMSNorm:
   return nn.RMSNorm(epsilon=config.norm_eps, dtype=config.dtype, name=name)
 
@@ -136,8 +130,9 @@ class Attention(nn.Module):
       dense = nn.Dense(count * cfg.head_dim, use_bias=cfg.qkv_bias, dtype=cfg.dtype, name=name)
       return dense(x_NxLxD).reshape(n, length, count, cfg.head_dim)
 
-    q_NxLxHxK = _rope_rows(heads("query", cfg.num_heads), positions_NxL, cfg.rope_theta)
-    k_NxLxGxK = _rope_rows(heads("key", cfg.num_kv_heads), positions_NxL, cfg.rope_theta)
+    # A position per row and token: left-padded rows count from their first valid token.
+    q_NxLxHxK = rope(heads("query", cfg.num_heads), positions_NxL, cfg.rope_theta)
+    k_NxLxGxK = rope(heads("key", cfg.num_kv_heads), positions_NxL, cfg.rope_theta)
     v_NxLxGxK = heads("value", cfg.num_kv_heads)
     keys_Nx1x1xL = None if valid_NxL is None else valid_NxL[:, None, None, :]
     out_NxLxHxK = jax.nn.dot_product_attention(q_NxLxHxK, k_NxLxGxK, v_NxLxGxK,
