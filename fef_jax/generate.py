@@ -104,6 +104,39 @@ class Generation:
   seconds: float
 
 
+def sample_in_batches(logits_fn: LogitsFn, tokens_NxL: np.ndarray, key: jax.Array, *,
+                      method: str, mask_id: int, batch_size: int, progress: bool = False,
+                      **options: Any) -> tuple[np.ndarray, SampleStats]:
+  """`fef_jax.sample` over all rows, `batch_size` rows per call.
+
+  Every call has `batch_size` rows (the last batch is filled up with copies of
+  its first row, whose outputs are dropped), so the sampler compiles once.
+  Batch `i` uses `fold_in(key, i)`. Returns when every batch is done.
+
+  Returns:
+    (int32[N, L] filled tokens as numpy, per-row `SampleStats` of the N rows).
+
+  Raises:
+    ValueError: `batch_size` < 1; as `fef_jax.sample`.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  outputs, stats = [], []
+  starts = range(0, tokens_NxL.shape[0], batch_size)
+  for index, lo in enumerate(tqdm.tqdm(starts, desc=f"sample {method}", disable=not progress)):
+    batch = tokens_NxL[lo:lo + batch_size]
+    real = batch.shape[0]
+    if real < batch_size:
+      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
+    result = fj.sample(logits_fn, jnp.asarray(batch), jax.random.fold_in(key, index), method,
+                       mask_id=mask_id, **options)
+    # Converting to numpy waits for the device, so timings around this are complete.
+    outputs.append(np.asarray(result.tokens)[:real])
+    stats.append(jax.tree.map(lambda x, n=real: np.asarray(x)[:n], result.stats))
+  merged = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *stats)
+  return np.concatenate(outputs), merged
+
+
 def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.Array, *,
              gen_length: int, mask_id: int, pad_id: int, stop_ids: Sequence[int] = (),
              method: str = "fef", batch_size: int = 8, prompt_length: int | None = None,
@@ -111,9 +144,8 @@ def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.
              **options: Any) -> Generation:
   """Samples `gen_length` tokens after each prompt with `fef_jax.sample`.
 
-  Every batch has `batch_size` rows (the last one is filled up with copies of
-  its first prompt, whose outputs are dropped) and the same length, so the
-  sampler compiles once. Batch `i` uses `fold_in(key, i)`.
+  Batches as `sample_in_batches`; every batch also has the same length, so the
+  sampler compiles once.
 
   Args:
     logits_fn: the denoiser; must treat left padding as padding (see
@@ -130,27 +162,15 @@ def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.
   Raises:
     ValueError: as `layout_prompts` and `fef_jax.sample`; `batch_size` < 1.
   """
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   tokens_BxL = layout_prompts(prompt_ids, gen_length, mask_id=mask_id, pad_id=pad_id,
                               prompt_length=prompt_length, length_multiple=length_multiple)
-  num = tokens_BxL.shape[0]
   width = tokens_BxL.shape[1] - gen_length
-  outputs, stats = [], []
   start = time.perf_counter()
-  starts = range(0, num, batch_size)
-  for index, lo in enumerate(tqdm.tqdm(starts, desc=f"generate {method}", disable=not progress)):
-    batch = tokens_BxL[lo:lo + batch_size]
-    real = batch.shape[0]
-    if real < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
-    result = fj.sample(logits_fn, batch, jax.random.fold_in(key, index), method,
-                       mask_id=mask_id, **options)
-    outputs.append(np.asarray(result.tokens)[:real, width:])
-    stats.append(jax.tree.map(lambda x, n=real: np.asarray(x)[:n], result.stats))
+  filled_BxL, all_stats = sample_in_batches(logits_fn, tokens_BxL, key, method=method,
+                                            mask_id=mask_id, batch_size=batch_size,
+                                            progress=progress, **options)
   seconds = time.perf_counter() - start
-  generated = np.concatenate(outputs)
-  all_stats = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *stats)
+  generated = filled_BxL[:, width:]
   return Generation(token_ids=[_truncate(row, stop_ids) for row in generated],
                     stats=all_stats, seconds=seconds)
 

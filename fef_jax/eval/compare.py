@@ -17,11 +17,10 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-import fef_jax as fj
+from fef_jax import generate
 from fef_jax.data import synthetic
 from fef_jax.eval import metrics
 from fef_jax.eval.exactness import parse_sampler
@@ -52,24 +51,6 @@ def default_samplers(answer_length: int, head: bool = False) -> tuple[str, ...]:
   return tuple(specs)
 
 
-def _sample_all(logits_fn, tokens_NxL, key, method, options, mask_id, batch_size):
-  """Samples every row in batches of `batch_size` (the last one padded); blocks until done."""
-  num = tokens_NxL.shape[0]
-  outputs, stats = [], []
-  for index, lo in enumerate(range(0, num, batch_size)):
-    batch = tokens_NxL[lo:lo + batch_size]
-    real = batch.shape[0]
-    if real < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
-    result = fj.sample(logits_fn, jnp.asarray(batch), jax.random.fold_in(key, index),
-                       method, mask_id=mask_id, **options)
-    jax.block_until_ready(result)
-    outputs.append(np.asarray(result.tokens)[:real])
-    stats.append(jax.tree.map(lambda x, n=real: np.asarray(x)[:n], result.stats))
-  merged = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *stats)
-  return np.concatenate(outputs), merged
-
-
 def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
             prompts_NxP: np.ndarray, specs: Sequence[str], key: jax.Array, *,
             batch_size: int = 256, progress: bool = False) -> list[dict[str, Any]]:
@@ -97,11 +78,10 @@ def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
   rows = []
   for spec in tqdm.tqdm(specs, desc="samplers", disable=not progress):
     method, options = parse_sampler(spec)
-    _sample_all(logits_fn, tokens_NxL[:batch_size], key, method, options, task.mask_id,
-                batch_size)
+    common = dict(method=method, mask_id=task.mask_id, batch_size=batch_size, **options)
+    generate.sample_in_batches(logits_fn, tokens_NxL[:batch_size], key, **common)
     start = time.perf_counter()
-    filled, stats = _sample_all(logits_fn, tokens_NxL, key, method, options, task.mask_id,
-                                batch_size)
+    filled, stats = generate.sample_in_batches(logits_fn, tokens_NxL, key, **common)
     seconds = time.perf_counter() - start
     valid = task.check(prompts_NxP, filled[:, prompts_NxP.shape[1]:])
     low, high = metrics.wilson_interval(int(valid.sum()), num)
