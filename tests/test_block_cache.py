@@ -121,17 +121,6 @@ def test_block_logits_equal_the_full_pass_of_every_copy_when_block_causal(starts
   assert error.max() < 1e-5, error.max()
 
 
-def test_block_logits_are_only_approximate_for_a_bidirectional_model():
-  # The span does not see the positions after it, and the cached keys before it
-  # were computed from the cached state's span rather than the copy's.
-  tokens, valid = _tokens_and_valid(2)
-  start_B = jnp.asarray([4, 4, 4], jnp.int32)
-  _, cache = _call(BIDIRECTIONAL, "encode", tokens, valid)
-  span, reference = _copies_and_reference(BIDIRECTIONAL, tokens, valid, start_B, 2, seed=4)
-  got = _call(BIDIRECTIONAL, "block_logits", cache, span, start_B)
-  assert np.abs(np.asarray(got) - np.asarray(reference)).max() > 1e-3
-
-
 def test_config_checks_and_backward_compatible_repr():
   with pytest.raises(ValueError, match="attention"):
     dataclasses.replace(BIDIRECTIONAL, attention="causal")
@@ -254,7 +243,7 @@ def _phrase_table6():
     ("bidirectional", dict(block_length=2), TypeError, "exact cache"),
     ("oracle", dict(), ValueError, "needs block_length"),
     ("oracle", dict(block_length=4), ValueError, "exceeds"),
-    ("oracle", dict(block_length=2, cache="approximate"), ValueError, "unknown cache"),
+    ("oracle", dict(block_length=2, cache="prefix"), ValueError, "unknown cache"),
     ("oracle4", dict(block_length=2), ValueError, "multiple"),
     ("oracle_prompt", dict(block_length=2), ValueError, "one attention block"),
 ])

@@ -18,9 +18,10 @@ one cache among the copies. In a block-causal model the keys and values of the
 blocks before `start` do not depend on later positions and the span's logits
 do not depend on positions after it, so with `start` a multiple of
 `block_length` this equals the full forward pass of each copy (the cache is
-*exact*). In a bidirectional model it is an approximation: the span does not see
-the positions after it, and the cached keys were computed from the cached
-state's span, not the copy's.
+*exact*). In a bidirectional model it is an approximation (the "dual cache" of
+Fast-dLLM): the span attends to the cached keys on both sides of it, which were
+computed from the cached state's span, not the copy's; it is exact only for a
+copy whose span equals the cached state's.
 
 The mask id is an input id: with `mask_id == vocab_size` the embedding table
 has `vocab_size + 1` rows and the mask is never an output; with `mask_id` inside
@@ -252,30 +253,36 @@ class KVCache:
   valid_NxL: jax.Array
 
 
-def _attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxHxK: jax.Array, v_BxCxSxHxK: jax.Array,
-                 span_mask_BxSxS: jax.Array, context_k_BxLxHxK: jax.Array,
-                 context_v_BxLxHxK: jax.Array, context_mask_BxL: jax.Array) -> jax.Array:
+def attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxGxK: jax.Array, v_BxCxSxGxK: jax.Array,
+                 span_mask_BxSxS: jax.Array, context_k_BxLxGxK: jax.Array,
+                 context_v_BxLxGxK: jax.Array, context_mask_BxL: jax.Array) -> jax.Array:
   """Attention of `C` copies of a span over their own span and one shared context.
 
   One softmax over [context keys, own span keys], with the numerics of
   `jax.nn.dot_product_attention` (logits and softmax in float32); the context is
-  broadcast over the copies, never copied. Returns `[B, C, S, H, K]`.
+  broadcast over the copies, never copied. Keys and values may have fewer heads
+  `G` than the queries' `H` (grouped-query attention: query head `h` reads key
+  head `h // (H / G)`). Returns `[B, C, S, H, K]`.
   """
-  logits_dtype = jnp.promote_types(q_BxCxSxHxK.dtype, jnp.float32)
-  scale = jnp.array(1.0 / math.sqrt(q_BxCxSxHxK.shape[-1]), logits_dtype)
+  b, c, s, h, k = q_BxCxSxHxK.shape
+  groups = k_BxCxSxGxK.shape[3]
+  q = q_BxCxSxHxK.reshape(b, c, s, groups, h // groups, k)
+  logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+  scale = jnp.array(1.0 / math.sqrt(k), logits_dtype)
   large_negative = jnp.asarray(-0.7 * jnp.finfo(logits_dtype).max, logits_dtype)
-  context_BxCxHxSxL = jnp.einsum("bcshk,blhk->bchsl", q_BxCxSxHxK, context_k_BxLxHxK,
-                                 preferred_element_type=logits_dtype) * scale
-  own_BxCxHxSxS = jnp.einsum("bcshk,bcthk->bchst", q_BxCxSxHxK, k_BxCxSxHxK,
-                             preferred_element_type=logits_dtype) * scale
-  context_BxCxHxSxL = jnp.where(context_mask_BxL[:, None, None, None, :],
-                                context_BxCxHxSxL, large_negative)
-  own_BxCxHxSxS = jnp.where(span_mask_BxSxS[:, None, None], own_BxCxHxSxS, large_negative)
-  probs = jax.nn.softmax(jnp.concatenate([context_BxCxHxSxL, own_BxCxHxSxS], axis=-1)
-                         .astype(jnp.float32), axis=-1).astype(v_BxCxSxHxK.dtype)
-  length = context_k_BxLxHxK.shape[1]
-  return (jnp.einsum("bchsl,blhk->bcshk", probs[..., :length], context_v_BxLxHxK)
-          + jnp.einsum("bchst,bcthk->bcshk", probs[..., length:], v_BxCxSxHxK))
+  context_logits = jnp.einsum("bcsgrk,blgk->bcgrsl", q, context_k_BxLxGxK,
+                              preferred_element_type=logits_dtype) * scale
+  own_logits = jnp.einsum("bcsgrk,bctgk->bcgrst", q, k_BxCxSxGxK,
+                          preferred_element_type=logits_dtype) * scale
+  context_logits = jnp.where(context_mask_BxL[:, None, None, None, None, :],
+                             context_logits, large_negative)
+  own_logits = jnp.where(span_mask_BxSxS[:, None, None, None], own_logits, large_negative)
+  probs = jax.nn.softmax(jnp.concatenate([context_logits, own_logits], axis=-1)
+                         .astype(jnp.float32), axis=-1).astype(v_BxCxSxGxK.dtype)
+  length = context_k_BxLxGxK.shape[1]
+  out = (jnp.einsum("bcgrsl,blgk->bcsgrk", probs[..., :length], context_v_BxLxGxK)
+         + jnp.einsum("bcgrst,bctgk->bcsgrk", probs[..., length:], v_BxCxSxGxK))
+  return out.reshape(b, c, s, h, k)
 
 
 class Attention(nn.Module):
@@ -302,7 +309,7 @@ class Attention(nn.Module):
     if context is None:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     else:
-      out = _attend_span(q, k, v, mask, *context)
+      out = attend_span(q, k, v, mask, *context)
     return _dense(cfg, cfg.d_model, "out", axis=(-2, -1))(out), (k, v)
 
 
@@ -407,8 +414,8 @@ def _span_masks(config: TransformerConfig, cache: KVCache, start_B: jax.Array,
   """(positions int32[B, S], span mask bool[B, S, S], context mask bool[B, L]).
 
   Span keys are seen when valid (and, block-causally, not in a later block);
-  context keys when valid and before `start`, so the cached span itself is
-  replaced by each copy's.
+  context keys when valid and outside the span (block-causally: before
+  `start`), so the cached span itself is replaced by each copy's.
   """
   start_B = start_B.astype(jnp.int32)
   positions_BxS = start_B[:, None] + jnp.arange(span, dtype=jnp.int32)
@@ -418,9 +425,22 @@ def _span_masks(config: TransformerConfig, cache: KVCache, start_B: jax.Array,
   if config.attention == "block_causal":
     block_BxS = positions_BxS // config.block_length
     span_mask_BxSxS = span_mask_BxSxS & (block_BxS[:, None, :] <= block_BxS[:, :, None])
-  length = cache.valid_NxL.shape[1]
-  context_mask_BxL = cache.valid_NxL & (jnp.arange(length)[None, :] < start_B[:, None])
-  return positions_BxS, span_mask_BxSxS, context_mask_BxL
+  return positions_BxS, span_mask_BxSxS, context_mask(config.attention, cache.valid_NxL,
+                                                      start_B, span)
+
+
+def context_mask(attention: str, valid_NxL: jax.Array, start_N: jax.Array,
+                 span: int) -> jax.Array:
+  """bool[N, L]: the cached keys a span `[start, start + span)` attends to.
+
+  Block-causal: the valid keys before `start`. Bidirectional: the valid keys
+  on both sides of the span (a prefix and suffix, "dual" cache).
+  """
+  position_1xL = jnp.arange(valid_NxL.shape[1])[None, :]
+  before_NxL = position_1xL < start_N[:, None]
+  if attention == "block_causal":
+    return valid_NxL & before_NxL
+  return valid_NxL & (before_NxL | (position_1xL >= start_N[:, None] + span))
 
 
 class Transformer(nn.Module):
@@ -525,11 +545,14 @@ class Transformer(nn.Module):
 
     Copy `c` of row `b` is the cached state `b` with positions
     `start_b .. start_b + S - 1` replaced by `tokens_BxCxS[b, c]`; the span
-    attends to the cache's valid keys before `start` and to its own valid keys
-    (block-causally in a block-causal model), and nothing after it. Validity of
+    attends to its own valid keys and to the cache's valid keys outside it
+    (`context_mask`): block-causally, those before `start` and its own keys of
+    blocks up to the query's; bidirectionally, those on both sides. Validity of
     the span's positions is read from the cache (padding is not re-decided).
     Exact (equal to `__call__` on each copy, at the span) for a block-causal
-    model when `start` is a multiple of `block_length`; see the module docstring.
+    model when `start` is a multiple of `block_length`, and for a bidirectional
+    one when the copy's span equals the cached state's; otherwise an
+    approximation (see the module docstring).
 
     Args:
       cache: a `KVCache` of `B` states of length `L` (from `encode`).
