@@ -10,6 +10,17 @@ This is LLaDA's `LLaDALlamaBlock` (upstream `modeling_llada.py`: `attn_norm`,
 up_proj(x)`, `ff_out`; final `ln_f` and `ff_out` or the tied `wte`) and
 Qwen2's decoder layer (Dream), with attention made bidirectional.
 
+Cached evaluation (the block-local interface of `fef_jax.models.Transformer`):
+`Network.encode` returns the logits and a `KVCache` (every layer's RoPE-rotated
+keys and values, the valid mask and the token ids); `Network.block_logits`
+evaluates `C` copies of a span `[start, start + S)` of each cached state
+against it, the context shared by the copies. The network is bidirectional, so
+this is the "dual cache" of Fast-dLLM: the span attends to its own keys and to
+the cached keys on both sides of it, which were computed from the cached
+state's span, not the copy's. It is exact for a copy whose span equals the
+cached state's, and for a one-layer network (whose keys depend on each
+position's own token only); otherwise an approximation.
+
 Padding: upstream LLaDA ignores `attention_mask` (its attention calls
 `scaled_dot_product_attention(..., attn_mask=None, is_causal=False)`), so
 padding tokens are attended to there. Here `valid_NxL` hides padding keys, as
@@ -36,11 +47,12 @@ import numbers
 from typing import Any, Callable
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from fef_jax.models.hf.loading import CheckpointError, TensorSpec, config_int
-from fef_jax.models.transformer import rope
+from fef_jax.models.transformer import attend_span, context_mask, rope
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -117,28 +129,38 @@ def _norm(config: NetworkConfig, name: str) -> nn.RMSNorm:
 
 
 class Attention(nn.Module):
-  """Bidirectional grouped-query self-attention with RoPE; invalid keys are hidden."""
+  """Bidirectional grouped-query self-attention with RoPE; invalid keys are hidden.
+
+  Full pass: `x` is `[N, L, D]`, `mask` None or bool broadcastable to
+  `[N, heads, L, L]`. Span pass (`context` given): `x` is `[N, C, S, D]`, `C`
+  copies of `S` positions, `mask` bool[N, S, S] says which span keys each span
+  query sees, and `context = (keys [N, L, G, K], values [N, L, G, K],
+  mask bool[N, L])` adds cached keys shared by the copies (`attend_span`). Both
+  return the output and the (rotated keys, values) of their own tokens.
+  """
   config: NetworkConfig
 
   @nn.compact
-  def __call__(self, x_NxLxD: jax.Array, positions_NxL: jax.Array,
-               valid_NxL: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, positions_NxL: jax.Array, mask: jax.Array | None,
+               context: tuple[jax.Array, jax.Array, jax.Array] | None = None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     cfg = self.config
-    n, length = x_NxLxD.shape[:2]
+    lead = x.shape[:-1]
 
     def heads(name: str, count: int) -> jax.Array:
       dense = nn.Dense(count * cfg.head_dim, use_bias=cfg.qkv_bias, dtype=cfg.dtype, name=name)
-      return dense(x_NxLxD).reshape(n, length, count, cfg.head_dim)
+      return dense(x).reshape(*lead, count, cfg.head_dim)
 
     # A position per row and token: left-padded rows count from their first valid token.
-    q_NxLxHxK = rope(heads("query", cfg.num_heads), positions_NxL, cfg.rope_theta)
-    k_NxLxGxK = rope(heads("key", cfg.num_kv_heads), positions_NxL, cfg.rope_theta)
-    v_NxLxGxK = heads("value", cfg.num_kv_heads)
-    keys_Nx1x1xL = None if valid_NxL is None else valid_NxL[:, None, None, :]
-    out_NxLxHxK = jax.nn.dot_product_attention(q_NxLxHxK, k_NxLxGxK, v_NxLxGxK,
-                                               mask=keys_Nx1x1xL)
-    out = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.dtype, name="out")
-    return out(out_NxLxHxK.reshape(n, length, cfg.num_heads * cfg.head_dim))
+    q = rope(heads("query", cfg.num_heads), positions_NxL, cfg.rope_theta)
+    k = rope(heads("key", cfg.num_kv_heads), positions_NxL, cfg.rope_theta)
+    v = heads("value", cfg.num_kv_heads)
+    if context is None:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    else:
+      out = attend_span(q, k, v, mask, *context)
+    dense = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.dtype, name="out")
+    return dense(out.reshape(*lead, cfg.num_heads * cfg.head_dim)), (k, v)
 
 
 class MLP(nn.Module):
@@ -154,16 +176,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`."""
+  """Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+
+  Returns the new stream and the attention's (keys, values); see `Attention`.
+  """
   config: NetworkConfig
 
   @nn.compact
-  def __call__(self, x_NxLxD: jax.Array, positions_NxL: jax.Array,
-               valid_NxL: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, positions_NxL: jax.Array, mask: jax.Array | None,
+               context: tuple[jax.Array, jax.Array, jax.Array] | None = None
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     cfg = self.config
-    x_NxLxD = x_NxLxD + Attention(cfg, name="attention")(
-        _norm(cfg, "attention_norm")(x_NxLxD), positions_NxL, valid_NxL)
-    return x_NxLxD + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x_NxLxD))
+    attended, keys_values = Attention(cfg, name="attention")(
+        _norm(cfg, "attention_norm")(x), positions_NxL, mask, context)
+    x = x + attended
+    return x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x)), keys_values
 
 
 def positions(valid_NxL: jax.Array | None, shape: tuple[int, int]) -> jax.Array:
@@ -179,15 +206,76 @@ def positions(valid_NxL: jax.Array | None, shape: tuple[int, int]) -> jax.Array:
   return jnp.maximum(jnp.cumsum(valid_NxL.astype(jnp.int32), axis=1) - 1, 0)
 
 
+@flax.struct.dataclass
+class KVCache:
+  """Every layer's keys and values for a batch of states: the context of `block_logits`.
+
+  Every leaf has the batch `N` as its leading axis, so rows can be selected
+  with `jnp.where` like the states they were computed from.
+
+  Attributes:
+    keys_NxYxLxGxK: RoPE-rotated keys of the `Y = num_layers` layers (`G` kv
+      heads of `K` features), in the compute dtype.
+    values_NxYxLxGxK: values, same shape and dtype.
+    valid_NxL: bool, the non-padding positions of the cached states (all True
+      when encoded without a mask).
+    tokens_NxL: int32, the cached states' token ids (Dream's shifted logits
+      read the token just before a span from here).
+  """
+  keys_NxYxLxGxK: jax.Array
+  values_NxYxLxGxK: jax.Array
+  valid_NxL: jax.Array
+  tokens_NxL: jax.Array
+
+
+def _check_tokens(tokens_NxL: Any, valid_NxL: Any) -> None:
+  """Shape and dtype checks of `encode` (static, so they run under jit too)."""
+  shape = getattr(tokens_NxL, "shape", None)
+  if shape is None or len(shape) != 2 or not jnp.issubdtype(tokens_NxL.dtype, jnp.integer):
+    raise ValueError(f"tokens_NxL must be an integer array of shape [N, L], got "
+                     f"{getattr(tokens_NxL, 'dtype', type(tokens_NxL))}{shape}")
+  if valid_NxL is not None and (jnp.shape(valid_NxL) != shape
+                                or jnp.result_type(valid_NxL) != jnp.bool_):
+    raise ValueError(f"valid_NxL must be bool{list(shape)}, got "
+                     f"{jnp.result_type(valid_NxL)}{list(jnp.shape(valid_NxL))}")
+
+
+def _check_span_inputs(config: NetworkConfig, cache: KVCache, tokens_NxCxS: Any,
+                       start_N: Any) -> None:
+  """Shape and dtype checks of `block_logits` (static, so they run under jit too)."""
+  shape = getattr(tokens_NxCxS, "shape", None)
+  if (shape is None or len(shape) != 3
+      or not jnp.issubdtype(tokens_NxCxS.dtype, jnp.integer)):
+    raise ValueError(f"tokens_NxCxS must be an integer array of shape [N, C, S], got "
+                     f"{getattr(tokens_NxCxS, 'dtype', type(tokens_NxCxS))}{shape}")
+  batch, length = cache.valid_NxL.shape
+  extra = int(config.shift_logits)
+  if shape[0] != batch or shape[2] + extra > length:
+    needs = (f"S + 1 <= its length {length} (shifted logits read the raw output "
+             f"one position before the span)" if extra else f"S <= its length {length}")
+    raise ValueError(f"tokens_NxCxS{list(shape)} needs N equal to the cache's batch "
+                     f"{batch} and {needs}")
+  if jnp.shape(start_N) != (batch,) or not jnp.issubdtype(jnp.result_type(start_N),
+                                                          jnp.integer):
+    raise ValueError(f"start_N must be an integer array of shape ({batch},), got "
+                     f"{jnp.result_type(start_N)}{list(jnp.shape(start_N))}")
+
+
+def _slice_rows(x_NxL: jax.Array, start_N: jax.Array, width: int) -> jax.Array:
+  """`x[n, start_n : start_n + width]` per row (a later start is clamped)."""
+  return jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (width,)))(x_NxL, start_N)
+
+
 class Network(nn.Module):
   """int32[N, L] token ids -> float32[N, L, vocab_size] denoiser logits.
 
   Token ids must lie in `[0, vocab_size)`; an id outside reads NaN embeddings
   (JAX's out-of-bounds gather fill), so that row's logits are NaN.
+  `encode` and `block_logits` (call them with `apply(..., method=...)`) are the
+  cached evaluation described in the module docstring.
   """
   config: NetworkConfig
 
-  @nn.compact
   def __call__(self, tokens_NxL: jax.Array, valid_NxL: jax.Array | None = None) -> jax.Array:
     """Logits of every position.
 
@@ -202,25 +290,149 @@ class Network(nn.Module):
       float32[N, L, vocab_size] logits, shifted as Dream defines them when
       `config.shift_logits`.
     """
+    logits_NxLxV, _ = self._full(tokens_NxL, valid_NxL)
+    return logits_NxLxV
+
+  def encode(self, tokens_NxL: jax.Array,
+             valid_NxL: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """The full pass, also returning every layer's keys and values.
+
+    Args:
+      tokens_NxL, valid_NxL: as for `__call__`.
+
+    Returns:
+      (float32[N, L, vocab_size] logits, the same as `__call__`'s; the `KVCache`
+      of the `N` states, `valid_NxL` all True when `valid_NxL` is None).
+
+    Raises:
+      ValueError: tokens not an integer [N, L] array, or `valid_NxL` not bool[N, L].
+    """
+    _check_tokens(tokens_NxL, valid_NxL)
+    logits_NxLxV, keys_values = self._full(tokens_NxL, valid_NxL)
+    valid_NxL = jnp.ones(tokens_NxL.shape, bool) if valid_NxL is None else valid_NxL
+    return logits_NxLxV, KVCache(
+        keys_NxYxLxGxK=jnp.stack([k for k, _ in keys_values], axis=1),
+        values_NxYxLxGxK=jnp.stack([v for _, v in keys_values], axis=1),
+        valid_NxL=valid_NxL, tokens_NxL=tokens_NxL.astype(jnp.int32))
+
+  def block_logits(self, cache: KVCache, tokens_NxCxS: jax.Array,
+                   start_N: jax.Array) -> jax.Array:
+    """Logits of the span `[start, start + S)` of `C` copies of each cached state.
+
+    Copy `c` of row `n` is the cached state `n` with positions
+    `start_n .. start_n + S - 1` replaced by `tokens_NxCxS[n, c]`. The span's
+    queries attend to the copy's own valid span keys and to the cache's valid
+    keys on both sides of the span (`context_mask("bidirectional", ...)`); the
+    cached keys are not recomputed, so this is an approximation of `__call__`
+    on each copy ("dual cache"), exact for a copy whose span equals the cached
+    state's, and for a one-layer network. Validity and RoPE positions of the
+    span are read from the cache (`positions` of the cached valid mask, so
+    left-padded rows count from their first valid token, as in the full pass).
+
+    Shifted logits (Dream): position `i`'s logits are the raw output at
+    `max(i - 1, 0)`, so the network evaluates an extended span of `S + 1`
+    positions from `e = max(start - 1, 0)`: `[start - 1, start + S)`, or
+    `[0, S + 1)` at `start = 0`. The extra position lies outside the copies'
+    span, so its token is the cached one (the same in every copy); the context
+    mask excludes the whole extended span, and the raw outputs at
+    `max(i - 1, 0)` are picked before the output projection.
+
+    Args:
+      cache: a `KVCache` of `N` states of length `L` (from `encode`).
+      tokens_NxCxS: int[N, C, S] span tokens, static `S <= L` (`S + 1 <= L`
+        with `shift_logits`).
+      start_N: int[N] span starts, traced; `start + S <= L` is required and not
+        checked (a later start is clamped by `lax.dynamic_slice`, giving the
+        logits of another span).
+
+    Returns:
+      float32[N, C, S, vocab_size] logits.
+
+    Raises:
+      ValueError: tokens not an integer [N, C, S] array, a batch that is not
+        the cache's, `S > L` (`S + 1 > L` with `shift_logits`), or `start_N`
+        not int[N].
+    """
+    cfg = self.config
+    _check_span_inputs(cfg, cache, tokens_NxCxS, start_N)
+    n, copies, span = tokens_NxCxS.shape
+    start_N = jnp.asarray(start_N).astype(jnp.int32)
+    shift = int(cfg.shift_logits)
+    width = span + shift  # `W`, the evaluated positions `[first, first + W)`
+    first_N = jnp.maximum(start_N - shift, 0)
+    valid_NxW = _slice_rows(cache.valid_NxL, first_N, width)
+    positions_NxW = _slice_rows(positions(cache.valid_NxL, cache.valid_NxL.shape),
+                                first_N, width)
+    tokens_NxCxW = tokens_NxCxS
+    pick_NxS = None
+    if shift:
+      # The copies' span sits at offset 1 of the extended one (0 when start = 0).
+      offset_Nx1 = (start_N - first_N)[:, None]
+      relative_W = jnp.arange(width, dtype=jnp.int32)
+      inside_NxW = (relative_W >= offset_Nx1) & (relative_W < offset_Nx1 + span)
+      index_NxCxW = jnp.broadcast_to(jnp.clip(relative_W - offset_Nx1, 0, span - 1)[:, None],
+                                     (n, copies, width))
+      tokens_NxCxW = jnp.where(inside_NxW[:, None, :],
+                               jnp.take_along_axis(tokens_NxCxS, index_NxCxW, axis=2),
+                               _slice_rows(cache.tokens_NxL, first_N, width)[:, None, :])
+      pick_NxS = (jnp.maximum(start_N[:, None] + jnp.arange(span, dtype=jnp.int32) - 1, 0)
+                  - first_N[:, None])
+    span_mask_NxWxW = jnp.broadcast_to(valid_NxW[:, None, :], (n, width, width))
+    context = (cache.keys_NxYxLxGxK, cache.values_NxYxLxGxK,
+               context_mask("bidirectional", cache.valid_NxL, first_N, width))
+    logits_NxCxSxV, _ = self._forward(tokens_NxCxW, positions_NxW[:, None, :],
+                                      span_mask_NxWxW, context, pick_NxS)
+    return logits_NxCxSxV
+
+  def _full(self, tokens_NxL: jax.Array, valid_NxL: jax.Array | None
+            ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """The full pass: (shifted when configured) logits, every layer's (keys, values)."""
+    mask = None if valid_NxL is None else valid_NxL[:, None, None, :]
+    logits_NxLxV, keys_values = self._forward(
+        tokens_NxL, positions(valid_NxL, tokens_NxL.shape), mask)
+    if self.config.shift_logits:
+      logits_NxLxV = jnp.concatenate([logits_NxLxV[:, :1], logits_NxLxV[:, :-1]], axis=1)
+    return logits_NxLxV, keys_values
+
+  @nn.compact
+  def _forward(self, tokens: jax.Array, positions_: jax.Array, mask: jax.Array | None,
+               context: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+               pick_NxS: jax.Array | None = None
+               ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+    """The network on `[N, L]` tokens, or on `[N, C, W]` span copies with a `context`
+    of stacked layer keys and values `[N, Y, L, G, K]` and a key mask `[N, L]`.
+
+    `pick_NxS` (span pass only) selects, per row, the span positions (indices
+    into `W`) whose final hidden states are projected to logits.
+
+    Returns:
+      (float32 raw (unshifted) logits `[..., vocab_size]`, every layer's
+      (keys, values) of `tokens`).
+    """
     cfg = self.config
     embedding_VxD = self.param("embedding", _EMBED_INIT, (cfg.vocab_size, cfg.d_model),
                                jnp.float32)
     # Gather first, then cast: casting the whole table every call would copy it.
-    x_NxLxD = jnp.take(embedding_VxD, tokens_NxL, axis=0).astype(cfg.dtype)
-    positions_NxL = positions(valid_NxL, tokens_NxL.shape)
+    x = jnp.take(embedding_VxD, tokens, axis=0).astype(cfg.dtype)
+    keys_values = []
     for i in range(cfg.num_layers):
-      x_NxLxD = Block(cfg, name=f"block_{i}")(x_NxLxD, positions_NxL, valid_NxL)
-    x_NxLxD = _norm(cfg, "final_norm")(x_NxLxD)
+      layer_context = None if context is None else (
+          context[0][:, i], context[1][:, i], context[2])
+      x, layer_keys_values = Block(cfg, name=f"block_{i}")(x, positions_, mask, layer_context)
+      keys_values.append(layer_keys_values)
+    if pick_NxS is not None:
+      index = jnp.broadcast_to(pick_NxS[:, None, :, None],
+                               (*x.shape[:2], pick_NxS.shape[1], 1))
+      x = jnp.take_along_axis(x, index, axis=2)
+    x = _norm(cfg, "final_norm")(x)
     if cfg.tie_embeddings:
       unembed_DxV = embedding_VxD.T
     else:
       unembed_DxV = self.param("unembed", nn.initializers.lecun_normal(),
                                (cfg.d_model, cfg.vocab_size), jnp.float32)
-    logits_NxLxV = jnp.einsum("nld,dv->nlv", x_NxLxD, unembed_DxV.astype(cfg.dtype),
-                              preferred_element_type=jnp.float32)
-    if cfg.shift_logits:
-      logits_NxLxV = jnp.concatenate([logits_NxLxV[:, :1], logits_NxLxV[:, :-1]], axis=1)
-    return logits_NxLxV
+    logits = jnp.einsum("...d,dv->...v", x, unembed_DxV.astype(cfg.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits, keys_values
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -231,6 +443,11 @@ class Denoiser:
   parameters are closed over (JAX passes closed-over arrays to the compiled
   program as arguments, not as embedded constants), and each new `Denoiser`
   compiles anew: build one and reuse it.
+
+  It also offers the block-local interface of
+  `fef_jax.samplers.cache.BlockLocalDenoiser` (`encode`, `block_logits`,
+  `exact_cache`, `block_length`); its block-local logits are approximate (the
+  network is bidirectional: see `Network.block_logits`).
 
   Attributes:
     network: the `Network`.
@@ -245,6 +462,50 @@ class Denoiser:
   def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
     valid_NxL = None if self.valid_fn is None else self.valid_fn(tokens_NxL)
     return self.network.apply({"params": self.params}, tokens_NxL, valid_NxL)
+
+  @property
+  def exact_cache(self) -> bool:
+    """False: a bidirectional network's block-local logits are approximate (exact
+    only for a copy whose span equals the cached state's, or a one-layer network)."""
+    return False
+
+  @property
+  def block_length(self) -> int | None:
+    """None: the network has no attention blocks (any span length works)."""
+    return None
+
+  def encode(self, tokens_NxL: jax.Array) -> tuple[jax.Array, KVCache]:
+    """(float32[N, L, V] logits, as `__call__`; the `KVCache` of the `N` states).
+
+    The valid mask is `valid_fn(tokens_NxL)` (all True without one) and is
+    stored in the cache.
+
+    Raises:
+      ValueError: tokens not an integer [N, L] array, or `valid_fn` not
+        returning bool[N, L].
+    """
+    valid_NxL = None if self.valid_fn is None else self.valid_fn(tokens_NxL)
+    return self.network.apply({"params": self.params}, tokens_NxL, valid_NxL,
+                              method="encode")
+
+  def block_logits(self, cache: KVCache, tokens_NxCxS: jax.Array,
+                   start_N: jax.Array) -> jax.Array:
+    """float32[N, C, S, V]: logits of positions `[start, start + S)` of `C` copies of
+    each cached state, the copies holding `tokens_NxCxS` there.
+
+    `Network.block_logits` with these parameters: an approximation of
+    `__call__` on each copy (the cached keys outside the span are not
+    recomputed), exact for a copy whose span equals the cached state's and for
+    a one-layer network. Padding is read from the cache (`valid_fn` is applied
+    by `encode`, not here); `start + S <= L` is required and not checked.
+
+    Raises:
+      ValueError: tokens not an integer [N, C, S] array, a batch that is not
+        the cache's, `S > L` (`S + 1 > L` for shifted logits, i.e. Dream), or
+        `start_N` not int[N].
+    """
+    return self.network.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
+                              method="block_logits")
 
 
 BlockNames = dict[str, str]  # role (see `block_roles`) -> tensor name with `{i}`
