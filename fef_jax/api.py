@@ -119,8 +119,9 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     raise ValueError(f"top_k={config.top_k} exceeds the vocabulary size {vocab_size}")
   if _is_concrete(tokens_BxL):
     _check_values(np.asarray(tokens_BxL), config.mask_id, vocab_size)
-  if config.cache == "exact":
-    cache.check_denoiser(logits_fn, config.block_length, config.mask_id, tokens_BxL.shape[1],
+  if config.cache != "none":
+    cache.check_denoiser(logits_fn, config.cache, config.block_length, config.mask_id,
+                         tokens_BxL.shape[1],
                          np.asarray(tokens_BxL) if _is_concrete(tokens_BxL) else None)
   if config.verifier == "head":
     head.check_denoiser(logits_fn)

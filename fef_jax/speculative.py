@@ -15,11 +15,13 @@ committed token is an exact draw from its prefix-conditioned factor, whatever
 the drafts, so the set is an exact draw from `prod_j p(x^{s_j} | xt, x^{s<j})`.
 
 A `CopyEvaluator` says how step 2 evaluates the copies: by default the
-denoiser runs on the `W` whole sequences; the sampler's exact cache
-(`fef_jax.samplers.cache`) evaluates only the span of positions where the copies
-differ, against cached keys and values of the rest. The round only needs the
-targets (inside the span) and the next drafts (the span is written into the
-previous draft logits), so both evaluators give the same round.
+denoiser runs on the `W` whole sequences; the sampler's caches
+(`fef_jax.samplers.cache`) evaluate only the span of positions where the copies
+differ, against cached keys and values of the rest (carried in
+`SpeculativeState.context`, and optionally refreshed before a round by the
+evaluator's `prepare`). The round only needs the targets (inside the span) and
+the next drafts (the span is written into the previous draft logits), so with
+an exact cache both evaluators give the same round.
 
 A `HeadEvaluator` replaces step 2 by one pass of a causal head
 (`fef_jax.models.spec_head`) over the set in rank order, fed the committed
@@ -57,6 +59,8 @@ class SpeculativeState:
     draft_tokens_BxL: optional: the denoiser input whose logits are
       `draft_logits_BxLxV` (the accepted-prefix copy), tracked when given (the
       exact cache recomputes the drafts of a new block from it).
+    context: optional: what a `CopyEvaluator` evaluates the copies against
+      (a cache), carried across rounds.
   """
   tokens_BxL: jax.Array
   draft_logits_BxLxV: jax.Array
@@ -65,6 +69,7 @@ class SpeculativeState:
   stats: SampleStats
   bad_logits_B: jax.Array
   draft_tokens_BxL: Optional[jax.Array] = None
+  context: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +77,19 @@ class CopyEvaluator:
   """How a verification round evaluates its `W` copies in one call.
 
   Attributes:
-    evaluate: copies int32[B, W, L] -> (logits float[B, W, S, V] of the span of
-      positions `offset_b .. offset_b + S - 1` of every copy, offset int32[B]).
-      The span must hold every target of the round (every undecided set position).
+    evaluate: (copies int32[B, W, L], the carried `context`) -> (logits
+      float[B, W, S, V] of the span of positions `offset_b .. offset_b + S - 1`
+      of every copy, offset int32[B]). The span must hold every target of the
+      round (every undecided set position).
     units_per_copy: what one evaluated copy adds to `stats.sequences` (1 when
       that counts whole sequences).
+    prepare: optional `(state, active_B) -> state`, run at the start of every
+      round before the drafts are drawn: may refresh `state.context` and the
+      draft logits (and must count what it calls in `state.stats`).
   """
-  evaluate: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+  evaluate: Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]
   units_per_copy: int = 1
+  prepare: Optional[Callable[["SpeculativeState", jax.Array], "SpeculativeState"]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +115,8 @@ class HeadEvaluator:
 
 def whole_sequences(logits_fn: LogitsFn) -> CopyEvaluator:
   """The default evaluator: the denoiser on the `B * W` whole copies (`S = L`, offset 0)."""
-  def evaluate(copies_BxWxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def evaluate(copies_BxWxL: jax.Array, context: Any) -> tuple[jax.Array, jax.Array]:
+    del context  # the whole copies need no context
     return (posterior.evaluate_copies(logits_fn, copies_BxWxL),
             jnp.zeros(copies_BxWxL.shape[:1], jnp.int32))
   return CopyEvaluator(evaluate)
@@ -168,7 +179,7 @@ def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL:
   """
   copies_BxWxL = posterior.prefix_revealed_copies(
       state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window)
-  span_logits_BxWxSxV, offset_B = evaluator.evaluate(copies_BxWxL)
+  span_logits_BxWxSxV, offset_B = evaluator.evaluate(copies_BxWxL, state.context)
   span_logits_BxWxSxV = span_logits_BxWxSxV.astype(jnp.float32)
   span = span_logits_BxWxSxV.shape[2]
   bad_BxWxS = bad_masked(span_logits_BxWxSxV,
@@ -241,6 +252,8 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     that had undecided ones.
   """
   active_B = state.start_B < count_B
+  if isinstance(denoiser, CopyEvaluator) and denoiser.prepare is not None:
+    state = denoiser.prepare(state, active_B)
   draft_key_B, accept_key_B, residual_key_B = _row_keys(step_keys_B, state.round_B)
 
   logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
@@ -298,14 +311,15 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=state.start_B + num_committed_B, round_B=state.round_B + active,
       stats=stats, bad_logits_B=state.bad_logits_B | (bad_B & active_B),
-      draft_tokens_BxL=draft_tokens_BxL)
+      draft_tokens_BxL=draft_tokens_BxL, context=state.context)
 
 
 def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn: WarpFn,
                tokens_BxL: jax.Array, draft_logits_BxLxV: jax.Array, rank_BxL: jax.Array,
                count_B: jax.Array, step_keys_B: jax.Array, stats: SampleStats,
                *, window: int, mask_id: int,
-               draft_tokens_BxL: Optional[jax.Array] = None) -> SpeculativeState:
+               draft_tokens_BxL: Optional[jax.Array] = None,
+               context: Any = None) -> SpeculativeState:
   """Decides every row's ordered set exactly, by speculative rounds in a `lax.while_loop`.
 
   Args:
@@ -324,10 +338,12 @@ def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn:
     mask_id: the mask token.
     draft_tokens_BxL: optional: the input that `draft_logits_BxLxV` came from;
       given, the carry tracks it (see `SpeculativeState`).
+    context: optional: the initial context of a `CopyEvaluator` (a cache).
 
   Returns:
     The final carry: `tokens_BxL` with every set position decided, the draft
-    logits for the next set (and their input, if tracked), and updated statistics. Rounds per row are at most
+    logits for the next set (and their input, if tracked), the context, and
+    updated statistics. Rounds per row are at most
     the set size, since each round decides at least one position.
   """
   batch = tokens_BxL.shape[0]
@@ -335,7 +351,7 @@ def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn:
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=jnp.zeros((batch,), jnp.int32), round_B=jnp.zeros((batch,), jnp.int32),
       stats=stats, bad_logits_B=jnp.zeros((batch,), bool),
-      draft_tokens_BxL=draft_tokens_BxL)
+      draft_tokens_BxL=draft_tokens_BxL, context=context)
 
   def body(state):
     return verification_round(denoiser, warp_fn, state, rank_BxL, count_B,

@@ -1,60 +1,83 @@
-"""FeF's exact context cache (`cache="exact"`): verification rounds over one block of copies.
+"""FeF's context caches: verification rounds over one window of copies against cached keys.
 
 A round's `W` prefix-revealed copies differ only inside the step's set, which
-lies inside the current generation block. With a *block-causal* denoiser (a
-position of attention block `b` sees blocks `<= b` only) the logits of block
-`b` do not depend on later positions and the keys and values of earlier blocks
-do not depend on block `b`. So a round can run the context once, cache it, and
-evaluate the `W` copies over the block's `S` positions only: the cost of a
-round drops from `W` sequences to `W S / L` of one, with the same targets.
+lies inside the current generation block. So a round can run the context (the
+positions outside a window holding the block) once, cache its keys and values,
+and evaluate the `W` copies over the window's `S` positions only: the cost of a
+round drops from `W` sequences to `W S / L` of one. Two modes, named for what
+they guarantee:
+
+- `cache="exact"`: for a *block-causal* denoiser (a position of attention
+  block `b` sees blocks `<= b` only), the logits of block `b` do not depend on
+  later positions and the keys and values of earlier blocks do not depend on
+  block `b`, so the window's logits equal the uncached ones: same targets, same
+  exactness. The window is the attention block holding the step's eligible
+  positions, `[start, start + S)`, `S = denoiser.block_length`;
+  `fef_jax.sample` checks that every generation block lies inside one attention
+  block (`check_denoiser`).
+- `cache="approximate"`: for a *bidirectional* denoiser (LLaDA, Dream, our
+  bidirectional transformer), the "dual cache" of Fast-dLLM: the window
+  `[start, start + S)` starts at the generation block's first masked position
+  (`S` = the sampler's `block_length`), and the copies' window attends to
+  cached keys and values of the positions on both sides of it. Those were
+  computed from the cached state, whose window holds the state's tokens, not
+  the copy's revealed drafts: the targets are approximate (exact for the
+  copy that reveals nothing, right after a refresh, and for one-layer
+  models), so the samples are no longer exact draws from the prefix
+  factorization. The context is refreshed on entering a block and, with
+  `refresh_every=r`, before every `r`-th round against the same context.
+  `fef_jax.eval.compare` measures what it costs in accuracy.
 
 The denoiser must offer the block-local interface (`BlockLocalDenoiser`):
-`fef_jax.models.Denoiser` of a `block_causal` transformer without time
-conditioning, or `fef_jax.oracles.BlockCausal` around an oracle.
+`fef_jax.models.Denoiser` (block-causal for `exact`), the imported LLaDA/Dream
+denoisers (`approximate` only), or `fef_jax.oracles.BlockCausal`.
 
 How the sampler uses it (`fef_jax.samplers.loop`):
-- Window: the attention block holding the step's eligible positions,
-  `[start, start + S)` with `S = denoiser.block_length`. `fef_jax.sample` checks
-  that every generation block lies inside one attention block (`check_denoiser`).
-- The cache is computed once per attention block: at the first step, by the
-  initial call (`encode` of the prompts, which also gives the first drafts), and
-  whenever a row's window moves, by one batched `encode` of `2B` rows
-  (`refresh`): the current states, whose keys and values before the window stay
-  valid for every round of the block, and the inputs of the current draft logits
-  (the previous round's accepted-prefix copy), whose logits become the drafts of
-  the new block. Those are the drafts the uncached path would use, so both paths
-  make the same decisions (up to float round-off).
+- The cache (a `Context`: the denoiser's cache, the window start, and the
+  rounds run against it) is computed by the initial call (`encode` of the
+  prompts, which also gives the first drafts), and whenever a row's window
+  moves (`refresh`), by one batched `encode`. Exact mode encodes `2B` rows:
+  the current states, whose keys and values outside the window stay valid for
+  every round of the block, and the inputs of the current draft logits (the
+  previous round's accepted-prefix copy), whose logits become the drafts of the
+  new block; those are the drafts the uncached path would use, so both paths
+  make the same decisions (up to float round-off). Approximate mode encodes the
+  `B` current states only, and their logits are the new drafts (any function
+  of revealed tokens is a valid draft source).
 - Rounds (`evaluator`): one `block_logits` call of the `W` copies' windows
   against the cache; its logits overwrite the window of the draft logits.
-- Statistics: `nfe` counts every batched call (a refresh is one call).
-  `sequences` counts whole-sequence equivalents: the loop adds up the token
-  positions the denoiser evaluated (`L` per full sequence, `S` per copy of a
-  window) and reports them divided by `L`, rounded up per row. A refresh counts
-  two sequences.
+- Statistics: `nfe` counts every batched call (a refresh is one call, so a
+  round that refreshes costs two sequential calls). `sequences` counts
+  whole-sequence equivalents: the loop adds up the token positions the
+  denoiser evaluated (`L` per full sequence, `S` per copy of a window) and
+  reports them divided by `L`, rounded up per row.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fef_jax import posterior
 from fef_jax import speculative
+from fef_jax.samplers.config import SamplerConfig
 
 
 class BlockLocalDenoiser(Protocol):
-  """A denoiser that can evaluate copies of one block against a cached context.
+  """A denoiser that can evaluate copies of one window against a cached context.
 
   Attributes:
-    exact_cache: True when `block_logits` equals `__call__` at the block (the
-      denoiser is block-causal); `cache="exact"` refuses any other denoiser.
-    block_length: `S`, the attention block length in positions; windows start at
-      multiples of it.
+    exact_cache: True when `block_logits` equals `__call__` at an attention
+      block (the denoiser is block-causal); `cache="exact"` needs it.
+    block_length: `S`, the attention block length in positions (windows of
+      `cache="exact"` start at multiples of it); None for a bidirectional
+      denoiser.
   """
   exact_cache: bool
-  block_length: int
+  block_length: Optional[int]
 
   def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
     """float[N, L, V] logits of every position."""
@@ -69,34 +92,65 @@ class BlockLocalDenoiser(Protocol):
     each cached state, the copies holding `tokens_NxCxS` there."""
 
 
-def check_denoiser(denoiser: Any, block_length: int, mask_id: int, length: int,
+@flax.struct.dataclass
+class Context:
+  """What cached rounds evaluate against (carried by the loop and the rounds).
+
+  Attributes:
+    cache: the denoiser's cache of each row's state at its last refresh.
+    start_B: int32 start of the window the cache serves.
+    rounds_B: int32 rounds run against the cache since its refresh.
+  """
+  cache: Any
+  start_B: jax.Array
+  rounds_B: jax.Array
+
+
+def check_denoiser(denoiser: Any, mode: str, block_length: int, mask_id: int, length: int,
                    tokens_BxL: np.ndarray | None) -> None:
-  """Checks that `cache="exact"` can run `denoiser` on these tokens exactly.
+  """Checks that `cache=mode` can run `denoiser` on these tokens.
 
   Args:
     denoiser: the sampler's `logits_fn`.
+    mode: `"exact"` or `"approximate"`.
     block_length: the sampler's generation block length (masked positions).
     mask_id: the mask token.
     length: `L`, the sequence length.
-    tokens_BxL: the concrete tokens, or None under tracing (then the alignment
+    tokens_BxL: the concrete tokens, or None under tracing (then the placement
       of generation blocks is not checked).
 
   Raises:
-    TypeError: the denoiser lacks the block-local interface or an exact cache.
-    ValueError: `L` not a multiple of the denoiser's block length, a generation
-      block longer than it, or (concrete tokens) a generation block that crosses
-      an attention block boundary; the message says what to change.
+    TypeError: the denoiser lacks the block-local interface, or (exact) an
+      exact cache.
+    ValueError: exact: `L` not a multiple of the denoiser's block length, a
+      generation block longer than it, or (concrete tokens) a generation block
+      that crosses an attention block boundary. Approximate: `block_length > L`,
+      or (concrete tokens) a generation block whose masked positions span more
+      than `block_length` positions (masks that are not contiguous). The
+      message says what to change.
   """
-  missing = [name for name in ("encode", "block_logits", "block_length", "exact_cache")
-             if not hasattr(denoiser, name)]
+  needed = ("encode", "block_logits") + (("block_length", "exact_cache")
+                                         if mode == "exact" else ())
+  missing = [name for name in needed if not hasattr(denoiser, name)]
   if missing:
-    raise TypeError(f"cache='exact' needs a block-local denoiser (see "
+    raise TypeError(f"cache={mode!r} needs a block-local denoiser (see "
                     f"fef_jax.samplers.cache.BlockLocalDenoiser); {denoiser!r} lacks "
                     f"{missing}")
+  if mode == "approximate":
+    if block_length > length:
+      raise ValueError(f"cache='approximate': block_length={block_length} exceeds the "
+                       f"sequence length {length}")
+    _check_blocks(tokens_BxL, mask_id, block_length, lambda positions, first: (
+        positions - first >= block_length), "approximate",
+        f"spans more than block_length={block_length} positions; the window of the "
+        f"approximate cache holds block_length positions from the block's first mask, "
+        f"so the masks of a block must be contiguous: use cache='none' for scattered masks")
+    return
   if not denoiser.exact_cache:
     raise TypeError(f"cache='exact' needs a denoiser with an exact cache: a block-causal "
                     f"model without time conditioning; {denoiser!r} has none (a "
-                    f"bidirectional model's block-local logits are only approximate)")
+                    f"bidirectional model's block-local logits are only approximate: "
+                    f"cache='approximate')")
   span = denoiser.block_length
   if length % span:
     raise ValueError(f"cache='exact': the sequence length {length} must be a multiple of "
@@ -105,74 +159,133 @@ def check_denoiser(denoiser: Any, block_length: int, mask_id: int, length: int,
     raise ValueError(f"cache='exact': block_length={block_length} exceeds the denoiser's "
                      f"block_length={span}, so a generation block cannot lie inside one "
                      f"attention block")
+  _check_blocks(tokens_BxL, mask_id, block_length, lambda positions, first: (
+      positions // span != first // span), "exact",
+      f"crosses an attention block boundary (denoiser block_length={span}); every block "
+      f"of block_length={block_length} masked positions must lie in one attention block: "
+      f"use a block_length dividing {span} and prompts whose length is a multiple of {span}")
+
+
+def _check_blocks(tokens_BxL: np.ndarray | None, mask_id: int, block_length: int,
+                  outside: Any, mode: str, problem: str) -> None:
+  """Raises ValueError naming the first generation block with a masked position for
+  which `outside(position, position of the block's first mask)` holds."""
   if tokens_BxL is None:
     return
-  rows, positions = np.nonzero(tokens_BxL == mask_id)
-  order = np.cumsum(tokens_BxL == mask_id, axis=1)[rows, positions] - 1
-  block, window = order // block_length, positions // span
-  crossing = np.flatnonzero((rows[1:] == rows[:-1]) & (block[1:] == block[:-1])
-                            & (window[1:] != window[:-1]))
-  if crossing.size:
-    i = crossing[0]
-    raise ValueError(
-        f"cache='exact': generation block {block[i]} of row {rows[i]} spans positions in "
-        f"attention blocks {window[i]} and {window[i + 1]} (denoiser block_length={span}); "
-        f"every block of block_length={block_length} masked positions must lie in one "
-        f"attention block: use a block_length dividing {span} and prompts whose length "
-        f"is a multiple of {span}")
+  masked_BxL = tokens_BxL == mask_id
+  rows, positions = np.nonzero(masked_BxL)
+  block = (np.cumsum(masked_BxL, axis=1)[rows, positions] - 1) // block_length
+  starts = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (block[1:] != block[:-1])])
+  first = np.repeat(positions[starts], np.diff(np.r_[starts, rows.size]))
+  bad = np.flatnonzero(outside(positions, first))
+  if bad.size:
+    i = bad[0]
+    raise ValueError(f"cache={mode!r}: generation block {block[i]} of row {rows[i]} "
+                     f"(positions {first[i]}..{positions[i]}) {problem}")
 
 
-def window_start(eligible_BxL: jax.Array, span: int) -> jax.Array:
-  """int32[B]: start of the attention block holding each row's first eligible position."""
-  return (jnp.argmax(eligible_BxL, axis=1) // span * span).astype(jnp.int32)
+def window_start(mode: str, in_block_BxL: jax.Array, span: int) -> jax.Array:
+  """int32[B]: each row's window start for the positions of its generation block.
+
+  Exact: the attention block holding the block's first position. Approximate:
+  the block's first position, moved left so that the window ends by `L`.
+  """
+  first_B = jnp.argmax(in_block_BxL, axis=1)
+  if mode == "exact":
+    return (first_B // span * span).astype(jnp.int32)
+  return jnp.minimum(first_B, in_block_BxL.shape[1] - span).astype(jnp.int32)
 
 
-def encode(denoiser: BlockLocalDenoiser, tokens_BxL: jax.Array,
-           mask_id: int) -> tuple[jax.Array, Any, jax.Array]:
-  """(float32 logits [B, L, V], the cache of the states, bool[B] NaN/+inf-at-a-mask flags)."""
-  return speculative.call_with_extras(denoiser.encode, tokens_BxL, mask_id)
+def window_length(config: SamplerConfig, denoiser: BlockLocalDenoiser) -> int:
+  """`S`: the denoiser's attention block (exact) or the generation block (approximate)."""
+  return denoiser.block_length if config.cache == "exact" else config.block_length
 
 
-def refresh(denoiser: BlockLocalDenoiser, refresh_B: jax.Array, tokens_BxL: jax.Array,
-            draft_tokens_BxL: jax.Array, draft_logits_BxLxV: jax.Array, context: Any,
-            mask_id: int) -> tuple[jax.Array, Any, jax.Array]:
-  """Enters a new window in the rows of `refresh_B`, with one call of `2B` rows.
+def initial(denoiser: BlockLocalDenoiser, config: SamplerConfig, tokens_BxL: jax.Array,
+            in_block_BxL: jax.Array) -> tuple[jax.Array, Context, jax.Array]:
+  """The sampler's first call: (float32 logits [B, L, V], the `Context` of the
+  first generation block's windows (`in_block_BxL`: its positions), bool[B]
+  NaN/+inf-at-a-mask flags)."""
+  logits_BxLxV, cache, bad_B = speculative.call_with_extras(denoiser.encode, tokens_BxL,
+                                                            config.mask_id)
+  start_B = window_start(config.cache, in_block_BxL, window_length(config, denoiser))
+  return logits_BxLxV, Context(cache, start_B, jnp.zeros_like(start_B)), bad_B
+
+
+def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.Array,
+            start_B: jax.Array, tokens_BxL: jax.Array, draft_tokens_BxL: jax.Array | None,
+            draft_logits_BxLxV: jax.Array, context: Context
+            ) -> tuple[jax.Array, Context, jax.Array]:
+  """Re-encodes the rows of `refresh_B` for windows starting at `start_B`, in one call.
 
   Args:
     denoiser: the block-local denoiser.
-    refresh_B: rows whose window moved.
-    tokens_BxL: current states: their cache serves every round of the window.
-    draft_tokens_BxL: the inputs of the current draft logits: their logits are
-      the new drafts (the uncached path's drafts at the new window).
+    config: the sampler config (`cache` says the mode).
+    refresh_B: rows to refresh.
+    start_B: their new window starts.
+    tokens_BxL: current states: their cache serves the window's rounds.
+    draft_tokens_BxL: exact mode: the inputs of the current draft logits, whose
+      logits become the drafts (the uncached path's drafts at the new window);
+      None in approximate mode, where the drafts are the states' own logits.
     draft_logits_BxLxV: the current draft logits.
-    context: the current cache.
-    mask_id: the mask token.
+    context: the current `Context`.
 
   Returns:
-    (draft logits, cache, bool[B] NaN/+inf flags), replaced in the refreshed rows only.
+    (draft logits, `Context` with the rounds reset, bool[B] NaN/+inf flags),
+    changed in the refreshed rows only. The call evaluates `2B` rows in exact
+    mode and `B` in approximate mode.
   """
   batch = tokens_BxL.shape[0]
-  logits_NxLxV, context_N, bad_N = encode(
-      denoiser, jnp.concatenate([tokens_BxL, draft_tokens_BxL]), mask_id)
+  inputs_NxL = (tokens_BxL if draft_tokens_BxL is None
+                else jnp.concatenate([tokens_BxL, draft_tokens_BxL]))
+  logits_NxLxV, cache_N, bad_N = speculative.call_with_extras(denoiser.encode, inputs_NxL,
+                                                              config.mask_id)
 
   def pick(new, old):
     return jnp.where(refresh_B.reshape((batch,) + (1,) * (old.ndim - 1)), new[:batch], old)
 
-  # The cache comes from the current states (rows :B), the drafts from their inputs (B:).
-  return (jnp.where(refresh_B[:, None, None], logits_NxLxV[batch:], draft_logits_BxLxV),
-          jax.tree.map(pick, context_N, context), bad_N[batch:] & refresh_B)
+  # The cache comes from the current states (rows :B), the drafts from the last B rows.
+  new_context = Context(jax.tree.map(pick, cache_N, context.cache),
+                        jnp.where(refresh_B, start_B, context.start_B),
+                        jnp.where(refresh_B, 0, context.rounds_B))
+  return (jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
+          new_context, bad_N[-batch:] & refresh_B)
 
 
-def evaluator(denoiser: BlockLocalDenoiser, context: Any,
-              start_B: jax.Array) -> speculative.CopyEvaluator:
-  """A round's evaluation of the copies' window `[start, start + S)` against `context`.
+def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig
+              ) -> speculative.CopyEvaluator:
+  """A round's evaluation of the copies' window `[start, start + S)` against the context.
 
-  Each copy counts `S` units (token positions) towards `stats.sequences`.
+  Each copy counts `S` units (token positions) towards `stats.sequences`. With
+  `cache="approximate"` and `refresh_every=r > 0`, a round of a row that has
+  run `r` rounds against its context first re-encodes its state (one more
+  call, `L` units), and the state's logits become the round's drafts.
   """
-  span = denoiser.block_length
+  span = window_length(config, denoiser)
 
-  def evaluate(copies_BxWxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    window_BxWxS = posterior.span_of(copies_BxWxL, start_B, span)
-    return denoiser.block_logits(context, window_BxWxS, start_B), start_B
+  def evaluate(copies_BxWxL: jax.Array, context: Context) -> tuple[jax.Array, jax.Array]:
+    window_BxWxS = posterior.span_of(copies_BxWxL, context.start_B, span)
+    return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B),
+            context.start_B)
 
-  return speculative.CopyEvaluator(evaluate, units_per_copy=span)
+  def prepare(state: speculative.SpeculativeState,
+              active_B: jax.Array) -> speculative.SpeculativeState:
+    due_B = active_B & (state.context.rounds_B >= config.refresh_every)
+
+    def run_refresh(state):
+      logits_BxLxV, context, bad_B = refresh(
+          denoiser, config, due_B, state.context.start_B, state.tokens_BxL, None,
+          state.draft_logits_BxLxV, state.context)
+      one = due_B.astype(jnp.int32)
+      stats = state.stats.replace(nfe=state.stats.nfe + one,
+                                  sequences=state.stats.sequences + one * state.tokens_BxL.shape[1])
+      return state.replace(draft_logits_BxLxV=logits_BxLxV, context=context, stats=stats,
+                           bad_logits_B=state.bad_logits_B | bad_B)
+
+    state = jax.lax.cond(jnp.any(due_B), run_refresh, lambda state: state, state)
+    return state.replace(context=state.context.replace(
+        rounds_B=state.context.rounds_B + active_B.astype(jnp.int32)))
+
+  refreshing = config.cache == "approximate" and config.refresh_every > 0
+  return speculative.CopyEvaluator(evaluate, units_per_copy=span,
+                                   prepare=prepare if refreshing else None)

@@ -12,7 +12,7 @@ METHODS = ("ancestral", "confidence", "threshold", "eb", "first_hitting",
            "random_sizes", "fef")
 ORDERS = ("left_to_right", "confidence", "random")
 MODES = ("commit_set", "joint_then_remask")
-CACHE_MODES = ("none", "exact")
+CACHE_MODES = ("none", "exact", "approximate")
 VERIFIERS = ("copies", "head")
 
 _COMMON = ("steps", "block_length", "temperature", "top_k", "top_p")
@@ -24,7 +24,7 @@ METHOD_OPTIONS = {
     "first_hitting": ("block_length", "temperature", "top_k", "top_p", "select"),
     "random_sizes": _COMMON + ("select",),
     "fef": _COMMON + ("select", "order", "window", "mode", "cache",
-                    "verifier"),
+                    "refresh_every", "verifier"),
 }
 DEFAULT_SELECT = {"confidence": "confidence", "first_hitting": "random",
                   "random_sizes": "confidence", "fef": "confidence"}
@@ -48,10 +48,15 @@ class SamplerConfig:
     order: FeF: order of a step's set in the prefix factorization.
     window: FeF: drafts verified per round (copies per batched call).
     mode: FeF: `commit_set` or `joint_then_remask` (see DESIGN.md).
-    cache: FeF: `none` (every round evaluates `window` whole sequences) or
+    cache: FeF: `none` (every round evaluates `window` whole sequences),
       `exact` (rounds evaluate the copies over one attention block against
       cached keys and values; needs `block_length` and a denoiser with an exact
-      cache, see `fef_jax.samplers.cache`).
+      cache) or `approximate` (the same over the generation block against a
+      stale "dual" cache of a bidirectional denoiser: fast, no longer exact);
+      see `fef_jax.samplers.cache`.
+    refresh_every: FeF with `cache="approximate"`: also refresh the cache
+      before every `refresh_every`-th round against it (0: only on entering
+      a block).
     verifier: FeF: `copies` (targets from `window` prefix-revealed copies of the
       denoiser: the denoiser's own prefix factorization) or `head` (targets
       from one pass of a causal head per round, the backbone run once per step:
@@ -73,6 +78,7 @@ class SamplerConfig:
   window: int = 16
   mode: str = "commit_set"
   cache: str = "none"
+  refresh_every: int = 0
   verifier: str = "copies"
   threshold: float = 0.9
   factor: Optional[float] = None
@@ -133,8 +139,13 @@ def make_config(method: str, mask_id: int, **options: Any) -> SamplerConfig:
   _check(config.cache in CACHE_MODES,
          f"unknown cache {config.cache!r}; expected one of {CACHE_MODES}")
   _check(config.cache == "none" or config.block_length is not None,
-         "cache='exact' needs block_length: the cache holds the blocks before the "
-         "current one, so without blocks there is nothing to cache")
+         f"cache={config.cache!r} needs block_length: the cache holds the positions "
+         f"outside the current block, so without blocks there is nothing to cache")
+  _check(_is_int(config.refresh_every) and config.refresh_every >= 0,
+         f"refresh_every must be an integer >= 0, got {config.refresh_every!r}")
+  _check(config.refresh_every == 0 or config.cache == "approximate",
+         f"refresh_every={config.refresh_every} only applies to cache='approximate' "
+         f"(got cache={config.cache!r})")
   _check(config.verifier in VERIFIERS,
          f"unknown verifier {config.verifier!r}; expected one of {VERIFIERS}")
   _check(config.verifier == "copies" or config.cache == "none",
@@ -152,6 +163,7 @@ def make_config(method: str, mask_id: int, **options: Any) -> SamplerConfig:
   return dataclasses.replace(
       config, temperature=float(config.temperature), top_p=float(config.top_p),
       top_k=int(config.top_k), window=int(config.window),
+      refresh_every=int(config.refresh_every),
       threshold=float(config.threshold), gamma=float(config.gamma),
       factor=None if config.factor is None else float(config.factor),
       steps=None if config.steps is None else int(config.steps),

@@ -6,8 +6,9 @@ method's *plan* (which positions to commit). Two *deciders* fill them in:
 `independent` (each position from its own marginal at the current state: one
 call per step, the usual parallel decoding) and the FeF deciders, which draw the
 set from the prefix-conditioned factorization by speculative verification
-(optionally over one block of copies against a cached context:
-`fef_jax.samplers.cache`, or with a causal head: `fef_jax.samplers.head`). All randomness is derived per row from `fold_in(row_key, row_step)`, so a row's
+(optionally over one window of copies against a cached context:
+`fef_jax.samplers.cache`, or with a causal head: `fef_jax.samplers.head`). All
+randomness is derived per row from `fold_in(row_key, row_step)`, so a row's
 result does not depend on the other rows of the batch.
 """
 from __future__ import annotations
@@ -66,11 +67,10 @@ class LoopState:
   step_B: jax.Array
   stats: SampleStats
   bad_logits_B: jax.Array
-  # FeF with cache="exact" only: the input of the draft logits, the denoiser's
-  # cache and the start of the window it serves.
+  # FeF with a cache only: the cache (`cache.Context`), and in exact mode the
+  # input of the draft logits.
   draft_tokens_BxL: Optional[jax.Array] = None
-  context: Any = None
-  window_B: Optional[jax.Array] = None
+  context: Optional[cache.Context] = None
 
 
 def _split_rows(keys_B: jax.Array, num: int) -> list[jax.Array]:
@@ -117,31 +117,34 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
 
 
 def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
-                  state: LoopState, eligible_BxL, active_B
-                  ) -> tuple[LoopState, speculative.CopyEvaluator]:
-  """Cached FeF: refreshes rows whose window moved; returns the rounds' evaluator.
+                  state: LoopState, in_block_BxL, active_B) -> LoopState:
+  """Cached FeF: refreshes the rows whose window moved (`cache.refresh`).
 
-  The refresh is one batched call of `2B` full sequences, skipped (`lax.cond`)
-  when no row moved; it counts one call and two sequences for each moved row
-  (`stats.sequences` is in token positions here, see `run`).
+  The window holds the current generation block (`in_block_BxL`: its
+  positions, decided or not), so it moves only when a row enters a new block.
+
+  The refresh is one batched call, skipped (`lax.cond`) when no row moved; it
+  counts one call and, per moved row, the sequences it encodes (two in exact
+  mode, one in approximate mode; `stats.sequences` is in token positions here,
+  see `run`).
   """
   length = state.tokens_BxL.shape[1]
-  start_B = cache.window_start(eligible_BxL, denoiser.block_length)
-  refresh_B = active_B & (start_B != state.window_B)
+  start_B = cache.window_start(config.cache, in_block_BxL,
+                               cache.window_length(config, denoiser))
+  refresh_B = active_B & (start_B != state.context.start_B)
+  encoded = 2 if state.draft_tokens_BxL is not None else 1
 
   def refresh(state: LoopState) -> LoopState:
     logits_BxLxV, context, bad_B = cache.refresh(
-        denoiser, refresh_B, state.tokens_BxL, state.draft_tokens_BxL, state.logits_BxLxV,
-        state.context, config.mask_id)
+        denoiser, config, refresh_B, start_B, state.tokens_BxL, state.draft_tokens_BxL,
+        state.logits_BxLxV, state.context)
     one = refresh_B.astype(jnp.int32)
     stats = state.stats.replace(nfe=state.stats.nfe + one,
-                                sequences=state.stats.sequences + one * 2 * length)
-    return state.replace(logits_BxLxV=logits_BxLxV, context=context,
-                         window_B=jnp.where(refresh_B, start_B, state.window_B),
-                         stats=stats, bad_logits_B=state.bad_logits_B | bad_B)
+                                sequences=state.stats.sequences + one * encoded * length)
+    return state.replace(logits_BxLxV=logits_BxLxV, context=context, stats=stats,
+                         bad_logits_B=state.bad_logits_B | bad_B)
 
-  state = jax.lax.cond(jnp.any(refresh_B), refresh, lambda state: state, state)
-  return state, cache.evaluator(denoiser, state.context, start_B)
+  return jax.lax.cond(jnp.any(refresh_B), refresh, lambda state: state, state)
 
 
 def _head_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig, state: LoopState,
@@ -169,16 +172,18 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   `joint_then_remask`: every eligible position is drawn jointly, then a
   uniformly random subset of the plan's size is kept and the rest re-masked
   (the reverse transition; a value-independent choice, so still exact).
-  With `cache="exact"` the rounds evaluate only the window's positions; with
+  With a cache the rounds evaluate only the window's positions; with
   `verifier="head"` the backbone runs on the state first and the rounds run the
   head (the set is drawn from the head's joint).
   """
   x0_keys_B, plan_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 5)
   eligible_BxL = _eligible(config, state, block_BxL)
   denoiser = logits_fn
-  if config.cache == "exact":
+  if config.cache != "none":
     # Before the drafts are read: a new window's drafts come from the refresh.
-    state, denoiser = _enter_window(logits_fn, config, state, eligible_BxL, active_B)
+    state = _enter_window(logits_fn, config, state, block_BxL == state.cur_block_B[:, None],
+                          active_B)
+    denoiser = cache.evaluator(logits_fn, config)
   if config.verifier == "head":
     # A set lies in one generation block, so block_length items hold any set.
     num_items = min(config.block_length or state.tokens_BxL.shape[1], state.tokens_BxL.shape[1])
@@ -194,7 +199,7 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
       denoiser, warp_fn, state.tokens_BxL, state.logits_BxLxV, rank_BxL,
       jnp.sum(decide_BxL, axis=1).astype(jnp.int32), spec_keys_B, state.stats,
       window=config.window, mask_id=config.mask_id,
-      draft_tokens_BxL=state.draft_tokens_BxL)
+      draft_tokens_BxL=state.draft_tokens_BxL, context=state.context)
   tokens_BxL = decided.tokens_BxL
   if config.mode == "joint_then_remask":
     keep_BxL = selection.top_k(
@@ -202,7 +207,8 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
         decide_BxL, jnp.sum(chosen_BxL, axis=1))
     tokens_BxL = jnp.where(decide_BxL & ~keep_BxL, config.mask_id, tokens_BxL)
   return state.replace(tokens_BxL=tokens_BxL, logits_BxLxV=decided.draft_logits_BxLxV,
-                       draft_tokens_BxL=decided.draft_tokens_BxL, stats=decided.stats,
+                       draft_tokens_BxL=decided.draft_tokens_BxL, context=decided.context,
+                       stats=decided.stats,
                        bad_logits_B=state.bad_logits_B | decided.bad_logits_B)
 
 
@@ -236,7 +242,7 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   Returns:
     (SampleResult, bool[B] flags of rows whose logits had NaN or +inf).
 
-  With `cache="exact"`, `stats.sequences` is counted in token positions during
+  With a cache, `stats.sequences` is counted in token positions during
   the loop (`unit = L` per whole sequence, since a window copy is a fraction of
   one), with `verifier="head"` in layer-positions (`unit = L * num_layers`),
   and reported as whole-sequence equivalents, rounded up.
@@ -252,8 +258,8 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   row_keys_B = jax.random.split(key, batch)
   stats = SampleStats.zeros(batch)
   logits_BxLxV, bad_B = None, jnp.zeros((batch,), bool)
-  draft_tokens_BxL = context = window_B = None
-  unit = length if config.cache == "exact" else 1
+  draft_tokens_BxL = context = None
+  unit = length if config.cache != "none" else 1
   step = independent_step
   if config.method == "fef" and config.verifier == "head":
     step = fef_step
@@ -262,11 +268,12 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
     logits_BxLxV = jnp.zeros(jax.eval_shape(logits_fn, tokens_BxL).shape, jnp.float32)
   elif config.method == "fef":
     step = fef_step
-    if config.cache == "exact":
+    if config.cache != "none":
       # The first call also caches the states for the first window.
-      logits_BxLxV, context, bad_B = cache.encode(logits_fn, tokens_BxL, config.mask_id)
-      draft_tokens_BxL = tokens_BxL
-      window_B = cache.window_start(masked_BxL & (block_BxL == 0), logits_fn.block_length)
+      logits_BxLxV, context, bad_B = cache.initial(logits_fn, config, tokens_BxL,
+                                                   block_BxL == 0)
+      if config.cache == "exact":
+        draft_tokens_BxL = tokens_BxL
     else:
       logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, tokens_BxL, config.mask_id)
     stats = stats.replace(nfe=stats.nfe + 1, sequences=stats.sequences + unit)
@@ -287,7 +294,7 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
                    cur_block_B=jnp.full((batch,), -1, jnp.int32),
                    block_step_B=jnp.zeros((batch,), jnp.int32),
                    step_B=jnp.zeros((batch,), jnp.int32), stats=stats, bad_logits_B=bad_B,
-                   draft_tokens_BxL=draft_tokens_BxL, context=context, window_B=window_B)
+                   draft_tokens_BxL=draft_tokens_BxL, context=context)
   # Every step commits at least one token per unfinished row, except ancestral
   # steps, which may commit none but end each block within its step budget; the
   # bound only guards against a plan that commits nothing.
