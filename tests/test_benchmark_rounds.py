@@ -28,6 +28,9 @@ def test_benchmark_runs_end_to_end(tmp_path):
     cached = r["block_units"] + r["refresh_units"] * r["tokens_per_round"] / 8
     assert r["cached_round_units"] == pytest.approx(cached)
     assert r["speedup_cached"] == pytest.approx(r["tokens_per_round"] / cached)
+    approx = r["block_units"] + r["approx_refresh_units"] * r["tokens_per_round"] / 8
+    assert r["approx_round_units"] == pytest.approx(approx)
+    assert r["speedup_approx"] == pytest.approx(r["tokens_per_round"] / approx)
     assert r["speedup_whole"] == pytest.approx(r["tokens_per_round"] / r["whole_units"])
     head = r["head_units"] + r["backbone_units"] * r["tokens_per_round"] / 8
     assert r["head_round_units"] == pytest.approx(head)
