@@ -77,7 +77,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       that accepts any batch size `N` (FeF calls it on `B * window` rows). It
       sees `mask_id` at masked positions. The logit of `mask_id`, if it lies
       inside the vocabulary, is ignored: the mask is never sampled. With
-      `cache="exact"` it must also be a block-local denoiser with an exact cache
+      `cache="exact"` it must also be a block-local denoiser with an exact cache,
+      with `cache="approximate"` a block-local denoiser
       (`fef_jax.samplers.cache.BlockLocalDenoiser`); with `verifier="head"` a
       denoiser with a speculative head (`fef_jax.samplers.head.HeadDenoiser`).
     tokens_BxL: int[B, L]; positions that are not `mask_id` are the prompt
@@ -88,7 +89,7 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     mask_id: the mask token id (inside or outside the model's vocabulary).
     **options: method options (see `fef_jax.samplers.config.SamplerConfig`):
       `steps, block_length, temperature, top_k, top_p, select, order, window,
-      mode, cache, verifier, threshold, factor, gamma, schedule`.
+      mode, cache, refresh_every, verifier, threshold, factor, gamma, schedule`.
 
   Returns:
     `SampleResult` with `tokens` int32[B, L] (no mask left) and per-row `stats`.
@@ -98,7 +99,9 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       tokens not a 2-D integer array, token ids outside `[0, V)` other than
       `mask_id`, a row with no mask, a `logits_fn` whose output is not
       float[N, L, V], or, with `cache="exact"`, a denoiser without an exact
-      cache or blocks that do not fit its attention blocks
+      cache or blocks that do not fit its attention blocks, or, with
+      `cache="approximate"`, a denoiser without the block-local interface or a
+      block whose masks are not contiguous
       (`fef_jax.samplers.cache.check_denoiser`), or, with `verifier="head"`, a
       denoiser without a head. Value checks need concrete
       `tokens` (outside `jax.jit`).

@@ -14,8 +14,8 @@ class SampleStats:
     nfe: sequential denoiser calls made while the row still had masks (the
       latency-relevant count; a batched call counts once).
     sequences: whole-sequence equivalents evaluated for the row, rounded up (a
-      FeF call over `W` block-local copies of `S` positions with
-      `cache="exact"` counts `W * S / L`; a verification call over `W`
+      FeF call over `W` block-local copies of `S` positions with a cache
+      counts `W * S / L`; a verification call over `W`
       prefix-revealed copies counts `W`; the compute-relevant count).
     rounds: commit rounds: denoising steps for the baseline samplers, speculative
       verification rounds for FeF.

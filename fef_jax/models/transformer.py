@@ -642,8 +642,8 @@ class Denoiser:
   fraction is the expected one.
 
   It also offers the block-local interface that `fef_jax.sample(...,
-  cache="exact")` uses (`exact_cache`, `block_length`, `encode`,
-  `block_logits`; see `fef_jax.samplers.cache`).
+  cache="exact" | "approximate")` uses (`exact_cache`, `block_length`,
+  `encode`, `block_logits`; see `fef_jax.samplers.cache`).
   """
   model: Transformer
   params: Any

@@ -14,7 +14,7 @@ factor of an ordered set in one pass. FeF uses it as follows
   the targets are the head's conditionals, so the set is an exact draw from
   `prod_j head_j(x^{s_j} | xt, x^{s<j})` in the step's order.
 Any `select`, `order`, `mode`, `steps`, `block_length` and warp are supported;
-`cache="exact"` is not (the backbone runs once per step anyway).
+a cache is not (the backbone runs once per step anyway).
 
 Statistics: `nfe` counts the backbone pass of each step and each head pass
 (each is one sequential call). `sequences` is counted in layer-positions: a
