@@ -381,21 +381,35 @@ def _check_cacheable(config: TransformerConfig) -> None:
                      "values would not match the copies evaluated against them")
 
 
-def _check_span_inputs(cache: KVCache, tokens_BxCxS: Any, start_B: Any) -> None:
-  """Shape and dtype checks of `block_logits` (static, so they run under jit too)."""
-  shape = getattr(tokens_BxCxS, "shape", None)
+def check_span_inputs(valid_NxL: jax.Array, tokens_NxCxS: Any, start_N: Any,
+                      extra: int = 0, why_extra: str = "") -> None:
+  """Shape and dtype checks of a `block_logits` call (static, so they run under jit too).
+
+  Args:
+    valid_NxL: the cache's valid mask (gives its batch `N` and length `L`).
+    tokens_NxCxS: the span tokens, which must be int[N, C, S] with `S + extra <= L`.
+    start_N: the span starts, which must be int[N].
+    extra: positions evaluated beyond the span (Dream's shifted logits need one).
+    why_extra: what the message says about them.
+
+  Raises:
+    ValueError: naming the argument and the shape it needs.
+  """
+  shape = getattr(tokens_NxCxS, "shape", None)
   if (shape is None or len(shape) != 3
-      or not jnp.issubdtype(tokens_BxCxS.dtype, jnp.integer)):
-    raise ValueError(f"tokens_BxCxS must be an integer array of shape [B, C, S], got "
-                     f"{getattr(tokens_BxCxS, 'dtype', type(tokens_BxCxS))}{shape}")
-  batch, length = cache.valid_NxL.shape
-  if shape[0] != batch or shape[2] > length:
-    raise ValueError(f"tokens_BxCxS{list(shape)} needs B equal to the cache's batch "
-                     f"{batch} and S <= its length {length}")
-  if jnp.shape(start_B) != (batch,) or not jnp.issubdtype(jnp.result_type(start_B),
+      or not jnp.issubdtype(tokens_NxCxS.dtype, jnp.integer)):
+    raise ValueError(f"tokens_NxCxS must be an integer array of shape [N, C, S], got "
+                     f"{getattr(tokens_NxCxS, 'dtype', type(tokens_NxCxS))}{shape}")
+  batch, length = valid_NxL.shape
+  if shape[0] != batch or shape[2] + extra > length:
+    needs = f"S + {extra} <= its length {length}{why_extra}" if extra else (
+        f"S <= its length {length}")
+    raise ValueError(f"tokens_NxCxS{list(shape)} needs N equal to the cache's batch "
+                     f"{batch} and {needs}")
+  if jnp.shape(start_N) != (batch,) or not jnp.issubdtype(jnp.result_type(start_N),
                                                           jnp.integer):
-    raise ValueError(f"start_B must be an integer array of shape ({batch},), got "
-                     f"{jnp.result_type(start_B)}{list(jnp.shape(start_B))}")
+    raise ValueError(f"start_N must be an integer array of shape ({batch},), got "
+                     f"{jnp.result_type(start_N)}{list(jnp.shape(start_N))}")
 
 
 def _full_mask(config: TransformerConfig, valid_BxL: jax.Array | None,
@@ -569,7 +583,7 @@ class Transformer(nn.Module):
     """
     cfg = self.config
     _check_cacheable(cfg)
-    _check_span_inputs(cache, tokens_BxCxS, start_B)
+    check_span_inputs(cache.valid_NxL, tokens_BxCxS, start_B)
     positions_BxS, span_mask_BxSxS, context_mask_BxL = _span_masks(
         cfg, cache, start_B, tokens_BxCxS.shape[2])
     logits_BxCxSxV, _, _ = self._forward(

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from fef_jax.models.hf.loading import CheckpointError, TensorSpec, config_int
-from fef_jax.models.transformer import attend_span, context_mask, rope
+from fef_jax.models.transformer import attend_span, check_span_inputs, context_mask, rope
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -240,27 +240,6 @@ def _check_tokens(tokens_NxL: Any, valid_NxL: Any) -> None:
                      f"{jnp.result_type(valid_NxL)}{list(jnp.shape(valid_NxL))}")
 
 
-def _check_span_inputs(config: NetworkConfig, cache: KVCache, tokens_NxCxS: Any,
-                       start_N: Any) -> None:
-  """Shape and dtype checks of `block_logits` (static, so they run under jit too)."""
-  shape = getattr(tokens_NxCxS, "shape", None)
-  if (shape is None or len(shape) != 3
-      or not jnp.issubdtype(tokens_NxCxS.dtype, jnp.integer)):
-    raise ValueError(f"tokens_NxCxS must be an integer array of shape [N, C, S], got "
-                     f"{getattr(tokens_NxCxS, 'dtype', type(tokens_NxCxS))}{shape}")
-  batch, length = cache.valid_NxL.shape
-  extra = int(config.shift_logits)
-  if shape[0] != batch or shape[2] + extra > length:
-    needs = (f"S + 1 <= its length {length} (shifted logits read the raw output "
-             f"one position before the span)" if extra else f"S <= its length {length}")
-    raise ValueError(f"tokens_NxCxS{list(shape)} needs N equal to the cache's batch "
-                     f"{batch} and {needs}")
-  if jnp.shape(start_N) != (batch,) or not jnp.issubdtype(jnp.result_type(start_N),
-                                                          jnp.integer):
-    raise ValueError(f"start_N must be an integer array of shape ({batch},), got "
-                     f"{jnp.result_type(start_N)}{list(jnp.shape(start_N))}")
-
-
 def _slice_rows(x_NxL: jax.Array, start_N: jax.Array, width: int) -> jax.Array:
   """`x[n, start_n : start_n + width]` per row (a later start is clamped)."""
   return jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (width,)))(x_NxL, start_N)
@@ -354,7 +333,8 @@ class Network(nn.Module):
         not int[N].
     """
     cfg = self.config
-    _check_span_inputs(cfg, cache, tokens_NxCxS, start_N)
+    check_span_inputs(cache.valid_NxL, tokens_NxCxS, start_N, int(cfg.shift_logits),
+                      " (shifted logits read the raw output one position before the span)")
     n, copies, span = tokens_NxCxS.shape
     start_N = jnp.asarray(start_N).astype(jnp.int32)
     shift = int(cfg.shift_logits)
