@@ -35,8 +35,10 @@ def main(argv):
   has_head = isinstance(out["model"], spec_head.SpecHeadTransformer)
   logits_fn = spec_head.make_denoiser(out["model"], out["state"].ema_params)
   prompts, _ = task.sample(np.random.default_rng(config.seed + 5), config.compare.num_prompts)
-  specs = config.compare.samplers or compare.default_samplers(task.answer_length,
-                                                              head=has_head)
+  specs = config.compare.samplers or compare.default_samplers(
+      task.answer_length, head=has_head,
+      approximate_cache=(config.model.attention == "bidirectional"
+                         and not config.model.time_conditioning))
   rows = compare.compare(logits_fn, task, prompts, specs, jax.random.key(config.seed),
                          batch_size=config.compare.batch_size, progress=True)
   info = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),

@@ -20,8 +20,11 @@ def test_default_grid_has_every_family_the_issue_asks_for():
                    "threshold:threshold=0.9", "eb:gamma=0.1", "ancestral:steps=4",
                    "random_sizes:steps=4", "fef:steps=1,window=16",
                    "fef:mode=joint_then_remask,steps=2,window=4",
-                   "fef:mode=joint_then_remask,steps=4,window=16"):
+                   "fef:mode=joint_then_remask,steps=4,window=16",
+                   "fef:block_length=4,window=4,cache=approximate"):
     assert expected in specs
+  assert not any("cache" in spec for spec in compare.default_samplers(8,
+                                                                      approximate_cache=False))
 
 
 def test_pareto_front_keeps_exactly_the_undominated_rows():

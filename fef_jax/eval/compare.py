@@ -28,14 +28,18 @@ from fef_jax.eval.exactness import parse_sampler
 REFERENCE = "first_hitting"
 
 
-def default_samplers(answer_length: int, head: bool = False) -> tuple[str, ...]:
+def default_samplers(answer_length: int, head: bool = False,
+                     approximate_cache: bool = True) -> tuple[str, ...]:
   """The issue's grid for answers of `answer_length` tokens.
 
   first-hitting (the exact one-token-per-call reference); LLaDA low-confidence
   at 1, 2, 4 tokens per step; Fast-dLLM threshold; EB; ancestral; randomized
   sizes; FeF commit-set (one step) and joint-then-remask (2 and 4 steps), each
   with windows 4, 8, 16; with `head` (a model with a speculative head), FeF
-  verified by the head (one step, windows 4, 8, 16).
+  verified by the head (one step, windows 4, 8, 16); with `approximate_cache`
+  (a bidirectional model), FeF over blocks of half the answer with the
+  approximate cache, refreshed per block and also before every round, beside
+  the same blocks uncached (what the approximation costs).
   """
   def steps(tokens_per_step):
     return max(1, answer_length // tokens_per_step)
@@ -48,6 +52,10 @@ def default_samplers(answer_length: int, head: bool = False) -> tuple[str, ...]:
             for w in (4, 8, 16)]
   if head:
     specs += [f"fef:steps=1,window={w},verifier=head" for w in (4, 8, 16)]
+  if approximate_cache:
+    blocks = f"fef:block_length={max(1, answer_length // 2)},window=4"
+    specs += [blocks, f"{blocks},cache=approximate",
+              f"{blocks},cache=approximate,refresh_every=1"]
   return tuple(specs)
 
 
