@@ -38,8 +38,10 @@ def _run(module, *flags):
   return done.stdout
 
 
-@pytest.mark.parametrize("method, options", [("fef", "block_length=4,window=4"),
-                                             ("confidence", "steps=8,block_length=4")])
+@pytest.mark.parametrize("method, options", [
+    ("fef", "block_length=4,window=4"),
+    ("fef", "block_length=4,window=4,cache=approximate,refresh_every=1"),
+    ("confidence", "steps=8,block_length=4")])
 def test_generate_experiment_samples_a_checkpoint_in_a_batch(llada_dir, method, options):
   out = _run("experiments.generate", f"--checkpoint_dir={llada_dir}", "--prompt=a b c",
              "--prompt=d", "--chat", f"--method={method}", f"--options={options}",
