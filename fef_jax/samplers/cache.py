@@ -64,6 +64,7 @@ import numpy as np
 from fef_jax import posterior
 from fef_jax import speculative
 from fef_jax.samplers.config import SamplerConfig
+from fef_jax.types import SampleStats
 
 
 class BlockLocalDenoiser(Protocol):
@@ -214,9 +215,11 @@ def initial(denoiser: BlockLocalDenoiser, config: SamplerConfig, tokens_BxL: jax
 
 def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.Array,
             start_B: jax.Array, tokens_BxL: jax.Array, draft_tokens_BxL: jax.Array | None,
-            draft_logits_BxLxV: jax.Array, context: Context
-            ) -> tuple[jax.Array, Context, jax.Array]:
+            draft_logits_BxLxV: jax.Array, context: Context, stats: SampleStats,
+            bad_logits_B: jax.Array) -> tuple[jax.Array, Context, SampleStats, jax.Array]:
   """Re-encodes the rows of `refresh_B` for windows starting at `start_B`, in one call.
+
+  The call is skipped (`lax.cond`) when no row needs it.
 
   Args:
     denoiser: the block-local denoiser.
@@ -229,27 +232,38 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
       None in approximate mode, where the drafts are the states' own logits.
     draft_logits_BxLxV: the current draft logits.
     context: the current `Context`.
+    stats: running statistics; each refreshed row gets one call and the token
+      positions encoded for it (`2L` in exact mode, `L` in approximate mode).
+    bad_logits_B: running NaN/+inf flags.
 
   Returns:
-    (draft logits, `Context` with the rounds reset, bool[B] NaN/+inf flags),
+    (draft logits, `Context` with the rounds reset, stats, NaN/+inf flags),
     changed in the refreshed rows only. The call evaluates `2B` rows in exact
     mode and `B` in approximate mode.
   """
-  batch = tokens_BxL.shape[0]
+  batch, length = tokens_BxL.shape
   inputs_NxL = (tokens_BxL if draft_tokens_BxL is None
                 else jnp.concatenate([tokens_BxL, draft_tokens_BxL]))
-  logits_NxLxV, cache_N, bad_N = speculative.call_with_extras(denoiser.encode, inputs_NxL,
-                                                              config.mask_id)
+  positions_per_row = inputs_NxL.shape[0] // batch * length
 
   def pick(new, old):
     return jnp.where(refresh_B.reshape((batch,) + (1,) * (old.ndim - 1)), new[:batch], old)
 
-  # The cache comes from the current states (rows :B), the drafts from the last B rows.
-  new_context = Context(jax.tree.map(pick, cache_N, context.cache),
-                        jnp.where(refresh_B, start_B, context.start_B),
-                        jnp.where(refresh_B, 0, context.rounds_B))
-  return (jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
-          new_context, bad_N[-batch:] & refresh_B)
+  def run(draft_logits_BxLxV, context, stats, bad_logits_B):
+    logits_NxLxV, cache_N, bad_N = speculative.call_with_extras(denoiser.encode, inputs_NxL,
+                                                                config.mask_id)
+    # The cache comes from the current states (rows :B), the drafts from the last B rows.
+    new_context = Context(jax.tree.map(pick, cache_N, context.cache),
+                          jnp.where(refresh_B, start_B, context.start_B),
+                          jnp.where(refresh_B, 0, context.rounds_B))
+    one = refresh_B.astype(jnp.int32)
+    stats = stats.replace(nfe=stats.nfe + one,
+                          sequences=stats.sequences + one * positions_per_row)
+    return (jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
+            new_context, stats, bad_logits_B | (bad_N[-batch:] & refresh_B))
+
+  return jax.lax.cond(jnp.any(refresh_B), run, lambda *carry: carry,
+                      draft_logits_BxLxV, context, stats, bad_logits_B)
 
 
 def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig
@@ -271,20 +285,12 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig
   def prepare(state: speculative.SpeculativeState,
               active_B: jax.Array) -> speculative.SpeculativeState:
     due_B = active_B & (state.context.rounds_B >= config.refresh_every)
-
-    def run_refresh(state):
-      logits_BxLxV, context, bad_B = refresh(
-          denoiser, config, due_B, state.context.start_B, state.tokens_BxL, None,
-          state.draft_logits_BxLxV, state.context)
-      one = due_B.astype(jnp.int32)
-      stats = state.stats.replace(nfe=state.stats.nfe + one,
-                                  sequences=state.stats.sequences + one * state.tokens_BxL.shape[1])
-      return state.replace(draft_logits_BxLxV=logits_BxLxV, context=context, stats=stats,
-                           bad_logits_B=state.bad_logits_B | bad_B)
-
-    state = jax.lax.cond(jnp.any(due_B), run_refresh, lambda state: state, state)
-    return state.replace(context=state.context.replace(
-        rounds_B=state.context.rounds_B + active_B.astype(jnp.int32)))
+    logits_BxLxV, context, stats, bad_B = refresh(
+        denoiser, config, due_B, state.context.start_B, state.tokens_BxL, None,
+        state.draft_logits_BxLxV, state.context, state.stats, state.bad_logits_B)
+    context = context.replace(rounds_B=context.rounds_B + active_B.astype(jnp.int32))
+    return state.replace(draft_logits_BxLxV=logits_BxLxV, context=context, stats=stats,
+                         bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0
   return speculative.CopyEvaluator(evaluate, units_per_copy=span,

@@ -118,33 +118,20 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
 
 def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
                   state: LoopState, in_block_BxL, active_B) -> LoopState:
-  """Cached FeF: refreshes the rows whose window moved (`cache.refresh`).
+  """Cached FeF: refreshes the rows whose window moved (`cache.refresh`, which
+  counts the call; `stats.sequences` is in token positions here, see `run`).
 
   The window holds the current generation block (`in_block_BxL`: its
   positions, decided or not), so it moves only when a row enters a new block.
-
-  The refresh is one batched call, skipped (`lax.cond`) when no row moved; it
-  counts one call and, per moved row, the sequences it encodes (two in exact
-  mode, one in approximate mode; `stats.sequences` is in token positions here,
-  see `run`).
   """
-  length = state.tokens_BxL.shape[1]
   start_B = cache.window_start(config.cache, in_block_BxL,
                                cache.window_length(config, denoiser))
-  refresh_B = active_B & (start_B != state.context.start_B)
-  encoded = 2 if state.draft_tokens_BxL is not None else 1
-
-  def refresh(state: LoopState) -> LoopState:
-    logits_BxLxV, context, bad_B = cache.refresh(
-        denoiser, config, refresh_B, start_B, state.tokens_BxL, state.draft_tokens_BxL,
-        state.logits_BxLxV, state.context)
-    one = refresh_B.astype(jnp.int32)
-    stats = state.stats.replace(nfe=state.stats.nfe + one,
-                                sequences=state.stats.sequences + one * encoded * length)
-    return state.replace(logits_BxLxV=logits_BxLxV, context=context, stats=stats,
-                         bad_logits_B=state.bad_logits_B | bad_B)
-
-  return jax.lax.cond(jnp.any(refresh_B), refresh, lambda state: state, state)
+  logits_BxLxV, context, stats, bad_B = cache.refresh(
+      denoiser, config, active_B & (start_B != state.context.start_B), start_B,
+      state.tokens_BxL, state.draft_tokens_BxL, state.logits_BxLxV, state.context,
+      state.stats, state.bad_logits_B)
+  return state.replace(logits_BxLxV=logits_BxLxV, context=context, stats=stats,
+                       bad_logits_B=bad_B)
 
 
 def _head_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig, state: LoopState,
