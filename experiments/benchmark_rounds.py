@@ -1,7 +1,12 @@
 """Round-cost benchmark: FeF verification over whole-sequence copies, block-local copies, or a head.
 
     python -m experiments.benchmark_rounds [--d_models=128,256] [--lengths=128,256]
-        [--span=32] [--windows=4,8,16] [--tokens_per_round=3] [--workdir=runs/rounds]
+        [--span=32] [--windows=4,8,16] [--tokens_per_round=3] [--batch=4] [--num_layers=4]
+        [--vocab_size=256] [--dtype=float32|bfloat16] [--workdir=runs/rounds]
+
+The 1.3B-width bf16 row of BENCHMARKS.md (on a GPU):
+    python -m experiments.benchmark_rounds --d_models=2048 --lengths=1024 --windows=4,16
+        --batch=1 --dtype=bfloat16
 
 Prints a Markdown table (costs in units of one whole-sequence call) and writes
 round_cost.json, round_cost.md and round_cost.png (see fef_jax.eval.round_cost).
@@ -18,6 +23,8 @@ _WINDOWS = flags.DEFINE_list("windows", ["4", "8", "16"], "Copies per round W.")
 _BATCH = flags.DEFINE_integer("batch", 4, "States B evaluated per round.")
 _LAYERS = flags.DEFINE_integer("num_layers", 4, "Transformer layers.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 256, "Vocabulary size.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                           "Compute dtype of the model (parameters stay float32).")
 _HEAD_LAYERS = flags.DEFINE_integer("head_layers", 1, "Layers of the speculative head.")
 _TOKENS = flags.DEFINE_float("tokens_per_round", 3.0,
                              "Tokens committed per round, for the implied speed-up.")
@@ -30,14 +37,14 @@ def main(argv):
   config = {"d_models": [int(d) for d in _D_MODELS.value],
             "lengths": [int(n) for n in _LENGTHS.value], "span": _SPAN.value,
             "windows": [int(w) for w in _WINDOWS.value], "batch": _BATCH.value,
-            "num_layers": _LAYERS.value, "vocab_size": _VOCAB.value,
+            "num_layers": _LAYERS.value, "vocab_size": _VOCAB.value, "dtype": _DTYPE.value,
             "head_layers": _HEAD_LAYERS.value,
             "tokens_per_round": _TOKENS.value, "repeats": _REPEATS.value}
   rows = round_cost.run_grid(
       config["d_models"], config["lengths"], config["span"], config["windows"],
       batch=config["batch"], num_layers=config["num_layers"],
       vocab_size=config["vocab_size"], tokens_per_round=config["tokens_per_round"],
-      head_layers=config["head_layers"],
+      head_layers=config["head_layers"], dtype=config["dtype"],
       repeats=config["repeats"])
   print(round_cost.format_table(rows))
   paths = round_cost.write(rows, config, _WORKDIR.value)

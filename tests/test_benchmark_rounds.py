@@ -14,7 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_runs_end_to_end(tmp_path):
   command = [sys.executable, "-m", "experiments.benchmark_rounds", f"--workdir={tmp_path}",
              "--d_models=32", "--lengths=32", "--span=8", "--windows=2,4", "--batch=2",
-             "--num_layers=1", "--vocab_size=16", "--repeats=2", "--tokens_per_round=3"]
+             "--num_layers=1", "--vocab_size=16", "--repeats=2", "--tokens_per_round=3",
+             "--dtype=bfloat16"]
   done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "| 32 | 32 | 8 | 4 |" in done.stdout
@@ -23,6 +24,7 @@ def test_benchmark_runs_end_to_end(tmp_path):
   rows = json.loads((tmp_path / "round_cost.json").read_text())["rows"]
   assert [(r["length"], r["window"]) for r in rows] == [(32, 2), (32, 4)]
   for r in rows:
+    assert r["dtype"] == "bfloat16"
     assert r["ideal_block_units"] == r["window"] * 8 / r["length"]
     assert r["tokens_per_round"] == min(3.0, r["window"])
     cached = r["block_units"] + r["refresh_units"] * r["tokens_per_round"] / 8

@@ -41,12 +41,13 @@ from fef_jax.models import spec_head
 
 
 def model_config(d_model: int, length: int, span: int, num_layers: int,
-                 vocab_size: int) -> models.TransformerConfig:
-  """A block-causal transformer of width `d_model` (heads of 64, MLP `3 d_model`)."""
+                 vocab_size: int, dtype: str = "float32") -> models.TransformerConfig:
+  """A block-causal transformer of width `d_model` (heads of 64, MLP `3 d_model`)
+  computing in `dtype` (e.g. `"bfloat16"`; parameters stay float32)."""
   return models.TransformerConfig(
       vocab_size=vocab_size, mask_id=vocab_size, max_length=length, d_model=d_model,
       num_layers=num_layers, num_heads=max(1, d_model // 64), mlp_dim=3 * d_model,
-      attention="block_causal", block_length=span)
+      attention="block_causal", block_length=span, dtype=jnp.dtype(dtype))
 
 
 def head_config(config: models.TransformerConfig, head_layers: int) -> models.SpecHeadConfig:
@@ -68,7 +69,8 @@ def median_seconds(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
 
 def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, batch: int,
             num_layers: int, vocab_size: int, tokens_per_round: float, repeats: int,
-            head_layers: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+            head_layers: int = 1, dtype: str = "float32",
+            seed: int = 0) -> list[dict[str, Any]]:
   """Times the round of every window `W` for one model size and length; one row per `W`.
 
   Raises:
@@ -76,7 +78,7 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
   """
   if length % span:
     raise ValueError(f"length={length} must be a multiple of span={span}")
-  config = model_config(d_model, length, span, num_layers, vocab_size)
+  config = model_config(d_model, length, span, num_layers, vocab_size, dtype)
   model = models.Transformer(config)
   params_key, tokens_key, mask_key, window_key = jax.random.split(jax.random.key(seed), 4)
   params = models.init_params(config, params_key)
@@ -121,7 +123,7 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     head_round_units = head_units + backbone_units * tau / span
     rows.append({
         "d_model": d_model, "length": length, "span": span, "window": window,
-        "batch": batch, "num_layers": num_layers, "tokens_per_round": tau,
+        "batch": batch, "num_layers": num_layers, "dtype": dtype, "tokens_per_round": tau,
         "single_ms": 1e3 * single_s, "whole_ms": 1e3 * whole_s, "block_ms": 1e3 * block_s,
         "refresh_ms": 1e3 * refresh_s, "whole_units": whole_units,
         "block_units": block_units, "ideal_block_units": window * span / length,
