@@ -32,14 +32,28 @@ def _check_tokens(tokens_BxL: Any) -> jax.Array:
   return jnp.asarray(tokens_BxL, jnp.int32)
 
 
+@functools.lru_cache(maxsize=256)
+def _abstract_output(logits_fn: LogitsFn, batch: int, length: int) -> Any:
+  """The denoiser's abstract output on int32[batch, length], traced once per shape.
+
+  Cached because tracing costs milliseconds per call, more than a whole sampling
+  run of a small model at batch 1. The cache keeps `logits_fn` alive, as the jit
+  cache of `_run` (where it is a static argument) already does. The lambda keeps
+  `jax.eval_shape` from building its source info out of `repr(logits_fn)`, which
+  for a dataclass denoiser formats every parameter array.
+  """
+  return jax.eval_shape(lambda t: logits_fn(t),  # pylint: disable=unnecessary-lambda
+                        jax.ShapeDtypeStruct((batch, length), jnp.int32))
+
+
 def _vocab_size(logits_fn: LogitsFn, tokens_BxL: jax.Array) -> int:
   """Reads V off the denoiser's abstract output and checks its shape and dtype."""
-  try:
-    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(tokens_BxL.shape, jnp.int32))
-  except Exception as e:  # the user's function: report whatever it raised
-    raise ValueError(f"logits_fn failed on an int32{list(tokens_BxL.shape)} input: "
-                     f"{type(e).__name__}: {e}") from e
   batch, length = tokens_BxL.shape
+  try:
+    out = _abstract_output(logits_fn, batch, length)
+  except Exception as e:  # the user's function: report whatever it raised
+    raise ValueError(f"logits_fn failed on an int32{[batch, length]} input: "
+                     f"{type(e).__name__}: {e}") from e
   if (not hasattr(out, "shape") or len(out.shape) != 3
       or tuple(out.shape[:2]) != (batch, length)):
     raise ValueError(f"logits_fn must map int32[N, L] to float[N, L, V]; on "
@@ -65,7 +79,11 @@ def _check_values(tokens: np.ndarray, mask_id: int, vocab_size: int) -> None:
 @functools.partial(jax.jit, static_argnames=("logits_fn", "config"))
 def _run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
          config: samplers.SamplerConfig):
-  return loop.run(logits_fn, tokens_BxL, key, config, samplers.PLANS[config.method])
+  """(result, bool[B] rows with NaN/+inf logits, bool[B] rows with masks left): the
+  flags are computed here so that checking them costs one transfer, not two calls."""
+  result, bad_logits_B = loop.run(logits_fn, tokens_BxL, key, config,
+                                  samplers.PLANS[config.method])
+  return result, bad_logits_B, jnp.any(result.tokens == config.mask_id, axis=1)
 
 
 def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "fef", *,
@@ -109,6 +127,7 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       (concrete inputs only; the offending rows are named).
   """
   config = samplers.make_config(method, mask_id, **options)
+  concrete_input = tokens_BxL if isinstance(tokens_BxL, np.ndarray) else None
   tokens_BxL = _check_tokens(tokens_BxL)
   try:
     hash(logits_fn)
@@ -120,21 +139,25 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     raise ValueError(f"the vocabulary of size {vocab_size} has no token besides the mask")
   if config.top_k > vocab_size:
     raise ValueError(f"top_k={config.top_k} exceeds the vocabulary size {vocab_size}")
-  if _is_concrete(tokens_BxL):
-    _check_values(np.asarray(tokens_BxL), config.mask_id, vocab_size)
+  if _is_concrete(tokens_BxL) and concrete_input is None:
+    concrete_input = np.asarray(tokens_BxL)
+  if concrete_input is not None:
+    _check_values(concrete_input, config.mask_id, vocab_size)
   if config.cache != "none":
     cache.check_denoiser(logits_fn, config.cache, config.block_length, config.mask_id,
-                         tokens_BxL.shape[1],
-                         np.asarray(tokens_BxL) if _is_concrete(tokens_BxL) else None)
+                         tokens_BxL.shape[1], concrete_input)
   if config.verifier == "head":
     head.check_denoiser(logits_fn)
-  result, bad_logits_B = _run(logits_fn, tokens_BxL, key, config)
-  if _is_concrete(bad_logits_B) and bool(jnp.any(bad_logits_B)):
-    rows = np.flatnonzero(np.asarray(bad_logits_B))[:10].tolist()
+  result, bad_logits_B, masks_left_B = _run(logits_fn, tokens_BxL, key, config)
+  if not _is_concrete(bad_logits_B):
+    return result
+  bad_logits_B, masks_left_B = jax.device_get((bad_logits_B, masks_left_B))
+  if bad_logits_B.any():
+    rows = np.flatnonzero(bad_logits_B)[:10].tolist()
     raise FloatingPointError(f"logits_fn returned NaN or +inf logits at masked positions "
                              f"of rows {rows}; the samples of those rows are not valid")
-  if _is_concrete(result.tokens) and bool(jnp.any(result.tokens == config.mask_id)):
-    rows = np.flatnonzero(np.any(np.asarray(result.tokens) == config.mask_id, axis=1))
-    raise RuntimeError(f"method={method!r} left masks in rows {rows[:10].tolist()}: "
+  if masks_left_B.any():
+    rows = np.flatnonzero(masks_left_B)[:10].tolist()
+    raise RuntimeError(f"method={method!r} left masks in rows {rows}: "
                        f"its plan stopped committing tokens")
   return result

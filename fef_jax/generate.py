@@ -128,11 +128,13 @@ def sample_in_batches(logits_fn: LogitsFn, tokens_NxL: np.ndarray, key: jax.Arra
     real = batch.shape[0]
     if real < batch_size:
       batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
-    result = fj.sample(logits_fn, jnp.asarray(batch), jax.random.fold_in(key, index), method,
+    result = fj.sample(logits_fn, batch, jax.random.fold_in(key, index), method,
                        mask_id=mask_id, **options)
-    # Converting to numpy waits for the device, so timings around this are complete.
-    outputs.append(np.asarray(result.tokens)[:real])
-    stats.append(jax.tree.map(lambda x, n=real: np.asarray(x)[:n], result.stats))
+    # One transfer of tokens and statistics; it waits for the device, so timings
+    # around this are complete.
+    result = jax.device_get(result)
+    outputs.append(result.tokens[:real])
+    stats.append(jax.tree.map(lambda x, n=real: x[:n], result.stats))
   merged = jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *stats)
   return np.concatenate(outputs), merged
 

@@ -178,10 +178,11 @@ def test_steps_set_the_number_of_calls():
 # ---------------------------------------------------------------- bad input
 
 
-def _sample(tokens=None, method="fef", logits_fn=None, **options):
+def _sample(tokens=None, key=None, method="fef", logits_fn=None, **options):
   hmm = _hmm()
   tokens = jnp.full((2, 9), hmm.mask_id, jnp.int32) if tokens is None else tokens
-  return fj.sample(logits_fn or hmm.logits_fn, tokens, jax.random.key(0), method,
+  key = jax.random.key(0) if key is None else key
+  return fj.sample(logits_fn or hmm.logits_fn, tokens, key, method,
                    mask_id=options.pop("mask_id", hmm.mask_id), **options)
 
 
@@ -246,3 +247,39 @@ def test_nan_logits_raise_and_name_the_rows(method):
   tokens[:, 0] = [0, 4, 1]
   with pytest.raises(FloatingPointError, match=r"rows \[1\]"):
     _sample(jnp.asarray(tokens), method=method, logits_fn=nan_for_row_with_prompt_4)
+
+
+class _CountingDenoiser:
+  """A denoiser (hashed by identity) that counts how often JAX traces or formats it
+  (a dataclass denoiser's repr formats every parameter array)."""
+
+  def __init__(self, logits_fn):
+    self.logits_fn, self.traces, self.reprs = logits_fn, 0, 0
+
+  def __call__(self, tokens_NxL):
+    self.traces += 1
+    return self.logits_fn(tokens_NxL)
+
+  def __repr__(self):
+    self.reprs += 1
+    return "_CountingDenoiser()"
+
+
+@pytest.mark.parametrize("method, options", [("first_hitting", {}), ("fef", dict(window=3))])
+def test_repeated_calls_do_not_trace_the_denoiser_again(method, options):
+  # A trace of a real model, or formatting its parameters, costs milliseconds: more than
+  # a whole sampling run of a small model at batch 1. So validation and compilation
+  # happen once per shape, and a warm call never formats the denoiser.
+  counting = _CountingDenoiser(_hmm().logits_fn)
+  tokens = _prompts()
+  _sample(tokens, method=method, logits_fn=counting, **options)
+  traced, formatted = counting.traces, counting.reprs
+  assert traced >= 1
+  for seed in range(3):
+    _sample(tokens, jax.random.key(seed), method=method, logits_fn=counting, **options)
+  assert (counting.traces, counting.reprs) == (traced, formatted)
+  # Another shape is validated and compiled anew.
+  wider = _sample(jnp.concatenate([tokens, tokens[:1]]), method=method,
+                  logits_fn=counting, **options)
+  assert counting.traces > traced
+  assert not np.any(np.asarray(wider.tokens) == _hmm().mask_id)
