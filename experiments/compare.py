@@ -1,7 +1,7 @@
 """Compare every sampler's accuracy and speed on one trained model (trains it first if needed).
 
     python -m experiments.compare --config=experiments/configs/compare.py --workdir=runs/compare
-        [--config.compare.num_prompts=256]
+        [--config.compare.num_prompts=256] [--config.compare.batch_sizes=1,8,256]
 
 Training resumes from (or stops at) the checkpoints in --workdir, so a second run
 only samples. Writes comparison.{json,md,png} to --workdir and prints the table.
@@ -39,8 +39,10 @@ def main(argv):
       task.answer_length, head=has_head,
       approximate_cache=(config.model.attention == "bidirectional"
                          and not config.model.time_conditioning))
-  rows = compare.compare(logits_fn, task, prompts, specs, jax.random.key(config.seed),
-                         batch_size=config.compare.batch_size, progress=True)
+  rows = [row for batch_size in config.compare.batch_sizes
+          for row in compare.compare(logits_fn, task, prompts, specs,
+                                     jax.random.key(config.seed), batch_size=batch_size,
+                                     progress=True)]
   info = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
           "jax": jax.__version__, "python": platform.python_version(),
           "task": config.data.task, "task_kwargs": dict(config.data.task_kwargs),

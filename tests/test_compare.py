@@ -15,8 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_default_grid_has_every_family_the_issue_asks_for():
   specs = compare.default_samplers(answer_length=8)
-  assert specs[0] == compare.REFERENCE
-  for expected in ("confidence:steps=8", "confidence:steps=4", "confidence:steps=2",
+  assert specs[:2] == (compare.REFERENCE, f"{compare.REFERENCE}:select=position")
+  for expected in ("fef:steps=1,window=2", "confidence:steps=8", "confidence:steps=4", "confidence:steps=2",
                    "threshold:threshold=0.9", "eb:gamma=0.1", "ancestral:steps=4",
                    "random_sizes:steps=4", "fef:steps=1,window=16",
                    "fef:mode=joint_then_remask,steps=2,window=4",
@@ -35,31 +35,55 @@ def test_pareto_front_keeps_exactly_the_undominated_rows():
   assert compare.pareto_front(rows) == ["a", "b"]
 
 
+def test_exact_one_token_decoders_are_recognised():
+  exact = ["first_hitting", "first_hitting:select=position", "first_hitting:select=entropy",
+           "fef:window=1", "fef:block_length=4,window=1,cache=exact"]
+  inexact_or_parallel = ["first_hitting:select=confidence", "confidence:steps=8", "fef",
+                         "fef:window=2", "fef:block_length=4,window=1,cache=approximate",
+                         "fef:window=1,verifier=head"]
+  assert all(compare.is_exact_one_token(spec) for spec in exact)
+  assert not any(compare.is_exact_one_token(spec) for spec in inexact_or_parallel)
+
+
 def test_comparison_needs_the_reference():
   task = synthetic.PairSum()
   with pytest.raises(ValueError, match="reference"):
-    compare.compare(lambda x: x, task, np.zeros((1, 2), np.int32), ["fef"], None)
+    compare.compare(lambda x: x, task, np.zeros((1, 2), np.int32),
+                    ["fef", "first_hitting:select=confidence"], None)
 
 
 @pytest.mark.slow
 def test_compare_experiment_runs_end_to_end_with_every_sampler_row(tmp_path):
   overrides = ["--config.optimizer.total_steps=30", "--config.optimizer.warmup_steps=5",
                "--config.log_every=10", "--config.eval_every=30", "--config.checkpoint.every=30",
-               "--config.sample.every=0", "--config.compare.num_prompts=32",
-               "--config.compare.batch_size=32", "--config.model.num_layers=1",
+               "--config.sample.every=0", "--config.compare.num_prompts=16",
+               "--config.compare.batch_sizes=(1, 16)", "--config.model.num_layers=1",
                "--config.model.d_model=32", "--config.model.mlp_dim=64",
                "--config.data.num_examples=2000", "--config.eval_batch_size=64"]
   done = subprocess.run([sys.executable, "-m", "experiments.compare", f"--workdir={tmp_path}",
                          *overrides], cwd=REPO, capture_output=True, text=True, timeout=1500)
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads((tmp_path / "comparison.json").read_text())
-  samplers = [r["sampler"] for r in result["rows"]]
-  assert samplers == list(compare.default_samplers(8))
+  rows = result["rows"]
+  assert [r["batch_size"] for r in rows] == [1] * (len(rows) // 2) + [16] * (len(rows) // 2)
   table = (tmp_path / "comparison.md").read_text()
-  assert all(f"`{s}`" in table for s in samplers)
+  assert table.count("| sampler |") == 2
   assert (tmp_path / "comparison.png").stat().st_size > 0
-  for row in result["rows"]:
-    assert row["n"] == 32 and 0 <= row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
-    assert row["tokens"] == 8 and row["nfe"] >= 1
-  reference = result["rows"][0]
-  assert reference["nfe"] == 8 and reference["speedup"] == 1.0
+  for batch_size in (1, 16):
+    group = [r for r in rows if r["batch_size"] == batch_size]
+    assert [r["sampler"] for r in group] == list(compare.default_samplers(8))
+    assert all(f"`{r['sampler']}`" in table for r in group)
+    for row in group:
+      assert row["n"] == 16
+      assert 0 <= row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+      assert row["tokens"] == 8 and row["nfe"] >= 1
+      assert row["bare_call_ms"] > 0 and row["ms_per_call"] > 0
+      assert row["call_overhead"] == pytest.approx(row["ms_per_call"] / row["bare_call_ms"])
+    # The speed-ups are over the fastest exact one-token decoder of the same batch size.
+    exact = [r for r in group if compare.is_exact_one_token(r["sampler"])]
+    fastest = min(exact, key=lambda r: r["seconds_per_token"])
+    assert {r["reference"] for r in group} == {fastest["sampler"]}
+    assert fastest["speedup"] == 1.0 and all(r["speedup"] <= 1.0 for r in exact)
+    assert fastest["nfe"] == 8
+    if batch_size == 1:  # one row per batch: the per-call time is exact
+      assert fastest["ms_per_call"] == pytest.approx(1e3 * fastest["seconds"] / (16 * 8))

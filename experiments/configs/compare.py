@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.every = 500
   config.sample.periodic_samplers = ("fef:steps=1,window=8", "confidence:steps=1")
   # `samplers`: empty for the full grid of fef_jax.eval.compare.default_samplers.
+  # `batch_sizes`: 1 is the latency regime (where speculation can pay), 256 the
+  # throughput regime (where exact copy verification cannot); each gets its table.
   config.compare = ml_collections.ConfigDict(dict(
-      num_prompts=1024, batch_size=256, samplers=()))
+      num_prompts=1024, batch_sizes=(1, 8, 256), samplers=()))
   return config

@@ -1,22 +1,29 @@
 """The paper's comparison on a trained model: accuracy and speed of every sampler.
 
-For one denoiser and one set of task prompts, each sampler spec
+For one denoiser, one set of task prompts and one batch size, each sampler spec
 (`"method:opt=val,..."`, see `fef_jax.eval.exactness.parse_sampler`) fills
 the answers; we report accuracy with a Wilson interval, sequential calls,
-sequences evaluated, tokens per round, acceptance rate, and wall-clock per
-generated token measured after a compile-only warm-up (`block_until_ready`),
-plus the speed-up over the reference sampler (one token per call,
-`first_hitting`, the exact baseline). Rows go to JSON, a Markdown table and a
-plot of accuracy against wall-clock with the Pareto front marked.
+sequences evaluated, tokens per round, acceptance rate, wall-clock per
+generated token and per sequential call measured after a compile-only warm-up
+(`block_until_ready`), the wall-clock of one bare denoiser call of the batch
+(so that loop overhead is visible), and the speed-up over the *fastest* exact
+one-token-per-call decoder among the rows (`is_exact_one_token`), never a
+slower one. Batch 1 is the latency regime, where speculation can pay; large
+batches are the throughput regime, where exact copy verification costs
+`W / tau >= 1` times the one-token decoder's compute and cannot. Rows go to JSON,
+a Markdown table per batch size and a plot of accuracy against wall-clock with
+the Pareto front marked.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -26,28 +33,47 @@ from fef_jax.eval import metrics
 from fef_jax.eval.exactness import parse_sampler
 
 REFERENCE = "first_hitting"
+# One token per call at a position chosen from revealed tokens only: exact.
+_EXACT_FIRST_HITTING_SELECT = ("random", "position", "entropy")
+
+
+def is_exact_one_token(spec: str) -> bool:
+  """Whether `spec` decodes one token per sequential call and is exact.
+
+  `first_hitting` with a value-independent `select` (`random`, the default,
+  `position` or `entropy`), and FeF with `window=1` (one target per round,
+  e.g. over an exact cache), unless its targets are approximate
+  (`cache="approximate"`) or the head's (`verifier="head"`).
+  """
+  method, options = parse_sampler(spec)
+  if method == "first_hitting":
+    return options.get("select", "random") in _EXACT_FIRST_HITTING_SELECT
+  return (method == "fef" and options.get("window") == 1
+          and options.get("cache", "none") != "approximate"
+          and options.get("verifier", "copies") != "head")
 
 
 def default_samplers(answer_length: int, head: bool = False,
                      approximate_cache: bool = True) -> tuple[str, ...]:
   """The issue's grid for answers of `answer_length` tokens.
 
-  first-hitting (the exact one-token-per-call reference); LLaDA low-confidence
-  at 1, 2, 4 tokens per step; Fast-dLLM threshold; EB; ancestral; randomized
-  sizes; FeF commit-set (one step) and joint-then-remask (2 and 4 steps), each
-  with windows 4, 8, 16; with `head` (a model with a speculative head), FeF
-  verified by the head (one step, windows 4, 8, 16); with `approximate_cache`
-  (a bidirectional model), FeF over blocks of half the answer with the
-  approximate cache, refreshed per block and also before every round, beside
-  the same blocks uncached (what the approximation costs).
+  The exact one-token-per-call references (first-hitting at random positions
+  and left to right); LLaDA low-confidence at 1, 2, 4 tokens per step;
+  Fast-dLLM threshold; EB; ancestral; randomized sizes; FeF commit-set (one
+  step) with windows 2, 4, 8, 16 and joint-then-remask (2 and 4 steps, windows
+  4, 8, 16); with `head` (a model with a speculative head), FeF verified by the
+  head (one step, windows 4, 8, 16); with `approximate_cache` (a bidirectional
+  model), FeF over blocks of half the answer with the approximate cache,
+  refreshed per block and also before every round, beside the same blocks
+  uncached (what the approximation costs).
   """
   def steps(tokens_per_step):
     return max(1, answer_length // tokens_per_step)
-  specs = [REFERENCE]
+  specs = [REFERENCE, f"{REFERENCE}:select=position"]
   specs += [f"confidence:steps={steps(k)}" for k in (1, 2, 4)]
   specs += ["threshold:threshold=0.9", "eb:gamma=0.1", f"ancestral:steps={steps(2)}",
             f"random_sizes:steps={steps(2)}"]
-  specs += [f"fef:steps=1,window={w}" for w in (4, 8, 16)]
+  specs += [f"fef:steps=1,window={w}" for w in (2, 4, 8, 16)]
   specs += [f"fef:mode=joint_then_remask,steps={s},window={w}" for s in (2, 4)
             for w in (4, 8, 16)]
   if head:
@@ -59,32 +85,52 @@ def default_samplers(answer_length: int, head: bool = False,
   return tuple(specs)
 
 
+def bare_call_seconds(logits_fn: Callable[[jax.Array], jax.Array], tokens_BxL: np.ndarray,
+                      repeats: int = 20) -> float:
+  """Median wall-clock of one jitted denoiser call on `tokens_BxL` (after a warm-up)."""
+  call = jax.jit(lambda t: logits_fn(t))  # pylint: disable=unnecessary-lambda
+  tokens_BxL = jnp.asarray(tokens_BxL)
+  jax.block_until_ready(call(tokens_BxL))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(call(tokens_BxL))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
             prompts_NxP: np.ndarray, specs: Sequence[str], key: jax.Array, *,
             batch_size: int = 256, progress: bool = False) -> list[dict[str, Any]]:
   """One row per sampler spec: accuracy, costs and wall-clock on `prompts_NxP`.
 
   Each spec is first run once on one batch to compile (not timed), then timed
-  on all prompts with the same `key`. The reference (`first_hitting`) must be
-  among `specs`; speed-ups are relative to it.
+  on all prompts with the same `key`, `batch_size` rows per call. At least one
+  spec must be an exact one-token decoder (`is_exact_one_token`); speed-ups
+  are relative to the fastest of them.
 
   Returns:
-    Dicts with `sampler, accuracy, accuracy_low, accuracy_high, n,
-    seconds_per_token, speedup` and the `SampleStats.summary()` fields.
+    Dicts with `sampler, accuracy, accuracy_low, accuracy_high, n, batch_size,
+    seconds, seconds_per_token, ms_per_call, bare_call_ms, call_overhead,
+    reference, speedup` and the `SampleStats.summary()` fields. `ms_per_call`
+    is the wall-clock per sequential call of a batch, whose loop runs until its
+    slowest row is done (exact at batch 1); `call_overhead` is its ratio to
+    `bare_call_ms`, one jitted denoiser call of the batch.
 
   Raises:
-    ValueError: `specs` without the reference, an unknown sampler or option,
-      prompts that do not fit the task.
+    ValueError: `specs` without an exact one-token decoder, an unknown sampler or
+      option, prompts that do not fit the task.
   """
-  if REFERENCE not in specs:
-    raise ValueError(f"the comparison needs the reference sampler {REFERENCE!r} among "
-                     f"the specs to compute speed-ups; got {list(specs)}")
+  if not any(is_exact_one_token(spec) for spec in specs):
+    raise ValueError(f"the comparison needs an exact one-token-per-call reference (e.g. "
+                     f"{REFERENCE!r}) among the specs to compute speed-ups; got {list(specs)}")
   num, _ = prompts_NxP.shape
   batch_size = min(batch_size, num)
   tokens_NxL = np.concatenate(
       [prompts_NxP, np.full((num, task.answer_length), task.mask_id)], axis=1).astype(np.int32)
+  bare_ms = 1e3 * bare_call_seconds(logits_fn, tokens_NxL[:batch_size])
   rows = []
-  for spec in tqdm.tqdm(specs, desc="samplers", disable=not progress):
+  for spec in tqdm.tqdm(specs, desc=f"samplers (batch {batch_size})", disable=not progress):
     method, options = parse_sampler(spec)
     common = dict(method=method, mask_id=task.mask_id, batch_size=batch_size, **options)
     generate.sample_in_batches(logits_fn, tokens_NxL[:batch_size], key, **common)
@@ -94,11 +140,21 @@ def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
     valid = task.check(prompts_NxP, filled[:, prompts_NxP.shape[1]:])
     low, high = metrics.wilson_interval(int(valid.sum()), num)
     summary = stats.summary()
+    # Each batch's loop runs until its slowest row is done.
+    nfe_B = np.asarray(stats.nfe)
+    sequential_calls = sum(int(nfe_B[lo:lo + batch_size].max())
+                           for lo in range(0, num, batch_size))
+    ms_per_call = 1e3 * seconds / max(sequential_calls, 1)
     rows.append({"sampler": spec, "accuracy": float(valid.mean()), "accuracy_low": low,
-                 "accuracy_high": high, "n": num, "seconds": seconds,
-                 "seconds_per_token": seconds / max(summary["tokens"] * num, 1), **summary})
-  reference = next(r for r in rows if r["sampler"] == REFERENCE)
+                 "accuracy_high": high, "n": num, "batch_size": batch_size,
+                 "seconds": seconds,
+                 "seconds_per_token": seconds / max(summary["tokens"] * num, 1),
+                 "ms_per_call": ms_per_call, "bare_call_ms": bare_ms,
+                 "call_overhead": ms_per_call / bare_ms, **summary})
+  reference = min((r for r in rows if is_exact_one_token(r["sampler"])),
+                  key=lambda r: r["seconds_per_token"])
   for row in rows:
+    row["reference"] = reference["sampler"]
     row["speedup"] = reference["seconds_per_token"] / row["seconds_per_token"]
   return rows
 
@@ -118,19 +174,37 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  """The comparison as a Markdown table (Pareto-optimal samplers in bold)."""
-  front = set(pareto_front(rows))
-  lines = ["| sampler | accuracy (95% CI) | seq. calls | sequences | tokens/round | "
-           "accept | ms/token | speed-up |",
-           "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    name = f"**`{r['sampler']}`**" if r["sampler"] in front else f"`{r['sampler']}`"
-    accept = "-" if np.isnan(r["acceptance_rate"]) else f"{r['acceptance_rate']:.2f}"
-    lines.append(
-        f"| {name} | {r['accuracy']:.3f} ({r['accuracy_low']:.3f}-{r['accuracy_high']:.3f}) | "
-        f"{r['nfe']:.2f} | {r['sequences']:.1f} | {r['tokens_per_round']:.2f} | {accept} | "
-        f"{1e3 * r['seconds_per_token']:.3f} | {r['speedup']:.2f}x |")
-  return "\n".join(lines)
+  """The comparison as Markdown, one table per batch size (Pareto-optimal samplers in
+  bold; speed-ups over that batch size's fastest exact one-token decoder, in italics)."""
+  tables = []
+  for batch_size, group in _by_batch_size(rows).items():
+    front = set(pareto_front(group))
+    bare_ms = group[0]["bare_call_ms"]
+    lines = [f"Batch {batch_size} (one bare denoiser call of the batch: {bare_ms:.3f} ms; "
+             f"speed-up over the fastest exact one-token decoder, "
+             f"`{group[0]['reference']}`):", "",
+             "| sampler | accuracy (95% CI) | seq. calls | sequences | tokens/round | "
+             "accept | ms/token | ms/call | call / bare call | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in group:
+      name = f"`{r['sampler']}`"
+      name = f"**{name}**" if r["sampler"] in front else name
+      name = f"_{name}_" if r["sampler"] == r["reference"] else name
+      accept = "-" if np.isnan(r["acceptance_rate"]) else f"{r['acceptance_rate']:.2f}"
+      lines.append(
+          f"| {name} | {r['accuracy']:.3f} ({r['accuracy_low']:.3f}-{r['accuracy_high']:.3f}) "
+          f"| {r['nfe']:.2f} | {r['sequences']:.1f} | {r['tokens_per_round']:.2f} | {accept} "
+          f"| {1e3 * r['seconds_per_token']:.3f} | {r['ms_per_call']:.3f} "
+          f"| {r['call_overhead']:.2f} | {r['speedup']:.2f}x |")
+    tables.append("\n".join(lines))
+  return "\n\n".join(tables)
+
+
+def _by_batch_size(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+  groups: dict[int, list[dict[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault(row["batch_size"], []).append(row)
+  return groups
 
 
 def _short(spec: str) -> str:
@@ -144,26 +218,31 @@ def _short(spec: str) -> str:
       option = option.replace(long, short)
     parts.append(option)
   return " ".join([method.replace("random_sizes", "rand").replace("first_hitting", "1/call")]
-                  + parts)
+                  + [part.replace("select=", "") for part in parts])
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
-  """Accuracy (with intervals) against wall-clock per token and against sequential calls.
+  """Accuracy (with intervals) against wall-clock per token, one panel per batch size,
+  and against sequential calls (of the smallest batch size).
 
   Wall-clock is what this machine measured; sequential calls are the latency
-  on an accelerator that evaluates FeF's `W` copies in parallel. The
-  wall-clock Pareto front is dashed.
+  on an accelerator that evaluates FeF's `W` copies in parallel. Each
+  wall-clock panel dashes its Pareto front and marks its fastest exact
+  one-token decoder with a vertical line.
   """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-  front = sorted((r for r in rows if r["sampler"] in set(pareto_front(rows))),
-                 key=lambda r: r["seconds_per_token"])
-  for ax, (x_of, label) in zip(axes, [
-      (lambda r: 1e3 * r["seconds_per_token"], "wall-clock per generated token (ms)"),
-      (lambda r: r["nfe"], "sequential denoiser calls per answer")]):
-    for r in rows:
+  groups = _by_batch_size(rows)
+  panels = [(group, lambda r: 1e3 * r["seconds_per_token"],
+             f"wall-clock per generated token (ms), batch {batch_size}")
+            for batch_size, group in groups.items()]
+  panels.append((groups[min(groups)], lambda r: r["nfe"],
+                 "sequential denoiser calls per answer"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), sharey=True,
+                           squeeze=False)
+  for ax, (group, x_of, label) in zip(axes[0], panels):
+    for r in group:
       fef = r["sampler"].startswith("fef")
       ax.errorbar(x_of(r), r["accuracy"],
                   yerr=[[r["accuracy"] - r["accuracy_low"]],
@@ -171,13 +250,19 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
                   fmt="o" if fef else "s", color="C0" if fef else "C1", alpha=0.8, capsize=2)
       ax.annotate(_short(r["sampler"]), (x_of(r), r["accuracy"]), fontsize=6, rotation=30,
                   xytext=(3, 3), textcoords="offset points")
+    reference = next(r for r in group if r["sampler"] == r["reference"])
+    ax.axvline(x_of(reference), color="gray", lw=1, ls=":",
+               label=f"fastest exact one-token ({_short(reference['sampler'])})")
+    if "wall-clock" in label:
+      front = sorted((r for r in group if r["sampler"] in set(pareto_front(group))),
+                     key=lambda r: r["seconds_per_token"])
+      ax.plot([x_of(r) for r in front], [r["accuracy"] for r in front], "k--", lw=1,
+              label="Pareto front (wall-clock)")
     ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.grid(alpha=0.3)
-  axes[0].plot([1e3 * r["seconds_per_token"] for r in front], [r["accuracy"] for r in front],
-               "k--", lw=1, label="Pareto front (wall-clock)")
-  axes[0].legend(loc="lower right")
-  axes[0].set_ylabel("accuracy (valid answers)")
+    ax.legend(loc="lower right", fontsize=7)
+  axes[0][0].set_ylabel("accuracy (valid answers)")
   fig.suptitle("FeF (blue circles) vs baselines (orange squares)")
   fig.tight_layout()
   fig.savefig(path, dpi=150)
