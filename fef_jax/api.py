@@ -98,7 +98,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       `cache="exact"` it must also be a block-local denoiser with an exact cache,
       with `cache="approximate"` a block-local denoiser
       (`fef_jax.samplers.cache.BlockLocalDenoiser`); with `verifier="head"` a
-      denoiser with a speculative head (`fef_jax.samplers.head.HeadDenoiser`).
+      denoiser with a speculative head (`fef_jax.samplers.head.HeadDenoiser`),
+      as with `drafter="head"`.
     tokens_BxL: int[B, L]; positions that are not `mask_id` are the prompt
       and are returned unchanged.
     key: a PRNG key; split into one key per row, so rows are independent.
@@ -107,7 +108,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     mask_id: the mask token id (inside or outside the model's vocabulary).
     **options: method options (see `fef_jax.samplers.config.SamplerConfig`):
       `steps, block_length, temperature, top_k, top_p, select, order, window,
-      mode, cache, refresh_every, verifier, threshold, factor, gamma, schedule`.
+      mode, cache, refresh_every, verifier, drafter, threshold, factor, gamma,
+      schedule`.
 
   Returns:
     `SampleResult` with `tokens` int32[B, L] (no mask left) and per-row `stats`.
@@ -120,8 +122,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       cache or blocks that do not fit its attention blocks, or, with
       `cache="approximate"`, a denoiser without the block-local interface or a
       block whose masks are not contiguous
-      (`fef_jax.samplers.cache.check_denoiser`), or, with `verifier="head"`, a
-      denoiser without a head. Value checks need concrete
+      (`fef_jax.samplers.cache.check_denoiser`), or, with `verifier="head"` or
+      `drafter="head"`, a denoiser without a head. Value checks need concrete
       `tokens` (outside `jax.jit`).
     FloatingPointError: `logits_fn` returned NaN or +inf at a masked position
       (concrete inputs only; the offending rows are named).
@@ -148,6 +150,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
                          tokens_BxL.shape[1], concrete_input)
   if config.verifier == "head":
     head.check_denoiser(logits_fn)
+  if config.drafter == "head":
+    head.check_denoiser(logits_fn, "drafter='head'")
   result, bad_logits_B, masks_left_B = _run(logits_fn, tokens_BxL, key, config)
   if not _is_concrete(bad_logits_B):
     return result

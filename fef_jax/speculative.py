@@ -23,7 +23,13 @@ evaluator's `prepare`). The round only needs the targets (inside the span) and
 the next drafts (the span is written into the previous draft logits), so with
 an exact cache both evaluators give the same round.
 
-A `HeadEvaluator` replaces step 2 by one pass of a causal head
+A `HeadEvaluator` given as `drafter` replaces step 1 instead: the head drafts
+the round's `W` targets one after another, `d_c ~ q_c(. | xt, committed, d_<c)`,
+and the acceptance ratio and residual use that `q_c`. This is standard
+speculative sampling with a sequential draft model: still an exact draw of the
+copies' prefix factorization, whatever the head.
+
+A `HeadEvaluator` as the denoiser replaces step 2 by one pass of a causal head
 (`fef_jax.models.spec_head`) over the set in rank order, fed the committed
 values and this round's drafts: item `r` is the target `p(x^{s_r} | xt, x^{s<r})`
 of the head, so the set is an exact draw from the head's own joint. Its drafts
@@ -228,10 +234,52 @@ def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL:
           lambda pivot_B, active_B: (state.draft_logits_BxLxV, state.draft_tokens_BxL))
 
 
+def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeState,
+                 rank_BxL: jax.Array, count_B: jax.Array, draft_key_B: jax.Array,
+                 window: int) -> tuple[jax.Array, jax.Array]:
+  """The round's `W` drafts, each from the head given the committed values and the
+  drafts before it (`W` head passes).
+
+  Returns:
+    (int32[B, L] drafts, at the set positions of ranks `start .. start + W - 1`;
+    float32[B, W, V] warped log-probabilities `q_c` that draft `c` was drawn from).
+  """
+  num_items = drafter.num_items
+  batch = rank_BxL.shape[0]
+  positions_BxK = posterior.positions_by_rank(rank_BxL)[:, :num_items]
+  # Committed values at ranks < start; masks (never read: the head is causal) after.
+  values_BxK = jnp.take_along_axis(state.tokens_BxL, positions_BxK, axis=1)
+  valid_BxK = jnp.arange(num_items)[None, :] < count_B[:, None]
+  keys_BxW = jax.vmap(lambda k: jax.random.split(k, window))(draft_key_B)
+
+  def draft_one(c, carry):
+    values_BxK, logq_BxWxV = carry
+    item_B = jnp.minimum(state.start_B + c, num_items - 1)
+    logits_BxV = drafter.evaluate(positions_BxK, values_BxK, valid_BxK, item_B[:, None])[:, 0]
+    logq_BxV = warp_fn(logits_BxV.astype(jnp.float32))
+    draft_B = jax.vmap(jax.random.categorical)(keys_BxW[:, c], logq_BxV).astype(jnp.int32)
+    # Past the set's end the clipped item may be the set's last one: keep its draft.
+    write_BxK = ((jnp.arange(num_items)[None, :] == item_B[:, None])
+                 & (state.start_B + c < count_B)[:, None])
+    values_BxK = jnp.where(write_BxK, draft_B[:, None], values_BxK)
+    return values_BxK, logq_BxWxV.at[:, c].set(logq_BxV)
+
+  vocab_size = jax.eval_shape(
+      drafter.evaluate, positions_BxK, values_BxK, valid_BxK,
+      jnp.zeros((batch, 1), jnp.int32)).shape[-1]
+  values_BxK, logq_BxWxV = jax.lax.fori_loop(
+      0, window, draft_one,
+      (values_BxK, jnp.zeros((batch, window, vocab_size), jnp.float32)))
+  rows_Bx1 = jnp.arange(batch)[:, None]
+  drafts_BxL = state.tokens_BxL.at[rows_Bx1, positions_BxK].set(values_BxK)
+  return drafts_BxL, logq_BxWxV
+
+
 def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
                        warp_fn: WarpFn, state: SpeculativeState, rank_BxL: jax.Array,
                        count_B: jax.Array, step_keys_B: jax.Array, *, window: int,
-                       mask_id: int) -> SpeculativeState:
+                       mask_id: int,
+                       drafter: Optional[HeadEvaluator] = None) -> SpeculativeState:
   """One draft / verify / accept round for every row (a no-op for decided rows).
 
   Args:
@@ -246,6 +294,9 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     step_keys_B: one PRNG key per row; the round counter is folded in.
     window: static number of drafts verified per round (`W >= 1`).
     mask_id: the mask token.
+    drafter: optional head that drafts the `W` targets sequentially (with copy
+      verification; its passes count in `nfe` and `sequences`); default: every
+      position drafted independently from `state.draft_logits_BxLxV`.
 
   Returns:
     The updated carry: at least one more set position decided in every row
@@ -256,13 +307,20 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     state = denoiser.prepare(state, active_B)
   draft_key_B, accept_key_B, residual_key_B = _row_keys(step_keys_B, state.round_B)
 
-  logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
-  drafts_BxL = jax.vmap(jax.random.categorical)(draft_key_B, logq_BxLxV).astype(jnp.int32)
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
   positions_BxW = jnp.take_along_axis(
       posterior.positions_by_rank(rank_BxL),
       jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
+  if drafter is None:
+    logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
+    drafts_BxL = jax.vmap(jax.random.categorical)(draft_key_B, logq_BxLxV).astype(jnp.int32)
+    logq_BxWxV = jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
+    draft_units = 0
+  else:
+    drafts_BxL, logq_BxWxV = _head_drafts(drafter, warp_fn, state, rank_BxL, count_B,
+                                          draft_key_B, window)
+    draft_units = window * drafter.units_per_pass
   if isinstance(denoiser, HeadEvaluator):
     target_logits_BxWxV, bad_B, next_drafts = _head_targets(
         denoiser, state, drafts_BxL, rank_BxL, count_B, valid_BxW, window)
@@ -274,7 +332,6 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     units = window * evaluator.units_per_copy
 
   logp_BxWxV = warp_fn(target_logits_BxWxV)
-  logq_BxWxV = jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
   draft_BxW = jnp.take_along_axis(drafts_BxL, positions_BxW, axis=1)
   log_ratio_BxW = (jnp.take_along_axis(logp_BxWxV, draft_BxW[..., None], axis=-1)
                    - jnp.take_along_axis(logq_BxWxV, draft_BxW[..., None], axis=-1))[..., 0]
@@ -301,9 +358,10 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
 
   draft_logits_BxLxV, draft_tokens_BxL = next_drafts(pivot_B, active_B)
   active = active_B.astype(jnp.int32)
+  draft_calls = 0 if drafter is None else window
   stats = state.stats.replace(
-      nfe=state.stats.nfe + active,
-      sequences=state.stats.sequences + active * units,
+      nfe=state.stats.nfe + active * (1 + draft_calls),
+      sequences=state.stats.sequences + active * (units + draft_units),
       rounds=state.stats.rounds + active,
       drafts_examined=state.stats.drafts_examined + num_committed_B,
       drafts_accepted=state.stats.drafts_accepted + num_accepted_B)
@@ -319,7 +377,8 @@ def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn:
                count_B: jax.Array, step_keys_B: jax.Array, stats: SampleStats,
                *, window: int, mask_id: int,
                draft_tokens_BxL: Optional[jax.Array] = None,
-               context: Any = None) -> SpeculativeState:
+               context: Any = None,
+               drafter: Optional[HeadEvaluator] = None) -> SpeculativeState:
   """Decides every row's ordered set exactly, by speculative rounds in a `lax.while_loop`.
 
   Args:
@@ -339,6 +398,8 @@ def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn:
     draft_tokens_BxL: optional: the input that `draft_logits_BxLxV` came from;
       given, the carry tracks it (see `SpeculativeState`).
     context: optional: the initial context of a `CopyEvaluator` (a cache).
+    drafter: optional head that drafts each round's targets sequentially (see
+      `verification_round`); its `num_items` must cover every set.
 
   Returns:
     The final carry: `tokens_BxL` with every set position decided, the draft
@@ -355,6 +416,6 @@ def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn:
 
   def body(state):
     return verification_round(denoiser, warp_fn, state, rank_BxL, count_B,
-                              step_keys_B, window=window, mask_id=mask_id)
+                              step_keys_B, window=window, mask_id=mask_id, drafter=drafter)
 
   return jax.lax.while_loop(lambda s: jnp.any(s.start_B < count_B), body, init)

@@ -25,6 +25,10 @@ def test_default_grid_has_every_family_the_issue_asks_for():
     assert expected in specs
   assert not any("cache" in spec for spec in compare.default_samplers(8,
                                                                       approximate_cache=False))
+  assert not any("head" in spec for spec in specs)
+  with_head = compare.default_samplers(8, head=True)
+  assert {"fef:steps=1,window=4,drafter=head", "fef:steps=1,window=4,verifier=head"} <= set(
+      with_head)
 
 
 def test_pareto_front_keeps_exactly_the_undominated_rows():

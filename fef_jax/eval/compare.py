@@ -61,8 +61,9 @@ def default_samplers(answer_length: int, head: bool = False,
   and left to right); LLaDA low-confidence at 1, 2, 4 tokens per step;
   Fast-dLLM threshold; EB; ancestral; randomized sizes; FeF commit-set (one
   step) with windows 2, 4, 8, 16 and joint-then-remask (2 and 4 steps, windows
-  4, 8, 16); with `head` (a model with a speculative head), FeF verified by the
-  head (one step, windows 4, 8, 16); with `approximate_cache` (a bidirectional
+  4, 8, 16); with `head` (a model with a speculative head), FeF with the head's
+  sequential drafts verified by the copies (exact; one step, windows 2, 4, 8)
+  and FeF verified by the head (the head's joint; one step, windows 4, 8, 16); with `approximate_cache` (a bidirectional
   model), FeF over blocks of half the answer with the approximate cache,
   refreshed per block and also before every round, beside the same blocks
   uncached (what the approximation costs).
@@ -77,6 +78,7 @@ def default_samplers(answer_length: int, head: bool = False,
   specs += [f"fef:mode=joint_then_remask,steps={s},window={w}" for s in (2, 4)
             for w in (4, 8, 16)]
   if head:
+    specs += [f"fef:steps=1,window={w},drafter=head" for w in (2, 4, 8)]
     specs += [f"fef:steps=1,window={w},verifier=head" for w in (4, 8, 16)]
   if approximate_cache:
     blocks = f"fef:block_length={max(1, answer_length // 2)},window=4"

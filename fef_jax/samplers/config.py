@@ -14,6 +14,7 @@ ORDERS = ("left_to_right", "confidence", "random")
 MODES = ("commit_set", "joint_then_remask")
 CACHE_MODES = ("none", "exact", "approximate")
 VERIFIERS = ("copies", "head")
+DRAFTERS = ("marginals", "head")
 
 _COMMON = ("steps", "block_length", "temperature", "top_k", "top_p")
 METHOD_OPTIONS = {
@@ -24,7 +25,7 @@ METHOD_OPTIONS = {
     "first_hitting": ("block_length", "temperature", "top_k", "top_p", "select"),
     "random_sizes": _COMMON + ("select",),
     "fef": _COMMON + ("select", "order", "window", "mode", "cache",
-                    "refresh_every", "verifier"),
+                    "refresh_every", "verifier", "drafter"),
 }
 DEFAULT_SELECT = {"confidence": "confidence", "first_hitting": "random",
                   "random_sizes": "confidence", "fef": "confidence"}
@@ -61,6 +62,12 @@ class SamplerConfig:
       denoiser: the denoiser's own prefix factorization) or `head` (targets
       from one pass of a causal head per round, the backbone run once per step:
       the head's joint; needs a head denoiser, see `fef_jax.samplers.head`).
+    drafter: FeF: `marginals` (each round drafts every position independently
+      from the denoiser's marginals) or `head` (a causal head drafts the
+      round's `window` targets one after another, each conditioned on the
+      drafts before it; the copies still verify, so the set is an exact draw of
+      the denoiser's prefix factorization whatever the head; needs a head
+      denoiser and `verifier="copies"`, `cache="none"`).
     threshold: Fast-dLLM: commit positions whose confidence exceeds it.
     factor: Fast-dLLM factor rule: commit the largest n with (n+1)(1-c_n) < factor.
     gamma: EB: entropy budget (sum of entropies minus the largest).
@@ -80,6 +87,7 @@ class SamplerConfig:
   cache: str = "none"
   refresh_every: int = 0
   verifier: str = "copies"
+  drafter: str = "marginals"
   threshold: float = 0.9
   factor: Optional[float] = None
   gamma: float = 0.1
@@ -151,6 +159,13 @@ def make_config(method: str, mask_id: int, **options: Any) -> SamplerConfig:
   _check(config.verifier == "copies" or config.cache == "none",
          "verifier='head' takes no cache: the backbone runs once per step and each "
          "round runs only the head; use cache='none'")
+  _check(config.drafter in DRAFTERS,
+         f"unknown drafter {config.drafter!r}; expected one of {DRAFTERS}")
+  _check(config.drafter == "marginals" or (config.verifier == "copies"
+                                           and config.cache == "none"),
+         f"drafter='head' drafts for the copies' verification without a cache; got "
+         f"verifier={config.verifier!r}, cache={config.cache!r} (use verifier='copies', "
+         f"cache='none')")
   _check(_is_int(config.window) and config.window >= 1,
          f"window must be an integer >= 1, got {config.window!r}")
   _check(_is_real(config.threshold) and 0 < config.threshold <= 1,

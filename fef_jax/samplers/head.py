@@ -16,8 +16,14 @@ factor of an ordered set in one pass. FeF uses it as follows
 Any `select`, `order`, `mode`, `steps`, `block_length` and warp are supported;
 a cache is not (the backbone runs once per step anyway).
 
+With `drafter="head"` the head only drafts: each round it proposes the
+`window` targets one after another (`window` head passes, each conditioned on
+the drafts before it) and the backbone's prefix-revealed copies verify them
+with `min(1, p / q_head)`, so the set is an exact draw of the backbone's prefix
+factorization whatever the head (`fef_jax.speculative.verification_round`).
+
 Statistics: `nfe` counts the backbone pass of each step and each head pass
-(each is one sequential call). `sequences` is counted in layer-positions: a
+(each is one sequential call), and with `drafter="head"` each round's copies. `sequences` is counted in layer-positions: a
 backbone pass is `L * num_layers` (one whole sequence), a head pass
 `K * head_layers`; the sum is reported in whole sequences, rounded up.
 """
@@ -52,13 +58,14 @@ class HeadDenoiser(Protocol):
     """float[N, W, V]: the head's logits of the queried items."""
 
 
-def check_denoiser(denoiser: Any) -> None:
-  """Raises TypeError when `denoiser` lacks the `HeadDenoiser` interface."""
+def check_denoiser(denoiser: Any, option: str = "verifier='head'") -> None:
+  """Raises TypeError when `denoiser` lacks the `HeadDenoiser` interface (`option`
+  names what asked for the head in the message)."""
   missing = [name for name in REQUIRED if not hasattr(denoiser, name)]
   if missing:
-    raise TypeError(f"verifier='head' needs a denoiser with a speculative head (e.g. "
-                    f"fef_jax.models.spec_head.SpecHeadDenoiser); {denoiser!r} lacks "
-                    f"{missing}")
+    raise TypeError(f"{option} needs a denoiser with a speculative head (e.g. "
+                    f"fef_jax.models.spec_head.SpecHeadDenoiser); "
+                    f"{type(denoiser).__name__} lacks {missing}")
 
 
 def backbone(denoiser: HeadDenoiser, tokens_BxL: jax.Array,

@@ -161,20 +161,31 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   (the reverse transition; a value-independent choice, so still exact).
   With a cache the rounds evaluate only the window's positions; with
   `verifier="head"` the backbone runs on the state first and the rounds run the
-  head (the set is drawn from the head's joint).
+  head (the set is drawn from the head's joint); with `drafter="head"` the
+  backbone runs on the state first and the head drafts each round's targets,
+  which whole-sequence copies verify (the set is drawn from the backbone's
+  prefix factorization).
   """
   x0_keys_B, plan_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 5)
   eligible_BxL = _eligible(config, state, block_BxL)
-  denoiser = logits_fn
+  denoiser, drafter = logits_fn, None
   if config.cache != "none":
     # Before the drafts are read: a new window's drafts come from the refresh.
     state = _enter_window(logits_fn, config, state, block_BxL == state.cur_block_B[:, None],
                           active_B)
     denoiser = cache.evaluator(logits_fn, config)
-  if config.verifier == "head":
+  if config.verifier == "head" or config.drafter == "head":
     # A set lies in one generation block, so block_length items hold any set.
-    num_items = min(config.block_length or state.tokens_BxL.shape[1], state.tokens_BxL.shape[1])
-    state, denoiser = _head_backbone(logits_fn, config, state, active_B, num_items)
+    length = state.tokens_BxL.shape[1]
+    num_items = min(config.block_length or length, length)
+    state, head_evaluator = _head_backbone(logits_fn, config, state, active_B, num_items)
+    if config.verifier == "head":
+      denoiser = head_evaluator
+    else:
+      # The copies verify the head's drafts; `stats.sequences` is in layer-positions.
+      denoiser = speculative.CopyEvaluator(speculative.whole_sequences(logits_fn).evaluate,
+                                           units_per_copy=length * logits_fn.num_layers)
+      drafter = head_evaluator
   ctx = _context(state, eligible_BxL, steps_per_block_B, warp_fn(state.logits_BxLxV),
                  x0_keys_B, plan_keys_B)
   chosen_BxL = plan(config, ctx) & ctx.eligible_BxL
@@ -186,7 +197,7 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
       denoiser, warp_fn, state.tokens_BxL, state.logits_BxLxV, rank_BxL,
       jnp.sum(decide_BxL, axis=1).astype(jnp.int32), spec_keys_B, state.stats,
       window=config.window, mask_id=config.mask_id,
-      draft_tokens_BxL=state.draft_tokens_BxL, context=state.context)
+      draft_tokens_BxL=state.draft_tokens_BxL, context=state.context, drafter=drafter)
   tokens_BxL = decided.tokens_BxL
   if config.mode == "joint_then_remask":
     keep_BxL = selection.top_k(
@@ -231,7 +242,8 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
 
   With a cache, `stats.sequences` is counted in token positions during
   the loop (`unit = L` per whole sequence, since a window copy is a fraction of
-  one), with `verifier="head"` in layer-positions (`unit = L * num_layers`),
+  one), with `verifier="head"` or `drafter="head"` in layer-positions
+  (`unit = L * num_layers`),
   and reported as whole-sequence equivalents, rounded up.
   """
   batch, length = tokens_BxL.shape
@@ -248,7 +260,7 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   draft_tokens_BxL = context = None
   unit = length if config.cache != "none" else 1
   step = independent_step
-  if config.method == "fef" and config.verifier == "head":
+  if config.method == "fef" and "head" in (config.verifier, config.drafter):
     step = fef_step
     unit = length * logits_fn.num_layers
     # Every step runs the backbone first; the carry only needs the logits' shape.
