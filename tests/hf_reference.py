@@ -246,8 +246,9 @@ def reference_logits(model, tokens, valid):
 
 
 def mesh_check(checkpoint_dir):
-  """Single-device vs (data=2, fsdp=4) mesh: parameter and logit differences, partition
-  specs, and a FeF run with the sharded model."""
+  """Single-device vs (data=2, fsdp=4) mesh: parameter and logit differences (with the
+  logits' scale and the network's shape, for the round-off bound), partition specs, and
+  a FeF run with the sharded model."""
   import jax
   import fef_jax as fj
   from fef_jax.models import hf
@@ -267,7 +268,11 @@ def mesh_check(checkpoint_dir):
   leaves = jax.tree.leaves(sharded.params)
   param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                    for a, b in zip(jax.tree.leaves(single.params), leaves))
+  network = {name: getattr(single.config, name) for name in
+             ("d_model", "num_heads", "head_dim", "mlp_dim", "num_layers", "rope_theta")}
   return {"max_abs_diff": float(np.max(np.abs(logits_single - logits_sharded)[valid])),
+          "max_abs_logit": float(np.max(np.abs(logits_single)[valid])),
+          "length": int(tokens.shape[1]), "network": network,
           "param_max_abs_diff": param_diff,
           "sharded_specs": [str(leaf.sharding.spec) for leaf in leaves],
           "devices_per_param": [len(leaf.sharding.device_set) for leaf in leaves],

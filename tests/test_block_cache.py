@@ -22,6 +22,7 @@ from fef_jax import models
 from fef_jax.train import optim
 from fef_jax.train import run
 from fef_jax.train import step as train_lib
+from tests import roundoff
 from tests.helpers import table_gof
 
 VOCAB = 11
@@ -81,7 +82,12 @@ def _span_valid(valid, start_B):
 def test_encode_returns_the_full_pass_and_every_layers_keys_and_values():
   tokens, valid = _tokens_and_valid(0)
   logits, cache = _call(BLOCK_CAUSAL, "encode", tokens, valid)
-  np.testing.assert_array_equal(logits, _call(BLOCK_CAUSAL, "__call__", tokens, valid))
+  full = _call(BLOCK_CAUSAL, "__call__", tokens, valid)
+  # Two programs (encode also returns the keys and values, which changes XLA's fusion):
+  # the same pass up to round-off.
+  np.testing.assert_allclose(
+      logits, full, rtol=0,
+      atol=roundoff.two_pass_bound(roundoff.fef_chain(BLOCK_CAUSAL, LENGTH), full))
   heads, head_dim = BLOCK_CAUSAL.num_heads, BLOCK_CAUSAL.head_dim
   assert cache.keys_NxYxLxHxK.shape == (3, 2, LENGTH, heads, head_dim)
   assert cache.values_NxYxLxHxK.shape == cache.keys_NxYxLxHxK.shape
@@ -294,15 +300,21 @@ def test_block_causal_oracle_interface_is_consistent():
   tokens = jnp.asarray(np.where(rng.random((5, 6)) < 0.5, rng.integers(0, 3, (5, 6)), 3),
                        jnp.int32)
   logits, cache = oracle.encode(tokens)
-  # Block b ignores later blocks: the first block sees only positions 0..1.
-  np.testing.assert_array_equal(logits[:, :2], table.logits_fn(tokens.at[:, 2:].set(3))[:, :2])
+  # Block b ignores later blocks: the first block sees only positions 0..1. Both sides
+  # are the table's conditionals, computed by different programs: equal up to round-off.
+  depth = roundoff.joint_table_depth(table)
+  first = table.logits_fn(tokens.at[:, 2:].set(3))[:, :2]
+  roundoff.assert_within(logits[:, :2], first, roundoff.two_pass_log_prob_bound(first, depth),
+                         "first block")
   start = jnp.asarray([0, 2, 4, 2, 0], jnp.int32)
   span = jnp.asarray(rng.integers(0, 4, (5, 3, 2)), jnp.int32)
   got = oracle.block_logits(cache, span, start)
   for b in range(5):
     s = int(start[b])
     copies = jnp.broadcast_to(tokens[b], (3, 6)).at[:, s:s + 2].set(span[b])
-    np.testing.assert_allclose(got[b], oracle(copies)[:, s:s + 2], rtol=0, atol=1e-6)
+    want = oracle(copies)[:, s:s + 2]
+    roundoff.assert_within(got[b], want, roundoff.two_pass_log_prob_bound(want, depth),
+                           f"row {b}")
 
 
 NUM_SAMPLES = 20_000

@@ -10,6 +10,7 @@ import scipy.stats
 
 from fef_jax import forward
 from fef_jax import schedules
+from tests import roundoff
 
 EPS = 1e-3
 VOCAB = 50
@@ -155,11 +156,16 @@ def test_iid_times_are_not_stratified():
 def test_sample_times_jit_matches_no_jit():
   key = jax.random.PRNGKey(5)
   for antithetic in (True, False):
-    # Same uniforms; XLA may fuse eps + (1 - eps) u into one rounding.
-    np.testing.assert_allclose(
+    # Same uniforms; XLA may fuse (and so round) differently, e.g. eps + (1 - eps) u
+    # into one rounding or i / B into i * (1 / B). Each side rounds i / B (2 u at most,
+    # values <= 1), u + i / B (u, < 2; the mod by 1 is exact), the constant 1 - eps and
+    # the product (u each, values <= 1) and the sum with eps (u, <= 1): 6 u in absolute
+    # terms whatever the time's size (so no relative bound: times near eps carry the
+    # same absolute error as times near 1).
+    roundoff.assert_within(
         _sample_times_jit(key, 16, eps=EPS, antithetic=antithetic),
         forward.sample_times(key, 16, eps=EPS, antithetic=antithetic),
-        rtol=2 * np.finfo(np.float32).eps)
+        2 * roundoff.gamma(6), f"antithetic={antithetic}")
 
 
 @pytest.mark.parametrize("batch_size", [0, -3, 2.0, True])

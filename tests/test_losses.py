@@ -8,6 +8,7 @@ import pytest
 
 from fef_jax import losses
 from fef_jax import schedules
+from tests import roundoff
 
 EPS = 1e-3
 # Monte Carlo tests share one shape and call the losses eagerly, so that their
@@ -21,6 +22,13 @@ def _np_log_softmax(logits):
   logits = np.asarray(logits, np.float64)
   shifted = logits - logits.max(axis=-1, keepdims=True)
   return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _assert_cross_entropy_close(ce, expected, vocab):
+  """float32 masked cross-entropies against a float64 reference (same logits): each is
+  -log_softmax, so it errs by at most gamma(log_softmax_chain(V)) * (1 + |log p|)."""
+  bound = roundoff.gamma(roundoff.log_softmax_chain(vocab)) * (1.0 + np.abs(expected))
+  roundoff.assert_within(ce, expected, bound, "masked cross-entropy")
 
 
 def _random_problem(seed, mask_id):
@@ -44,6 +52,13 @@ def _forward_sample(seed, schedule, t_R, maskable=None):
   return x0, np.where(masked, VOCAB, x0)
 
 
+# Relative round-off of one all-zero-logits estimate: a float32 sum of up to LENGTH equal
+# cross-entropies log V (gamma(LENGTH - 1) relative: non-negative terms, in whatever order
+# the CPU sums them), log V itself (TRANSCENDENTAL u), the division by the token count,
+# the weight and the factor 1 - eps (a few u, 5 counted).
+_ESTIMATE_RTOL = roundoff.gamma(LENGTH + roundoff.TRANSCENDENTAL + 5)
+
+
 def _uniform_predictor_estimates(elbo_fn, schedule, t_R, seed, **kwargs):
   """ELBO estimates (ROWS,) of the all-zero-logits predictor on random masks."""
   x0, xt = _forward_sample(seed, schedule, t_R, kwargs.get("maskable_BxL"))
@@ -60,7 +75,7 @@ def test_masked_cross_entropy_matches_numpy():
   logp = np.take_along_axis(_np_log_softmax(logits), x0[..., None], -1)[..., 0]
   expected = np.where(xt == mask_id, -logp, 0.0)
   assert 0 < (xt == mask_id).sum() < xt.size
-  np.testing.assert_allclose(ce, expected, rtol=1e-5, atol=1e-6)
+  _assert_cross_entropy_close(ce, expected, SMALL[2])
 
 
 def test_masked_cross_entropy_computes_in_float32():
@@ -71,8 +86,7 @@ def test_masked_cross_entropy_computes_in_float32():
   assert ce.dtype == jnp.float32
   rounded = np.asarray(jnp.asarray(logits, jnp.bfloat16).astype(jnp.float32))
   logp = np.take_along_axis(_np_log_softmax(rounded), x0[..., None], -1)[..., 0]
-  np.testing.assert_allclose(ce, np.where(xt == mask_id, -logp, 0.0),
-                             rtol=1e-5, atol=1e-6)
+  _assert_cross_entropy_close(ce, np.where(xt == mask_id, -logp, 0.0), SMALL[2])
 
 
 def test_mask_logit_inside_vocabulary_is_excluded():
@@ -82,8 +96,7 @@ def test_mask_logit_inside_vocabulary_is_excluded():
   ce = losses.masked_cross_entropy(logits, x0, xt, mask_id)
   logp = np.take_along_axis(_np_log_softmax(logits[..., :mask_id]),
                             x0[..., None], -1)[..., 0]
-  np.testing.assert_allclose(ce, np.where(xt == mask_id, -logp, 0.0),
-                             rtol=1e-5, atol=1e-6)
+  _assert_cross_entropy_close(ce, np.where(xt == mask_id, -logp, 0.0), mask_id)
   # No gradient flows to the excluded logit, and none is NaN.
   grad = jax.jit(jax.grad(
       lambda l: losses.masked_cross_entropy(l, x0, xt, mask_id).sum()))(
@@ -114,7 +127,8 @@ def test_uniform_predictor_linear_expectation_at_every_t():
   # the estimate is c * K / (t L) with c = (1 - eps) log V and
   # K ~ Binomial(L, t): its mean is c at every t, its variance
   # c^2 (1 - t) / (t L). Over R rows at one t the standard error is
-  # c sqrt((1 - t) / (t L R)); allow 5 of them plus float32 rounding.
+  # c sqrt((1 - t) / (t L R)); allow 5 of them plus float32 rounding (the only
+  # allowance at t = 1, where the standard error is 0).
   t_values = np.asarray([EPS, 0.01, 0.03, 0.1, 0.3, 0.5, 0.9, 1.0])
   rows = ROWS // len(t_values)
   est_TxR = _uniform_predictor_estimates(
@@ -123,9 +137,9 @@ def test_uniform_predictor_linear_expectation_at_every_t():
   c = (1.0 - EPS) * math.log(VOCAB)
   se_T = c * np.sqrt((1.0 - t_values) / (t_values * LENGTH * rows))
   np.testing.assert_array_less(np.abs(est_TxR.mean(axis=1) - c),
-                               5.0 * se_T + 1e-5 * c)
-  # At t = 1 every token is masked: the estimate is exact in every row.
-  np.testing.assert_allclose(est_TxR[-1], c, rtol=1e-6)
+                               5.0 * se_T + _ESTIMATE_RTOL * c)
+  # At t = 1 every token is masked: the estimate is exact in every row, up to round-off.
+  np.testing.assert_allclose(est_TxR[-1], c, rtol=_ESTIMATE_RTOL)
 
 
 def test_uniform_predictor_normalizes_by_maskable_tokens():
@@ -140,7 +154,7 @@ def test_uniform_predictor_normalizes_by_maskable_tokens():
       maskable_BxL=maskable)
   c = (1.0 - EPS) * math.log(VOCAB)
   np.testing.assert_allclose(est_R, np.where(prompt_R < LENGTH, c, 0.0),
-                             rtol=1e-6)
+                             rtol=_ESTIMATE_RTOL, atol=0)
 
 
 @pytest.mark.parametrize("name,kwargs", [
@@ -216,11 +230,17 @@ def test_discrete_elbo_is_continuous_over_one_minus_eps_for_linear():
   mask_id, num_steps = SMALL[2], SMALL[0]
   logits, x0, xt = _random_problem(3, mask_id)
   t_B = jnp.arange(1, num_steps + 1) / num_steps
+  # Both multiply the same eagerly computed per-token NLL (identical bits) by a weight.
+  # With t = k/8 exact, the discrete weight 8 (alpha(t - 1/8) - alpha(t)) / t is exact
+  # up to the division; times the NLL: 2 roundings. The continuous side rounds 1/t,
+  # the product with (1 - eps), the one with the NLL and the division by (1 - eps) here
+  # (the same float32 constant, so it cancels): 4. Correctly rounded IEEE operations,
+  # no reductions: gamma(6) on every CPU.
   np.testing.assert_allclose(
       losses.discrete_elbo(logits, x0, xt, t_B, schedules.linear(), mask_id,
                            num_steps),
       losses.continuous_elbo(logits, x0, xt, t_B, schedules.linear(), mask_id)
-      / (1.0 - EPS), rtol=1e-6)
+      / (1.0 - EPS), rtol=roundoff.gamma(6))
 
 
 def test_elbos_jit_match_no_jit():
@@ -233,14 +253,37 @@ def test_elbos_jit_match_no_jit():
                        static_argnames=("schedule", "mask_id", "eps"))
   discrete = jax.jit(losses.discrete_elbo,
                      static_argnames=("schedule", "mask_id", "num_steps"))
-  # Same computation; XLA fusion may reorder a few float32 roundings.
-  np.testing.assert_allclose(
-      continuous(*args, maskable_BxL=maskable),
-      losses.continuous_elbo(*args, maskable_BxL=maskable), rtol=1e-6)
-  np.testing.assert_allclose(
-      discrete(*args, num_steps, maskable_BxL=maskable),
-      losses.discrete_elbo(*args, num_steps, maskable_BxL=maskable),
-      rtol=1e-6)
+  # Same computation; XLA fusion may reorder float32 roundings, so each side is within
+  # its round-off bound of the exact value and the two within twice it. An estimate is
+  # weight * NLL. The NLL, a mean of non-negative cross-entropies (each within
+  # gamma(log_softmax_chain(V)) * (1 + ce), their sum within gamma(L) relative, then
+  # the division), errs by at most gamma(that + L + 1) * (1 + NLL). The times k/8 are
+  # exact. The continuous weight (1 - eps) pi/2 sin(pi/2 (1 - t)) / sin(pi/2 t) rounds
+  # two sines and their arguments (TRANSCENDENTAL + 2 each), pi/2, 1 - eps, two products
+  # and the quotient: gamma(2 TRANSCENDENTAL + 10) relative. The discrete one subtracts
+  # two alphas 2 sin(pi/4 (1 - t))^2, each within gamma(2 TRANSCENDENTAL + 6) of its
+  # size, so their difference errs by that times (alpha(s) + alpha(t)) / (alpha(s) -
+  # alpha(t)) relative; then times T, over the mask probability (a sine) and divided.
+  schedule, t64 = schedules.cosine(), np.asarray(t_B, np.float64)
+  with jax.enable_x64(True):
+    s64 = np.maximum(t64 - 1.0 / num_steps, 0.0)
+    alpha_s, alpha_t = (np.asarray(schedule.alpha(jnp.asarray(x))) for x in (s64, t64))
+    weights = {"continuous": (1.0 - EPS) * np.asarray(schedule.weight(jnp.asarray(t64))),
+               "discrete": num_steps * (alpha_s - alpha_t) / (1.0 - alpha_t)}
+  weight_rtol = {"continuous": roundoff.gamma(2 * roundoff.TRANSCENDENTAL + 10),
+                 "discrete": roundoff.gamma(2 * roundoff.TRANSCENDENTAL + 6)
+                             * (alpha_s + alpha_t) / (alpha_s - alpha_t)
+                             + roundoff.gamma(roundoff.TRANSCENDENTAL + 5)}
+  nll_rtol = roundoff.gamma(roundoff.log_softmax_chain(mask_id) + SMALL[1] + 1)
+  for name, jitted, eager in (
+      ("continuous", continuous(*args, maskable_BxL=maskable),
+       losses.continuous_elbo(*args, maskable_BxL=maskable)),
+      ("discrete", discrete(*args, num_steps, maskable_BxL=maskable),
+       losses.discrete_elbo(*args, num_steps, maskable_BxL=maskable))):
+    eager = np.asarray(eager, np.float64)
+    bound = 2 * (nll_rtol * (weights[name] + np.abs(eager))
+                 + weight_rtol[name] * np.abs(eager))
+    roundoff.assert_within(jitted, eager, bound, err_msg=name)
 
 
 @pytest.mark.parametrize("name,kwargs", [
@@ -279,12 +322,16 @@ def test_discrete_weight_equals_continuous_for_linear(name):
       np.testing.assert_allclose(
           losses.discrete_weight(t, schedule, num_steps), schedule.weight(t),
           rtol=1e-10)
-    # In float32 the difference alpha(t - 1/T) - alpha(t) = 1/T is formed
-    # from values of size <= 1, so it is off by up to ~2 ulps of 1, i.e. a
-    # relative 2 * 1.2e-7 * T.
+    # In float32 the difference alpha(t - 1/T) - alpha(t) = (1 - eps)/T is formed
+    # from values of size <= 1: 1/T, t - 1/T, and for each alpha (1 - eps) times the
+    # time and 1 minus that, each rounding at most u in absolute terms, 5 u + 2 u / T in
+    # all, i.e. (5 T + 2) u / (1 - eps) relative to the difference; then times T, the
+    # mask probability, the division and weight(t)'s own 3 roundings. Eager,
+    # element-wise, correctly rounded IEEE operations: the same on every CPU.
     t = jnp.asarray(k, jnp.float32) / num_steps
     np.testing.assert_allclose(losses.discrete_weight(t, schedule, num_steps),
-                               schedule.weight(t), rtol=3e-7 * num_steps)
+                               schedule.weight(t),
+                               rtol=roundoff.gamma(5 * num_steps + 10))
 
 
 @pytest.mark.parametrize("num_steps,batch", [(16, 16), (5, 40)])

@@ -1,6 +1,7 @@
 """Exact oracles: conditionals, probabilities and marginals against brute-force enumeration."""
 import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +9,17 @@ import numpy as np
 import pytest
 
 from fef_jax import oracles
+from tests import roundoff
 
 # float32 conditionals against float64 brute-force sums.
 _ATOL = 2e-5
+
+
+def _hmm_depth(hidden, vocab_size, length):
+  """Roundings of a forward-backward conditional: per position, forward and backward
+  each multiply (1), normalize over H (H) and multiply by the transition (H); then the
+  product of both, its normalization (H), the emission (H) and the normalization over V."""
+  return 2 * length * (2 * hidden + 1) + 1 + 2 * hidden + vocab_size + 1
 
 
 def _brute_force_conditionals(probs, tokens_L, mask_id):
@@ -78,16 +87,34 @@ def _all_states(vocab_size, length):
   return np.array(list(itertools.product(range(vocab_size), repeat=length)), np.int32)
 
 
-def _assert_marginals_match(oracle, joint):
-  """marginals() and every pair_marginal(i, j) equal sums of the joint table."""
+def _assert_marginals_match(oracle, joint, depth):
+  """marginals() and every pair_marginal(i, j) equal sums of the joint table.
+
+  Both are sums and products of non-negative float32 numbers (no cancellation), so
+  each is within gamma(depth) relative of exact, `depth` the most roundings along one
+  term's chain (in whatever order the CPU sums)."""
   length = joint.ndim
+  rtol = roundoff.gamma(depth)
   expected_LxV = np.stack([joint.sum(axis=tuple(a for a in range(length) if a != l))
                            for l in range(length)])
-  np.testing.assert_allclose(oracle.marginals(), expected_LxV, atol=1e-6)
+  np.testing.assert_allclose(oracle.marginals(), expected_LxV, rtol=rtol, atol=0)
   for i, j in itertools.permutations(range(length), 2):
     pair_VxV = joint.sum(axis=tuple(a for a in range(length) if a not in (i, j)))
     np.testing.assert_allclose(oracle.pair_marginal(i, j),
-                               pair_VxV if i < j else pair_VxV.T, atol=1e-6)
+                               pair_VxV if i < j else pair_VxV.T, rtol=rtol, atol=0)
+
+
+def _table_marginal_depth(table):
+  """A JointTable marginal sums V^(L-1) of its float32 probabilities."""
+  return table.probs.size // table.vocab_size
+
+
+def _hmm_marginal_depth(hidden, length, inputs=0):
+  """An HMM marginal: L - 1 steps of a product and a sum over H, the emission (H);
+  a pair marginal at most twice that (the hidden marginal, the transition's power, the
+  two emissions); plus `inputs` roundings of float64 parameters to float32 along a
+  path."""
+  return 2 * length * hidden + 1 + inputs
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +136,13 @@ def test_joint_table_rows_are_independent_and_jit_agrees(table):
   tokens_NxL = jnp.asarray(_random_rows(2, 23, 4, 3, reveal_prob=0.5))
   batch_NxLxV = table.logits_fn(tokens_NxL)
   jitted = jax.jit(table.logits_fn)
-  np.testing.assert_allclose(jitted(tokens_NxL), batch_NxLxV, atol=1e-6)
+  bound = roundoff.two_pass_log_prob_bound(batch_NxLxV, roundoff.joint_table_depth(table))
+  roundoff.assert_within(jitted(tokens_NxL), batch_NxLxV, bound, "jitted")
   for n in range(0, 23, 5):
-    np.testing.assert_allclose(jitted(tokens_NxL[n:n + 1])[0], batch_NxLxV[n], atol=1e-6)
+    roundoff.assert_within(jitted(tokens_NxL[n:n + 1])[0], batch_NxLxV[n], bound[n],
+                           f"row {n} alone")
   chunked = oracles.JointTable(table.probs, rows_per_chunk=7)  # 3 chunks + remainder
-  np.testing.assert_allclose(chunked.logits_fn(tokens_NxL), batch_NxLxV, atol=1e-6)
+  roundoff.assert_within(chunked.logits_fn(tokens_NxL), batch_NxLxV, bound, "chunked")
 
 
 def test_joint_table_log_prob_and_marginals(table):
@@ -121,7 +150,7 @@ def test_joint_table_log_prob_and_marginals(table):
   states_SxL = _all_states(3, 4)
   np.testing.assert_allclose(table.log_prob(states_SxL),
                              np.log(probs[tuple(states_SxL.T)]), rtol=1e-5)
-  _assert_marginals_match(table, probs)
+  _assert_marginals_match(table, probs, _table_marginal_depth(table))
 
 
 def test_joint_table_tiny_probabilities_are_normalized_per_row():
@@ -130,7 +159,13 @@ def test_joint_table_tiny_probabilities_are_normalized_per_row():
   probs[1, 0, 0], probs[1, 1, 1] = 1e-40, 3e-40  # below float32's smallest normal
   table = oracles.JointTable(probs)
   logits_1xLxV = table.logits_fn(jnp.array([[1, 2, 2]]))
-  np.testing.assert_allclose(np.exp(logits_1xLxV[0, 1:]), [[0.25, 0.75]] * 2, atol=1e-6)
+  # Stored as float32 log-probabilities near log(1e-40) = -92.1, each off by up to
+  # 92.1 u, so their ratio by 2 * 92.1 u relative; then exp (TRANSCENDENTAL u), the
+  # normalization (3 roundings), the log (TRANSCENDENTAL u |logit| <= 2 TRANSCENDENTAL u)
+  # and numpy's exp here (TRANSCENDENTAL u).
+  depth = 2 * math.ceil(-math.log(1e-40)) + 4 * roundoff.TRANSCENDENTAL + 3
+  np.testing.assert_allclose(np.exp(logits_1xLxV[0, 1:]), [[0.25, 0.75]] * 2,
+                             rtol=roundoff.gamma(depth), atol=0)
 
 
 def test_from_phrases():
@@ -168,7 +203,7 @@ def test_hmm_matches_brute_force_joint():
   states_SxL = _all_states(3, 5)
   np.testing.assert_allclose(hmm.log_prob(states_SxL), np.log(joint[tuple(states_SxL.T)]),
                              rtol=1e-5)
-  _assert_marginals_match(hmm, joint)
+  _assert_marginals_match(hmm, joint, _hmm_marginal_depth(3, 5))
 
 
 def test_markov_chain_matches_brute_force_joint():
@@ -179,18 +214,24 @@ def test_markov_chain_matches_brute_force_joint():
   tokens_NxL = _random_rows(5, 60, 5, 3, reveal_prob=0.5)
   _assert_exact_logits(chain.logits_fn(tokens_NxL), tokens_NxL, joint)
   chunked = oracles.MarkovChain(initial_V, transition_VxV, 5, rows_per_chunk=7)
-  np.testing.assert_allclose(chunked.logits_fn(tokens_NxL), chain.logits_fn(tokens_NxL),
-                             atol=1e-6)
+  logits_NxLxV = np.asarray(chain.logits_fn(tokens_NxL))
+  roundoff.assert_within(chunked.logits_fn(tokens_NxL), logits_NxLxV,
+                         roundoff.two_pass_log_prob_bound(logits_NxLxV, _hmm_depth(3, 3, 5)),
+                         "chunked")
   states_SxL = _all_states(3, 5)
   np.testing.assert_allclose(chain.log_prob(states_SxL),
                              np.log(joint[tuple(states_SxL.T)]), rtol=1e-5)
-  _assert_marginals_match(chain, joint)
+  # The float64 initial and transition probabilities are rounded to float32 once each:
+  # up to L more roundings along a path.
+  depth = _hmm_marginal_depth(3, 5, inputs=5)
+  _assert_marginals_match(chain, joint, depth)
   for i, j in [(0, 1), (1, 4), (4, 2)]:
     first, second = min(i, j), max(i, j)
     expected_VxV = ((initial_V @ np.linalg.matrix_power(transition_VxV, first))[:, None]
                     * np.linalg.matrix_power(transition_VxV, second - first))
     np.testing.assert_allclose(chain.pair_marginal(i, j),
-                               expected_VxV if i < j else expected_VxV.T, atol=1e-6)
+                               expected_VxV if i < j else expected_VxV.T,
+                               rtol=roundoff.gamma(depth), atol=0)
 
 
 def test_sticky_chain():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fef_jax import schedules
+from tests import roundoff
 
 SCHEDULES = {
     "linear": schedules.linear(),
@@ -43,6 +44,30 @@ def _reference_weight(name, t):
   }[name]()
 
 
+# Round-off of alpha(t) and mask_prob(t) evaluated in float32. Every schedule rounds the
+# input t and then does at most 2 transcendental functions and 8 basic operations, and
+# a relative error d in any of these intermediates moves alpha by at most
+# d * max(|alpha|, |alpha'(t)|): through the output directly, or through the argument,
+# which is t, 1 - t (both <= 1), or log t for polynomial (moving alpha by
+# d |log t| t |alpha'(t)|, and t |log t| <= 1/e), or geometric's exponent
+# z = (1 - t) log sigma_min + t log sigma_max (its terms err by at most
+# d |log sigma_min| each, and d alpha / dz = alpha'(t) / log(sigma_max / sigma_min),
+# with |log sigma_min| < log(sigma_max / sigma_min)).
+_ALPHA_ROUNDINGS = 2 * roundoff.TRANSCENDENTAL + 9
+# The weight -alpha'(t) / mask_prob(t) likewise: at most 3 transcendental functions
+# (geometric) and 12 basic operations, each moving log(weight) by at most
+# d * (1 + |d log(weight) / dt|).
+_WEIGHT_ROUNDINGS = 3 * roundoff.TRANSCENDENTAL + 12
+
+
+def _alpha_bound(schedule, t):
+  """|float32 alpha(t) - alpha(t)| <= gamma(_ALPHA_ROUNDINGS) (1 + |alpha'(t)|)
+  (infinite at t = 0 for polynomial exponents < 1, where alpha'(0) is)."""
+  with jax.enable_x64(True):
+    dalpha = np.abs(np.asarray(schedule.dalpha(jnp.asarray(t, jnp.float64))))
+  return roundoff.gamma(_ALPHA_ROUNDINGS) * (1.0 + dalpha)
+
+
 # One grid shape throughout, so that eagerly dispatched ops compile once.
 T_GRID = np.linspace(0.0, 1.0, 1001)
 # Interior grid: the weight is infinite at t = 0 for every schedule.
@@ -52,9 +77,8 @@ T_INTERIOR = np.linspace(0.01, 0.99, 1001)
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_alpha_matches_defining_formula(name):
   alpha = SCHEDULES[name].alpha(jnp.asarray(T_GRID, jnp.float32))
-  # float32 evaluation of values in [0, 1]: a few ulps of 1.
-  np.testing.assert_allclose(alpha, _reference_alpha(name, T_GRID), rtol=0,
-                             atol=1e-6)
+  roundoff.assert_within(alpha, _reference_alpha(name, T_GRID),
+                         _alpha_bound(SCHEDULES[name], T_GRID), name)
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -91,9 +115,9 @@ def test_mask_prob_is_one_minus_alpha(name):
   schedule = SCHEDULES[name]
   t = jnp.asarray(T_GRID, jnp.float32)
   alpha, mask_prob = schedule.alpha(t), schedule.mask_prob(t)
-  # Both sides are float32 values in [0, 1], each a few ulps of 1 off.
-  np.testing.assert_allclose(mask_prob, 1.0 - alpha, rtol=0,
-                             atol=4 * np.finfo(np.float32).eps)
+  # Each within _alpha_bound of exact, and 1 - alpha (in float32) rounds once more.
+  roundoff.assert_within(mask_prob, 1.0 - np.asarray(alpha),
+                         2 * _alpha_bound(schedule, T_GRID) + roundoff.U, name)
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -111,9 +135,14 @@ def test_weight_is_minus_dalpha_over_one_minus_alpha(name):
 
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_weight_matches_closed_form(name):
-  got = SCHEDULES[name].weight(jnp.asarray(T_INTERIOR, jnp.float32))
-  np.testing.assert_allclose(got, _reference_weight(name, T_INTERIOR),
-                             rtol=2e-5)
+  schedule = SCHEDULES[name]
+  got = schedule.weight(jnp.asarray(T_INTERIOR, jnp.float32))
+  with jax.enable_x64(True):
+    dlog_weight = np.abs(np.asarray(jax.vmap(jax.grad(
+        lambda t: jnp.log(schedule.weight(t))))(jnp.asarray(T_INTERIOR, jnp.float64))))
+  want = _reference_weight(name, T_INTERIOR)
+  roundoff.assert_within(got, want, roundoff.gamma(_WEIGHT_ROUNDINGS)
+                         * (1.0 + dlog_weight) * np.abs(want), name)
 
 
 def test_linear_weight_is_one_over_t():
@@ -140,7 +169,10 @@ def test_schedule_is_a_jit_static_argument():
   t = jnp.asarray([0.2, 0.7])
   for name in ("cosine", "geometric"):
     schedule = schedules.get_schedule(name)
-    np.testing.assert_array_equal(alpha_fn(t, schedule), schedule.alpha(t))
+    # Jitted and eager programs may fuse (and so round) differently: each is within
+    # _alpha_bound of exact.
+    roundoff.assert_within(alpha_fn(t, schedule), schedule.alpha(t),
+                           2 * _alpha_bound(schedule, np.asarray(t, np.float64)), name)
 
 
 def test_unknown_name_lists_valid_names():

@@ -1,6 +1,7 @@
 """Tests for fef_jax.models.transformer: the bidirectional transformer denoiser."""
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 
 import fef_jax as fj
 from fef_jax import models
+from tests import roundoff
 
 VOCAB = 11
 MASK_ID = VOCAB  # appended mask row
@@ -63,7 +65,9 @@ def test_shapes_and_dtypes(dtype, params):
   reference = _apply_jit(CONFIG, params, tokens)
   if dtype == jnp.bfloat16:  # really computed in bf16: close, but not equal
     assert not np.array_equal(logits, reference)
-    np.testing.assert_allclose(logits, reference, atol=0.05 * np.abs(reference).max())
+    bound = (roundoff.gamma(roundoff.bf16_roundings(config.num_layers), roundoff.U_BF16)
+             * max(1.0, float(np.abs(reference).max())))
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize("tie,time,mask_id", [(True, False, VOCAB), (False, False, VOCAB),
@@ -135,11 +139,22 @@ def test_rope_matches_reference_and_is_relative():
   x_1xLx2xK = rng.normal(size=(1, 7, 2, head_dim)).astype(np.float32)
   positions = np.array([0, 1, 2, 5, 17, 100, 1023])
   rotated = np.asarray(models.rope(jnp.asarray(x_1xLx2xK), jnp.asarray(positions), theta))
+  # float32 angles position * theta^(-2i/K): the rounded exponent (u relative, times
+  # |log theta^(-2i/K)| <= log theta) and pow (TRANSCENDENTAL u) err relative to
+  # theta^(-2i/K), the product once more, so the angle by that chain times |angle|,
+  # which moves the pair by at most as much times its norm; then cos/sin
+  # (TRANSCENDENTAL u absolute) and the 2x2 rotation (gamma(2) relative).
+  angle_rtol = roundoff.gamma(roundoff.TRANSCENDENTAL + math.ceil(math.log(theta)) + 2)
+  half = head_dim // 2
   for l, position in enumerate(positions):
+    angle_K = np.tile(position * theta ** (-2.0 * np.arange(half) / head_dim), 2)
     for h in range(2):
-      np.testing.assert_allclose(rotated[0, l, h],
-                                 _rope_reference(x_1xLx2xK[0, l, h], position, theta),
-                                 rtol=0, atol=2e-5)
+      x_K = x_1xLx2xK[0, l, h].astype(np.float64)
+      pair_K = np.tile(np.abs(x_K[:half]) + np.abs(x_K[half:]), 2)
+      bound = pair_K * (angle_rtol * angle_K + roundoff.gamma(roundoff.TRANSCENDENTAL + 2))
+      roundoff.assert_within(rotated[0, l, h],
+                             _rope_reference(x_1xLx2xK[0, l, h], position, theta), bound,
+                             f"position {position}")
 
   q, k = rng.normal(size=(2, 1, 1, 1, head_dim)).astype(np.float32)
 
@@ -198,10 +213,13 @@ def test_time_conditioning(params, timed_params):
   assert np.abs(early - late).max() > 1e-3
   with pytest.raises(ValueError, match="t_B"):
     _apply(TIMED, timed_params, tokens)
-  # Disabled: no time parameters, and t_B is ignored.
+  # Disabled: no time parameters, and t_B is ignored (the two calls compile separately,
+  # so they agree up to round-off).
   assert "time" not in params
-  np.testing.assert_array_equal(_apply_jit(CONFIG, params, tokens, None, jnp.ones(BATCH)),
-                                _apply_jit(CONFIG, params, tokens))
+  without = _apply_jit(CONFIG, params, tokens)
+  np.testing.assert_allclose(
+      _apply_jit(CONFIG, params, tokens, None, jnp.ones(BATCH)), without, rtol=0,
+      atol=roundoff.two_pass_bound(roundoff.fef_chain(CONFIG, LENGTH), without))
 
 
 def test_bad_inputs_raise(params):
@@ -235,8 +253,10 @@ def test_denoiser_with_padding_and_time(timed_params):
   tokens = _tokens(10).at[:, -4:].set(pad_id)
   valid = tokens != pad_id
   t = jnp.sum((tokens == MASK_ID) & valid, axis=1) / jnp.sum(valid, axis=1)
-  np.testing.assert_allclose(logits_fn(tokens), _apply(TIMED, timed_params, tokens, valid, t),
-                             rtol=1e-6, atol=1e-6)
+  # The denoiser's program against eager op-by-op dispatch: round-off of two passes.
+  want = _apply(TIMED, timed_params, tokens, valid, t)
+  np.testing.assert_allclose(logits_fn(tokens), want, rtol=0,
+                             atol=roundoff.two_pass_bound(roundoff.fef_chain(TIMED, LENGTH), want))
 
 
 @pytest.mark.parametrize("field,value,message", [
