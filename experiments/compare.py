@@ -38,7 +38,9 @@ def main(argv):
   specs = config.compare.samplers or compare.default_samplers(
       task.answer_length, head=has_head,
       approximate_cache=(config.model.attention == "bidirectional"
-                         and not config.model.time_conditioning))
+                         and not config.model.time_conditioning),
+      exact_cache_block=(config.model.block_length
+                         if config.model.attention == "block_causal" else None))
   rows = [row for batch_size in config.compare.batch_sizes
           for row in compare.compare(logits_fn, task, prompts, specs,
                                      jax.random.key(config.seed), batch_size=batch_size,

@@ -26,6 +26,10 @@ def test_default_grid_has_every_family_the_issue_asks_for():
   assert not any("cache" in spec for spec in compare.default_samplers(8,
                                                                       approximate_cache=False))
   assert not any("head" in spec for spec in specs)
+  cached = compare.default_samplers(8, approximate_cache=False, exact_cache_block=4)
+  assert [s for s in cached if "cache" in s] == [
+      f"fef:block_length=4,cache=exact,window={w}" for w in (1, 2, 4)]
+  assert compare.is_exact_one_token("fef:block_length=4,cache=exact,window=1")
   with_head = compare.default_samplers(8, head=True)
   assert {"fef:steps=1,window=4,drafter=head", "fef:steps=1,window=4,verifier=head"} <= set(
       with_head)

@@ -54,7 +54,8 @@ def is_exact_one_token(spec: str) -> bool:
 
 
 def default_samplers(answer_length: int, head: bool = False,
-                     approximate_cache: bool = True) -> tuple[str, ...]:
+                     approximate_cache: bool = True,
+                     exact_cache_block: int | None = None) -> tuple[str, ...]:
   """The issue's grid for answers of `answer_length` tokens.
 
   The exact one-token-per-call references (first-hitting at random positions
@@ -63,10 +64,13 @@ def default_samplers(answer_length: int, head: bool = False,
   step) with windows 2, 4, 8, 16 and joint-then-remask (2 and 4 steps, windows
   4, 8, 16); with `head` (a model with a speculative head), FeF with the head's
   sequential drafts verified by the copies (exact; one step, windows 2, 4, 8)
-  and FeF verified by the head (the head's joint; one step, windows 4, 8, 16); with `approximate_cache` (a bidirectional
-  model), FeF over blocks of half the answer with the approximate cache,
-  refreshed per block and also before every round, beside the same blocks
-  uncached (what the approximation costs).
+  and FeF verified by the head (the head's joint; one step, windows 4, 8, 16);
+  with `approximate_cache` (a bidirectional model), FeF over blocks of half the
+  answer with the approximate cache, refreshed per block and also before every
+  round, beside the same blocks uncached (what the approximation costs); with `exact_cache_block=K` (a
+  block-causal model with attention blocks of `K`), the exact one-token
+  decoder over the cache (FeF with `window=1`, one block-local call per token)
+  and FeF over the cache with windows 2 and 4, blocks of `K` answer positions.
   """
   def steps(tokens_per_step):
     return max(1, answer_length // tokens_per_step)
@@ -80,6 +84,9 @@ def default_samplers(answer_length: int, head: bool = False,
   if head:
     specs += [f"fef:steps=1,window={w},drafter=head" for w in (2, 4, 8)]
     specs += [f"fef:steps=1,window={w},verifier=head" for w in (4, 8, 16)]
+  if exact_cache_block:
+    cached = f"fef:block_length={exact_cache_block},cache=exact"
+    specs += [f"{cached},window={w}" for w in (1, 2, 4)]
   if approximate_cache:
     blocks = f"fef:block_length={max(1, answer_length // 2)},window=4"
     specs += [blocks, f"{blocks},cache=approximate",
