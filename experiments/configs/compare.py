@@ -7,6 +7,14 @@ pairs are independent of each other, so an exact sampler can commit many tokens
 per call.
 
     python -m experiments.compare --config=experiments/configs/compare.py --workdir=runs/compare
+
+A block-causal model adds the exact-cache rows (FeF over the cache, and the exact
+one-token decoder over the same cache); its attention blocks must hold whole
+answer blocks, so take them as long as the prompt (5 tokens):
+
+    python -m experiments.compare --config=experiments/configs/compare.py \
+        --config.model.attention=block_causal --config.model.block_length=5 \
+        --workdir=runs/compare_block
 """
 import ml_collections
 
