@@ -131,8 +131,10 @@ def read_header(path: str) -> dict[str, StoredTensor]:
 
   Raises:
     CheckpointError: the file is missing, its header is malformed, a tensor
-      has a dtype this reader does not know (`_DTYPES`), or a tensor's byte range
-      does not match its dtype and shape or runs past the end of the file.
+      has a dtype this reader does not know (`_DTYPES`) or a shape or offsets
+      that are not non-negative integers, a tensor's byte range does not match
+      its dtype and shape or runs past the end of the file, or two tensors'
+      byte ranges overlap.
   """
   if not os.path.isfile(path):
     raise CheckpointError(f"safetensors file {path!r} not found")
@@ -144,8 +146,9 @@ def read_header(path: str) -> dict[str, StoredTensor]:
       raise CheckpointError(f"{path} is not a safetensors file (bad header length)")
     try:
       header = json.loads(f.read(header_size))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise CheckpointError(f"{path} has a malformed safetensors header: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+      raise CheckpointError(f"{path} has a malformed safetensors header: "
+                            f"{type(e).__name__}: {str(e)[:200]}") from e
   if not isinstance(header, dict):
     raise CheckpointError(f"{path} has a malformed safetensors header (not a JSON object)")
   data_start = 8 + header_size
@@ -155,19 +158,42 @@ def read_header(path: str) -> dict[str, StoredTensor]:
       continue
     try:
       dtype = _DTYPES.get(entry["dtype"])
-      shape = tuple(int(n) for n in entry["shape"])
-      begin, end = (int(n) for n in entry["data_offsets"])
+      shape = tuple(entry["shape"])
+      begin, end = entry["data_offsets"]
     except (KeyError, TypeError, ValueError) as e:
       raise CheckpointError(f"tensor {name!r} in {path} has a malformed header entry "
-                            f"{entry!r}") from e
+                            f"{str(entry)[:200]}") from e
+    if not all(_is_count(n) for n in (*shape, begin, end)):
+      raise CheckpointError(f"tensor {name!r} in {path}: shape {str(list(shape))[:100]} and "
+                            f"data_offsets must be non-negative integers")
     if dtype is None:
       raise CheckpointError(f"tensor {name!r} in {path} has unsupported dtype "
-                            f"{entry['dtype']!r}; supported: {sorted(_DTYPES)}")
+                            f"{str(entry['dtype'])[:50]!r}; supported: {sorted(_DTYPES)}")
     if end - begin != math.prod(shape) * dtype.itemsize or data_start + end > file_size:
       raise CheckpointError(f"tensor {name!r} in {path}: data_offsets {[begin, end]} do not "
                             f"fit {entry['dtype']}{list(shape)} inside the file")
     tensors[name] = StoredTensor(path, dtype, shape, data_start + begin)
+  _check_disjoint(tensors, path)
   return tensors
+
+
+def _is_count(value: Any) -> bool:
+  """A JSON integer >= 0 (not a bool, float or string)."""
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_disjoint(tensors: dict[str, StoredTensor], path: str) -> None:
+  """Raises CheckpointError when two tensors' byte ranges overlap (one would read the
+  other's bytes)."""
+  spans = sorted((t.offset, t.offset + math.prod(t.shape) * t.dtype.itemsize, name)
+                 for name, t in tensors.items())
+  covered_end, covering = 0, None  # the furthest end so far, and whose it is
+  for begin, end, name in spans:
+    if begin < end:  # empty tensors hold no bytes
+      if begin < covered_end:
+        raise CheckpointError(f"tensors {covering!r} and {name!r} in {path} overlap "
+                              f"(bytes {begin}..{min(end, covered_end)} of the file)")
+      covered_end, covering = end, name
 
 
 def _index_files(checkpoint_dir: str) -> list[str]:
