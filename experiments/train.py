@@ -3,11 +3,15 @@
     python -m experiments.train --config=experiments/configs/tiny.py --workdir=runs/tiny
         [--config.optimizer.total_steps=3000]
 
-Resumes from the latest checkpoint in --workdir. For task data, prints how often
-each sampler's answers satisfy the task's constraint (and writes samples.json).
+Resumes from the latest intact checkpoint in --workdir. SIGTERM (preemption) saves a
+checkpoint at the current step and exits with status 143; a diverged run (NaN or
+infinite loss) stops with an error naming the step, before it saves anything after it.
+For task data, prints how often each sampler's answers satisfy the task's constraint
+(and writes samples.json).
 """
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +22,7 @@ from ml_collections import config_flags
 
 from fef_jax.eval import task_sampling
 from fef_jax.models import spec_head
+from fef_jax.train import preemption
 from fef_jax.train import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/tiny.py",
@@ -29,7 +34,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   config = _CONFIG.value
-  out = run.train(config, _WORKDIR.value)
+  try:
+    out = run.train(config, _WORKDIR.value)
+  except preemption.Preempted as stopped:
+    print(stopped, file=sys.stderr)
+    sys.exit(128 + stopped.signum)
   print("final:", {k: round(v, 4) for k, v in out["metrics"].items()})
   task = out["source"].task
   if task is None or not config.sample.samplers:

@@ -1,7 +1,9 @@
-"""Training end to end: the tiny default learns, and a run killed with SIGKILL resumes
-bit-identically."""
+"""Training end to end: the tiny default learns; a run killed with SIGKILL, or stopped by
+SIGTERM (which checkpoints first), resumes bit-identically; a diverging run stops at the
+first non-finite step and leaves the last good checkpoint intact."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,37 +46,75 @@ def test_tiny_default_learns_and_fef_respects_the_constraint(tmp_path):
   assert fef["nfe"] < rows["first_hitting"]["nfe"]
 
 
-def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
-  overrides = ["--config.optimizer.total_steps=60", "--config.optimizer.warmup_steps=10",
-               "--config.checkpoint.every=10", "--config.log_every=5",
-               "--config.eval_every=30", "--config.sample.samplers=()"]
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(_train_command(straight, *overrides), cwd=REPO, check=True,
+RESUME_OVERRIDES = ["--config.optimizer.total_steps=60", "--config.optimizer.warmup_steps=10",
+                    "--config.checkpoint.every=10", "--config.log_every=5",
+                    "--config.eval_every=30", "--config.sample.samplers=()"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("straight")
+  subprocess.run(_train_command(workdir, *RESUME_OVERRIDES), cwd=REPO, check=True,
                  capture_output=True, timeout=600)
-  process = subprocess.Popen(_train_command(killed, *overrides), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  return workdir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_stopped_mid_way_then_resumed_equals_an_uninterrupted_run(tmp_path, straight_run,
+                                                                       signum):
+  killed = tmp_path / "killed"
+  process = subprocess.Popen(_train_command(killed, *RESUME_OVERRIDES), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
     metrics = killed / "metrics.jsonl"
     if metrics.exists() and any(json.loads(l)["step"] >= 25 for l in metrics.open()):
-      process.send_signal(signal.SIGKILL)
+      process.send_signal(signum)
       break
     time.sleep(0.05)
-  process.wait(timeout=60)
-  assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-  subprocess.run(_train_command(killed, *overrides), cwd=REPO, check=True,
+  _, stderr = process.communicate(timeout=120)
+  if signum == signal.SIGKILL:
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+  else:
+    # SIGTERM: a checkpoint at the step it stopped at, then exit status 128 + 15.
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    stopped = int(re.search(r"saving a checkpoint at step (\d+)", stderr).group(1))
+    assert 25 <= stopped < 60
+    assert ocp.CheckpointManager(os.path.abspath(killed / "checkpoints")).latest_step() == stopped
+  subprocess.run(_train_command(killed, *RESUME_OVERRIDES), cwd=REPO, check=True,
                  capture_output=True, timeout=600)
-  a, b = _metrics_by_step(straight), _metrics_by_step(killed)
+  a, b = _metrics_by_step(straight_run), _metrics_by_step(killed)
   assert sorted(a) == sorted(b)
   for step in a:
     for name in ("loss", "elbo_bits", "grad_norm"):
       assert a[step][name] == b[step][name], (step, name, a[step][name], b[step][name])
   assert a[60]["eval_elbo_bits"] == b[60]["eval_elbo_bits"]
-  final_a, final_b = _final_state(straight), _final_state(killed)
+  final_a, final_b = _final_state(straight_run), _final_state(killed)
   leaves_a, leaves_b = jax.tree.leaves(final_a), jax.tree.leaves(final_b)
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
+
+
+def test_a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_last_good_checkpoint(
+    tmp_path):
+  # A learning rate warmed up towards 1e6 overflows the update within ~20 steps.
+  overrides = ["--config.optimizer.learning_rate=1e6", "--config.optimizer.warmup_steps=20000",
+               "--config.optimizer.total_steps=20001", "--config.checkpoint.every=5",
+               "--config.log_every=5", "--config.sample.samplers=()", "--config.sample.every=0"]
+  done = subprocess.run(_train_command(tmp_path, *overrides), cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode != 0
+  found = re.search(r"training diverged at step (\d+): .*the last checkpoint, step (\d+), "
+                    r"is intact", done.stderr)
+  assert found, done.stderr[-3000:]
+  bad, kept = int(found.group(1)), int(found.group(2))
+  assert 0 < kept < bad and kept % 5 == 0
+  manager = ocp.CheckpointManager(os.path.abspath(tmp_path / "checkpoints"))
+  assert manager.latest_step() == kept
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(_final_state(tmp_path))
+             if np.issubdtype(np.asarray(leaf).dtype, np.floating))
+  assert max(_metrics_by_step(tmp_path)) < bad  # nothing was logged from the bad step on
 
 
 def _final_state(workdir):

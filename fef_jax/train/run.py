@@ -23,10 +23,12 @@ from fef_jax.models import spec_head
 from fef_jax.models import transformer
 from fef_jax.train import checkpoint
 from fef_jax.train import data_source
+from fef_jax.train import divergence
 from fef_jax.train import metric_writer
 from fef_jax.train import mfu
 from fef_jax.train import optim
 from fef_jax.train import periodic_samples
+from fef_jax.train import preemption
 from fef_jax.train import sharding
 from fef_jax.train import step as train_lib
 
@@ -127,9 +129,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   `config.checkpoint.best_metric` is set, the best evaluated one in
   `workdir/best`.
 
+  SIGTERM (preemption) makes it save a checkpoint at the current step and
+  raise `preemption.Preempted`; rerunning resumes from there exactly.
+
   Raises:
     checkpoint.CheckpointMismatchError: `workdir` holds a checkpoint of another
       configuration (model shape or vocabulary).
+    checkpoint.CheckpointCorruptError: `workdir` holds checkpoints, none intact
+      (a damaged newest one is skipped for the previous one, with a warning).
+    divergence.TrainingDiverged: a step's loss or gradient norm is not finite
+      (named; no later checkpoint is written, earlier ones stay).
+    preemption.Preempted: SIGTERM arrived; the checkpoint of its step is saved.
   """
   from tqdm.auto import tqdm
   os.makedirs(workdir, exist_ok=True)
@@ -168,45 +178,57 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   metrics: dict[str, Any] = {}
   bar = tqdm(total=total, initial=int(state.step), disable=not progress, desc="train")
   writer = metric_writer.MetricWriter(workdir)
-  try:
-    last_time = time.perf_counter()
-    while int(state.step) < total:
-      state, step_metrics = step_fn(state, sharding.shard_batch(next(iterator), mesh))
-      step = int(state.step)
-      bar.update(1)
-      if step % config.log_every == 0 or step == total:
-        now = time.perf_counter()
-        elapsed, last_time = now - last_time, now
-        metrics = {k: float(v) for k, v in step_metrics.items()}
-        metrics.update(step=step, tokens_per_second=tokens_per_step * config.log_every / elapsed)
-        metrics.update(mfu.utilization(flops_per_token, metrics["tokens_per_second"]))
-        evaluated = step % config.eval_every == 0 or step == total
-        if evaluated:
-          eval_metrics = eval_fn(state.ema_params, eval_batch, jax.random.key(config.seed))
-          metrics.update({f"eval_{k}": float(v) for k, v in eval_metrics.items()})
-        if sample_every and (step % sample_every == 0 or step == total):
-          sample_metrics, texts = periodic_samples.draw(
-              model, state.ema_params, source, prompts, config.sample,
-              jax.random.key(config.seed + 4))
-          metrics.update(sample_metrics)
-          for spec, spec_texts in texts.items():
-            writer.texts(step, f"samples/{spec}", spec_texts)
-        writer.scalars(step, metrics)
-        if best_manager is not None and evaluated:
-          if best_metric not in metrics:
-            raise ValueError(f"checkpoint.best_metric={best_metric!r} is not an evaluated "
-                             f"metric; choose one of {sorted(metrics)}")
-          checkpoint.save(best_manager, step, state, iterator.state(), run_fingerprint,
-                          metrics={best_metric: metrics[best_metric]})
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}",
-                        tok_s=f"{metrics['tokens_per_second']:.0f}",
-                        **({"mfu": f"{metrics['mfu']:.1%}"} if "mfu" in metrics else {}))
-      if step % config.checkpoint.every == 0 or step == total:
-        checkpoint.save(manager, step, state, iterator.state(), run_fingerprint)
-  finally:
-    writer.close()
-    bar.close()
-  manager.wait_until_finished()
+  finite = divergence.FiniteWatch()
+  last_saved = manager.latest_step()
+  with preemption.PreemptionWatch() as watch:
+    try:
+      last_time = time.perf_counter()
+      while int(state.step) < total:
+        state, step_metrics = step_fn(state, sharding.shard_batch(next(iterator), mesh))
+        step = int(state.step)
+        finite.add(step, step_metrics)
+        bar.update(1)
+        if step % config.log_every == 0 or step == total:
+          finite.check(last_saved)
+          now = time.perf_counter()
+          elapsed, last_time = now - last_time, now
+          metrics = {k: float(v) for k, v in step_metrics.items()}
+          metrics.update(step=step,
+                         tokens_per_second=tokens_per_step * config.log_every / elapsed)
+          metrics.update(mfu.utilization(flops_per_token, metrics["tokens_per_second"]))
+          evaluated = step % config.eval_every == 0 or step == total
+          if evaluated:
+            eval_metrics = eval_fn(state.ema_params, eval_batch, jax.random.key(config.seed))
+            metrics.update({f"eval_{k}": float(v) for k, v in eval_metrics.items()})
+          if sample_every and (step % sample_every == 0 or step == total):
+            sample_metrics, texts = periodic_samples.draw(
+                model, state.ema_params, source, prompts, config.sample,
+                jax.random.key(config.seed + 4))
+            metrics.update(sample_metrics)
+            for spec, spec_texts in texts.items():
+              writer.texts(step, f"samples/{spec}", spec_texts)
+          writer.scalars(step, metrics)
+          if best_manager is not None and evaluated:
+            if best_metric not in metrics:
+              raise ValueError(f"checkpoint.best_metric={best_metric!r} is not an evaluated "
+                               f"metric; choose one of {sorted(metrics)}")
+            checkpoint.save(best_manager, step, state, iterator.state(), run_fingerprint,
+                            metrics={best_metric: metrics[best_metric]})
+          bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                          tok_s=f"{metrics['tokens_per_second']:.0f}",
+                          **({"mfu": f"{metrics['mfu']:.1%}"} if "mfu" in metrics else {}))
+        preempted = watch.signum is not None
+        if step % config.checkpoint.every == 0 or step == total or preempted:
+          finite.check(last_saved)
+          checkpoint.save(manager, step, state, iterator.state(), run_fingerprint)
+          last_saved = step
+        if preempted:
+          manager.wait_until_finished()
+          raise preemption.Preempted(step, watch.signum)
+    finally:
+      writer.close()
+      bar.close()
+      manager.wait_until_finished()  # earlier checkpoints complete even on an error
   if best_manager is not None:
     best_manager.wait_until_finished()
   return {"state": state, "metrics": metrics, "source": source, "model": model}
