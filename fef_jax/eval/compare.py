@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from typing import Any, Callable, Sequence
 
@@ -30,6 +29,7 @@ import tqdm
 from fef_jax import generate
 from fef_jax.data import synthetic
 from fef_jax.eval import metrics
+from fef_jax.eval import timing
 from fef_jax.eval.exactness import parse_sampler
 
 REFERENCE = "first_hitting"
@@ -98,14 +98,7 @@ def bare_call_seconds(logits_fn: Callable[[jax.Array], jax.Array], tokens_BxL: n
                       repeats: int = 20) -> float:
   """Median wall-clock of one jitted denoiser call on `tokens_BxL` (after a warm-up)."""
   call = jax.jit(lambda t: logits_fn(t))  # pylint: disable=unnecessary-lambda
-  tokens_BxL = jnp.asarray(tokens_BxL)
-  jax.block_until_ready(call(tokens_BxL))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(call(tokens_BxL))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return timing.median_seconds(call, jnp.asarray(tokens_BxL), repeats=repeats)
 
 
 def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,

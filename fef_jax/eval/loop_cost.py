@@ -17,11 +17,7 @@ For one random-init bidirectional transformer and batch size `B` this measures
 """
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,17 +25,8 @@ import numpy as np
 
 import fef_jax as fj
 from fef_jax import models
+from fef_jax.eval import timing
 from fef_jax.eval.exactness import parse_sampler
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def in_loop_call_seconds(logits_fn, tokens_NxL: jax.Array, repeats: int,
@@ -51,7 +38,7 @@ def in_loop_call_seconds(logits_fn, tokens_NxL: jax.Array, repeats: int,
       return acc + logits_fn(tokens + (acc > 1e30).astype(tokens.dtype))[0, 0, 0]
     return jax.lax.fori_loop(0, calls, body, jnp.zeros((), jnp.float32))
   run = jax.jit(loop)
-  return _median_seconds(lambda: run(tokens_NxL), repeats) / calls
+  return timing.median_seconds(run, tokens_NxL, repeats=repeats) / calls
 
 
 def _prompts(batch: int, length: int, num_masked: int, vocab_size: int, mask_id: int,
@@ -79,7 +66,7 @@ def measure(specs: Sequence[str], *, d_model: int, num_layers: int, length: int,
   short = _prompts(batch, length, few, vocab_size, config.mask_id, seed)
   long = _prompts(batch, length, many, vocab_size, config.mask_id, seed)
   call = jax.jit(lambda t: denoiser(t))  # pylint: disable=unnecessary-lambda
-  bare_s = _median_seconds(lambda: call(jnp.asarray(short)), repeats)
+  bare_s = timing.median_seconds(call, jnp.asarray(short), repeats=repeats)
   in_loop = {}
   rows = []
   for spec in specs:
@@ -92,8 +79,8 @@ def measure(specs: Sequence[str], *, d_model: int, num_layers: int, length: int,
     # The loop runs until its slowest row is done: calls per batch = the largest nfe.
     nfe_few = int(np.max(run(short).stats.nfe))
     nfe_many = int(np.max(run(long).stats.nfe))
-    seconds_few = _median_seconds(lambda: run(short).tokens, repeats)
-    seconds_many = _median_seconds(lambda: run(long).tokens, repeats)
+    seconds_few = timing.median_seconds(lambda: run(short).tokens, repeats=repeats)
+    seconds_many = timing.median_seconds(lambda: run(long).tokens, repeats=repeats)
     per_call_s = (seconds_many - seconds_few) / max(nfe_many - nfe_few, 1)
     rows_per_call = batch * int(options.get("window", 16)) if method == "fef" else batch
     if rows_per_call not in in_loop:
@@ -126,12 +113,4 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def write(rows: Sequence[dict[str, Any]], config: dict[str, Any],
           workdir: str) -> dict[str, str]:
   """Writes loop_cost.json and loop_cost.md into `workdir`; returns the paths."""
-  os.makedirs(workdir, exist_ok=True)
-  paths = {name: os.path.join(workdir, f"loop_cost.{name}") for name in ("json", "md")}
-  with open(paths["json"], "w") as f:
-    json.dump({"config": config, "jax_version": jax.__version__,
-               "backend": jax.default_backend(),
-               "devices": [d.device_kind for d in jax.devices()], "rows": rows}, f, indent=1)
-  with open(paths["md"], "w") as f:
-    f.write(format_table(rows) + "\n")
-  return paths
+  return timing.write_results(workdir, "loop_cost", rows, config, format_table(rows))

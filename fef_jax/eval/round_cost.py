@@ -27,16 +27,14 @@ with one step per block a head round costs `head + backbone tau / S`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import statistics
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from fef_jax import models
+from fef_jax.eval import timing
 from fef_jax.models import spec_head
 
 
@@ -54,17 +52,6 @@ def head_config(config: models.TransformerConfig, head_layers: int) -> models.Sp
   """`config` with a speculative head of `head_layers` blocks."""
   fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
   return models.SpecHeadConfig(**fields, head_layers=head_layers)
-
-
-def median_seconds(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
-  """Median wall-clock seconds of `fn(*args)` over `repeats` calls after a warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, batch: int,
@@ -88,17 +75,17 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
                                                  method="block_logits"))
   tokens_BxL = jnp.where(jax.random.bernoulli(mask_key, 0.5, (batch, length)), config.mask_id,
                          jax.random.randint(tokens_key, (batch, length), 0, vocab_size))
-  single_s = median_seconds(call, params, tokens_BxL, repeats=repeats)
-  refresh_s = median_seconds(encode, params, jnp.concatenate([tokens_BxL, tokens_BxL]),
+  single_s = timing.median_seconds(call, params, tokens_BxL, repeats=repeats)
+  refresh_s = timing.median_seconds(encode, params, jnp.concatenate([tokens_BxL, tokens_BxL]),
                              repeats=repeats)
-  approx_refresh_s = median_seconds(encode, params, tokens_BxL, repeats=repeats)
+  approx_refresh_s = timing.median_seconds(encode, params, tokens_BxL, repeats=repeats)
   _, cache = encode(params, tokens_BxL)
   head_denoiser = spec_head.SpecHeadDenoiser(
       spec_head.SpecHeadTransformer(head_config(config, head_layers)),
       spec_head.init_params(head_config(config, head_layers), params_key))
   backbone = jax.jit(head_denoiser.hidden)
   head = jax.jit(head_denoiser.head_logits)
-  backbone_s = median_seconds(backbone, tokens_BxL, repeats=repeats)
+  backbone_s = timing.median_seconds(backbone, tokens_BxL, repeats=repeats)
   _, hidden_BxLxD = backbone(tokens_BxL)
   # The head's items: the block in the middle, in order (shapes are static).
   items_BxS = jnp.broadcast_to(length // 2 // span * span + jnp.arange(span), (batch, span))
@@ -109,15 +96,15 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
   for window in windows:
     copies_NxL = jnp.repeat(tokens_BxL, window, axis=0)
     span_BxWxS = jax.random.randint(window_key, (batch, window, span), 0, vocab_size + 1)
-    whole_s = median_seconds(call, params, copies_NxL, repeats=repeats)
-    block_s = median_seconds(block, params, cache, span_BxWxS, start_B, repeats=repeats)
+    whole_s = timing.median_seconds(call, params, copies_NxL, repeats=repeats)
+    block_s = timing.median_seconds(block, params, cache, span_BxWxS, start_B, repeats=repeats)
     tau = min(float(tokens_per_round), float(window))
     whole_units, block_units = whole_s / single_s, block_s / single_s
     refresh_units, approx_refresh_units = refresh_s / single_s, approx_refresh_s / single_s
     cached_units = block_units + refresh_units * tau / span
     approx_units = block_units + approx_refresh_units * tau / span
     queries_BxW = jnp.broadcast_to(jnp.arange(window) % span, (batch, window))
-    head_s = median_seconds(head, hidden_BxLxD, items_BxS, values_BxS,
+    head_s = timing.median_seconds(head, hidden_BxLxD, items_BxS, values_BxS,
                             jnp.ones((batch, span), bool), queries_BxW, repeats=repeats)
     head_units, backbone_units = head_s / single_s, backbone_s / single_s
     head_round_units = head_units + backbone_units * tau / span
@@ -198,13 +185,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
 def write(rows: Sequence[dict[str, Any]], config: dict[str, Any],
           workdir: str) -> dict[str, str]:
   """Writes round_cost.json, round_cost.md and round_cost.png into `workdir`; returns the paths."""
-  os.makedirs(workdir, exist_ok=True)
-  paths = {name: os.path.join(workdir, f"round_cost.{name}") for name in ("json", "md", "png")}
-  with open(paths["json"], "w") as f:
-    json.dump({"config": config, "jax_version": jax.__version__,
-               "backend": jax.default_backend(),
-               "devices": [d.device_kind for d in jax.devices()], "rows": rows}, f, indent=1)
-  with open(paths["md"], "w") as f:
-    f.write(format_table(rows) + "\n")
+  paths = timing.write_results(workdir, "round_cost", rows, config, format_table(rows))
+  paths["png"] = os.path.join(workdir, "round_cost.png")
   plot(rows, paths["png"])
   return paths
