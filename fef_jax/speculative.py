@@ -264,9 +264,7 @@ def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeStat
     values_BxK = jnp.where(write_BxK, draft_B[:, None], values_BxK)
     return values_BxK, logq_BxWxV.at[:, c].set(logq_BxV)
 
-  vocab_size = jax.eval_shape(
-      drafter.evaluate, positions_BxK, values_BxK, valid_BxK,
-      jnp.zeros((batch, 1), jnp.int32)).shape[-1]
+  vocab_size = state.draft_logits_BxLxV.shape[-1]
   values_BxK, logq_BxWxV = jax.lax.fori_loop(
       0, window, draft_one,
       (values_BxK, jnp.zeros((batch, window, vocab_size), jnp.float32)))
@@ -321,6 +319,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     drafts_BxL, logq_BxWxV = _head_drafts(drafter, warp_fn, state, rank_BxL, count_B,
                                           draft_key_B, window)
     draft_units = window * drafter.units_per_pass
+  draft_bad_B = jnp.any(jnp.isnan(logq_BxWxV).any(axis=-1) & valid_BxW, axis=1)
   if isinstance(denoiser, HeadEvaluator):
     target_logits_BxWxV, bad_B, next_drafts = _head_targets(
         denoiser, state, drafts_BxL, rank_BxL, count_B, valid_BxW, window)
@@ -368,7 +367,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   return SpeculativeState(
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=state.start_B + num_committed_B, round_B=state.round_B + active,
-      stats=stats, bad_logits_B=state.bad_logits_B | (bad_B & active_B),
+      stats=stats, bad_logits_B=state.bad_logits_B | ((bad_B | draft_bad_B) & active_B),
       draft_tokens_BxL=draft_tokens_BxL, context=state.context)
 
 

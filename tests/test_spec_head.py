@@ -256,3 +256,167 @@ def test_bad_head_options_raise():
     train_lib.LossConfig(mask_id=MASK_ID, head_weight=-1.0)
   with pytest.raises(ValueError, match="head_items"):
     train_lib.LossConfig(mask_id=MASK_ID, head_items=1.5)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _OracleWithHead:
+  """A head denoiser whose backbone is an exact oracle and whose head is an unrelated
+  random model: a deliberately wrong drafter (hashed by identity)."""
+  oracle: fj.oracles.JointTable
+  head_model: spec_head.SpecHeadDenoiser
+  head_layers: int = CONFIG.head_layers
+  num_layers: int = CONFIG.num_layers
+
+  def __call__(self, tokens_NxL):
+    return self.oracle.logits_fn(tokens_NxL)
+
+  def hidden(self, tokens_NxL):
+    return self.oracle.logits_fn(tokens_NxL), self.head_model.hidden(tokens_NxL)[1]
+
+  def head_logits(self, hidden, positions_NxK, values_NxK, valid_NxK, queries_NxW=None):
+    return self.head_model.head_logits(hidden, positions_NxK, values_NxK, valid_NxK,
+                                       queries_NxW)
+
+
+@functools.lru_cache(maxsize=None)
+def _dependent_joint():
+  """A sparse random joint over LENGTH tokens (strong dependencies between positions)."""
+  rng = np.random.default_rng(8)
+  probs = rng.dirichlet(np.full(VOCAB ** LENGTH, 0.3)) + 1e-3
+  return (probs / probs.sum()).reshape((VOCAB,) * LENGTH)
+
+
+def _oracle_with_head():
+  table = fj.oracles.JointTable(jnp.asarray(_dependent_joint(), jnp.float32))
+  assert table.mask_id == MASK_ID
+  return _OracleWithHead(table, _denoiser(4.0))
+
+
+DRAFTER_OPTIONS = dict(drafter="head", window=3, block_length=2, steps=2, order="random")
+
+
+def _sample_answers(denoiser, key, **options):
+  tokens = jnp.full((20_000, LENGTH), MASK_ID, jnp.int32)
+  return fj.sample(denoiser, tokens, key, "fef", mask_id=MASK_ID, **options)
+
+
+def _tempered_left_to_right_joint(denoiser, temperature):
+  """The joint `prod_j softmax(log p(x_j | x_<j) / T)` left to right, enumerated."""
+  probs = np.zeros((VOCAB,) * LENGTH)
+  for answer in itertools.product(range(VOCAB), repeat=LENGTH):
+    state = [MASK_ID] * LENGTH
+    p = 1.0
+    for i, value in enumerate(answer):
+      logits = np.asarray(denoiser(jnp.asarray([state], jnp.int32))[0, i], np.float64)
+      logits = logits[:VOCAB] / temperature
+      p *= np.exp(logits[value] - np.logaddexp.reduce(logits))
+      state[i] = value
+    probs[answer] = p
+  return probs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(drafter="head", window=3),
+                                     DRAFTER_OPTIONS,
+                                     dict(drafter="head", window=4, mode="joint_then_remask",
+                                          steps=2, temperature=0.7)])
+def test_head_drafts_verified_by_copies_sample_the_backbone_joint(options):
+  denoiser = _oracle_with_head()
+  joint = _dependent_joint()
+  if options.get("temperature", 1.0) != 1.0:
+    # Every factor warped: the prefix factorization of the tempered conditionals.
+    joint = _tempered_left_to_right_joint(denoiser, options["temperature"])
+  head = _head_joint(denoiser.head_model)
+  assert fj.stats.total_variation(joint, head) > 0.3  # the head is far from the backbone
+  result = _sample_answers(denoiser, jax.random.key(9), **options)
+  assert _gof(result.tokens, joint) > 1e-3
+  assert _gof(result.tokens, head) < 1e-6
+  # Each round: one call of the copies and `window` head passes; each step: the backbone.
+  stats = jax.device_get(result.stats)
+  assert np.all(stats.rounds >= 1)
+  assert stats.drafts_accepted.sum() < stats.drafts_examined.sum()  # the head errs
+  steps = options.get("steps", 1)
+  np.testing.assert_array_equal(stats.nfe, steps + stats.rounds * (1 + options["window"]))
+  assert 0.0 < float(np.mean(result.stats.acceptance_rate)) < 1.0
+
+
+@pytest.mark.slow
+def test_head_drafts_scored_with_the_backbone_marginals_are_rejected(monkeypatch):
+  # The mutation the exactness test must catch: drafts drawn from the head, but the
+  # acceptance ratio and residual computed with the backbone's marginals as q.
+  from fef_jax import posterior, speculative
+  head_drafts = speculative._head_drafts
+
+  def marginal_q(drafter, warp_fn, state, rank_BxL, count_B, key_B, window):
+    drafts_BxL, _ = head_drafts(drafter, warp_fn, state, rank_BxL, count_B, key_B, window)
+    ranks_BxW = jnp.minimum(state.start_B[:, None] + jnp.arange(window)[None, :],
+                            rank_BxL.shape[1] - 1)
+    positions_BxW = jnp.take_along_axis(posterior.positions_by_rank(rank_BxL), ranks_BxW,
+                                        axis=1)
+    logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
+    return drafts_BxL, jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
+
+  monkeypatch.setattr(speculative, "_head_drafts", marginal_q)
+  denoiser = _oracle_with_head()  # a new object: compiled afresh with the mutation
+  result = _sample_answers(denoiser, jax.random.key(9), drafter="head", window=3)
+  assert _gof(result.tokens, _dependent_joint()) < 1e-6
+
+
+def test_head_drafter_jit_equals_eager_rows_independent_prompt_kept():
+  denoiser = _denoiser(4.0)
+  tokens = _prompts()
+  run_it = lambda t: fj.sample(denoiser, jnp.asarray(t), jax.random.key(2), "fef",
+                               mask_id=MASK_ID, **DRAFTER_OPTIONS)
+  jitted = run_it(tokens)
+  with jax.disable_jit():
+    eager = run_it(tokens)
+  np.testing.assert_array_equal(jitted.tokens, eager.tokens)
+  for name in ("nfe", "sequences", "rounds", "drafts_examined", "drafts_accepted"):
+    np.testing.assert_array_equal(getattr(jitted.stats, name), getattr(eager.stats, name))
+  out = np.asarray(jitted.tokens)
+  assert not (out == MASK_ID).any()
+  np.testing.assert_array_equal(out[tokens != MASK_ID], tokens[tokens != MASK_ID])
+  other = tokens.copy()
+  other[1:, 0] = (other[1:, 0] + 1) % VOCAB
+  changed = run_it(other)
+  np.testing.assert_array_equal(changed.tokens[0], jitted.tokens[0])
+  np.testing.assert_array_equal(changed.stats.nfe[0], jitted.stats.nfe[0])
+  # Statistics: per step a backbone pass (L * num_layers layer-positions), per round
+  # the copies (window * L * num_layers) and `window` head passes (K * head_layers).
+  stats = jax.device_get(jitted.stats)
+  window, items, length = DRAFTER_OPTIONS["window"], DRAFTER_OPTIONS["block_length"], 6
+  steps = stats.nfe - stats.rounds * (1 + window)
+  units = (steps * length * CONFIG.num_layers
+           + stats.rounds * window * (length * CONFIG.num_layers + items * CONFIG.head_layers))
+  np.testing.assert_array_equal(stats.sequences, -(-units // (length * CONFIG.num_layers)))
+  assert np.all(steps >= 1)
+
+
+class _NaNHead(_OracleWithHead):
+  def head_logits(self, hidden, positions_NxK, values_NxK, valid_NxK, queries_NxW=None):
+    logits = super().head_logits(hidden, positions_NxK, values_NxK, valid_NxK, queries_NxW)
+    return jnp.full_like(logits, jnp.nan)
+
+
+def test_nan_head_drafts_are_reported():
+  good = _oracle_with_head()
+  tokens = jnp.full((2, LENGTH), MASK_ID, jnp.int32)
+  with pytest.raises(FloatingPointError, match="NaN"):
+    fj.sample(_NaNHead(good.oracle, good.head_model), tokens, jax.random.key(0), "fef",
+              mask_id=MASK_ID, drafter="head", window=2)
+
+
+def test_bad_drafter_options_raise():
+  plain = models.Denoiser(models.Transformer(CONFIG), _denoiser().params["backbone"])
+  tokens = jnp.full((2, LENGTH), MASK_ID, jnp.int32)
+  with pytest.raises(TypeError, match="drafter='head' needs a denoiser with a speculative"):
+    fj.sample(plain, tokens, jax.random.key(0), "fef", mask_id=MASK_ID, drafter="head")
+  with pytest.raises(ValueError, match="unknown drafter"):
+    fj.sample(_denoiser(), tokens, jax.random.key(0), "fef", mask_id=MASK_ID, drafter="tree")
+  for bad in (dict(verifier="head"), dict(cache="exact", block_length=2)):
+    with pytest.raises(ValueError, match="drafter='head' drafts for the copies"):
+      fj.sample(_denoiser(), tokens, jax.random.key(0), "fef", mask_id=MASK_ID,
+                drafter="head", **bad)
+  with pytest.raises(TypeError, match="drafter"):
+    fj.sample(_denoiser(), tokens, jax.random.key(0), "confidence", mask_id=MASK_ID,
+              drafter="head")
