@@ -215,3 +215,41 @@ def test_run_many_keeps_order():
   assert [r.status for r in results] == ["passed", "failed", "passed", "timeout", "passed"]
   assert [r.stdout for r in results if r.passed] == ["0\n", "2\n", "4\n"]
   assert sandbox.run_many([], **LIMITS) == []
+
+
+def test_a_hostile_batch_under_load_is_collected_in_full_and_leaves_nothing_behind(outside):
+  # 64 programs, 8 at a time: the work of a code benchmark's batch, with hostile members
+  # (each bounded, as in the tests above). Every result comes back, in order, with the
+  # status its program earns; nothing escapes and no process outlives its program.
+  name = f"fefload{os.getpid() % 100000}"
+  kinds = {
+      "passes": ("print(sum(range(1000)))\n", "passed"),
+      "raises": ("raise ValueError('no')\n", "failed"),
+      "spins": ("while True:\n  pass\n", "timeout"),
+      "hoards memory": ("block = bytearray(8 * 2**30)\n", "memory"),
+      "writes outside": (f"open({str(outside / 'escaped.txt')!r}, 'w').write('x')\n", "failed"),
+      "daemonises": (f"""
+import ctypes, os, time
+ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)
+if os.fork() == 0:
+  os.setsid()
+  time.sleep(60)
+""", None),  # the guard refuses fork (failed); without it the program would pass
+      "forks a few": ("import os, time\nfor _ in range(3):\n  os.fork()\ntime.sleep(30)\n",
+                      "failed"),
+      "exits": ("import sys\nsys.exit(0)\n", "failed"),
+  }
+  order = [list(kinds)[i % len(kinds)] for i in range(64)]
+  results = sandbox.run_many([kinds[k][0] for k in order], workers=8, timeout_s=2.0,
+                             memory_mb=256, max_processes=8)
+  assert len(results) == 64
+  for kind, result in zip(order, results):
+    expected = kinds[kind][1]
+    if expected is not None:
+      assert result.status == expected, (kind, result)
+    else:
+      assert result.status in ("passed", "failed"), (kind, result)
+  assert [r.stdout for k, r in zip(order, results) if k == "passes"] == ["499500\n"] * 8
+  assert not (outside / "escaped.txt").exists()
+  assert (outside / "sentinel.txt").read_text() == "keep me"
+  _assert_none_survive(name)
