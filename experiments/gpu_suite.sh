@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU measurements BENCHMARKS.md lacks, in one run of about 6 minutes on one H100/H200:
+#   rounds   one FeF round at 1.3B width, L=1024, batch 1, bf16 (whole, block-local, head)
+#   loop     a sampler step or round against a bare call of the same rows, batch 1 and 64
+#   compare  the sampler comparison on a freshly trained PairSum model, batch 1 and 256
+#   train    training throughput and MFU of experiments/configs/gpu.py (300 steps)
+# Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
+# OUT/<stage>/ and reports its wall-clock.
+#
+#   bash experiments/gpu_suite.sh [OUT]            # default OUT: runs/gpu_suite
+#   SMOKE=1 bash experiments/gpu_suite.sh OUT      # tiny sizes, any machine (a CPU check)
+#
+# The device machine has no network and lacks ml-collections and tensorboardX, and
+# ../shared does not travel. Before the run, in the repository root (see the device
+# tool's README for the pip flags that fetch wheels for its Python):
+#   echo /.whl/ >> .git/info/exclude; echo /.data/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml-collections tensorboardX
+#   mkdir -p .data && cp ../shared/data/tinyshakespeare/input.txt .data/
+# then run with carry [".whl", ".data"]: `DATA=.data/input.txt bash experiments/gpu_suite.sh`.
+# Wheels in .whl/ are installed into /tmp/site first.
+set -euo pipefail
+out=${1:-runs/gpu_suite}
+py=${PYTHON:-python3}
+data=${DATA:-../shared/data/tinyshakespeare/input.txt}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+mkdir -p "$out"
+"$py" -c "import jax; print('devices:', jax.devices())" | tee "$out/devices.log"
+
+stage() {  # stage NAME COMMAND...: runs it, keeps its log (progress bars dropped)
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  "$@" 2>&1 | sed -e 's/\r/\n/g' | sed -e '/it\/s/d' -e '/s\/it/d' > "$out/$name.log"
+  tail -n 30 "$out/$name.log"
+  echo "== $name: $((SECONDS - start)) s"
+}
+
+if [ "${SMOKE:-0}" = 1 ]; then
+  rounds=(--d_models=32 --lengths=32 --span=8 --windows=2,4 --batch=1 --num_layers=1
+          --vocab_size=16 --repeats=2)
+  loop=(--d_models=16 --length=8 --vocab_size=8 --batches=1,2 --repeats=2
+        --samplers=first_hitting,fef:window=2)
+  compare=(--config.optimizer.total_steps=20 --config.optimizer.warmup_steps=5
+           --config.log_every=10 --config.eval_every=20 --config.checkpoint.every=20
+           --config.sample.every=0 --config.model.num_layers=1 --config.model.d_model=32
+           --config.model.mlp_dim=64 --config.data.num_examples=500
+           --config.eval_batch_size=32 --config.compare.num_prompts=8
+           "--config.compare.batch_sizes=(1, 8)"
+           "--config.compare.samplers=('first_hitting', 'fef:steps=1,window=2')")
+  train=(--config.optimizer.total_steps=4 --config.optimizer.warmup_steps=1
+         --config.log_every=2 --config.eval_every=4 --config.checkpoint.every=4
+         --config.model.num_layers=1 --config.model.d_model=64 --config.model.num_heads=2
+         --config.model.mlp_dim=128 --config.batch_size=4 --config.data.length=32
+         --config.eval_batch_size=4 --config.sample.every=0)
+else
+  rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
+          --vocab_size=256 --dtype=bfloat16 --repeats=7)
+  loop=(--d_models=96,768 --length=256 --vocab_size=256 --batches=1,64 --repeats=9)
+  compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 256)")
+  train=(--config.optimizer.total_steps=300 --config.log_every=50 --config.eval_every=300
+         --config.checkpoint.every=300 --config.sample.every=0)
+fi
+
+stage rounds "$py" -m experiments.benchmark_rounds "${rounds[@]}" --workdir="$out/rounds"
+stage loop "$py" -m experiments.benchmark_loop "${loop[@]}" --workdir="$out/loop"
+stage compare "$py" -m experiments.compare --config=experiments/configs/compare.py \
+  --workdir="$out/compare" "${compare[@]}"
+stage train "$py" -m experiments.train --config=experiments/configs/gpu.py \
+  --config.data.path="$data" --workdir="$out/train" "${train[@]}"

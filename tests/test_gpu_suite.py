@@ -1,0 +1,25 @@
+"""The GPU suite script runs end to end at smoke sizes on any machine (here: the CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_writes_every_stage(tmp_path):
+  env = dict(os.environ, SMOKE="1", PYTHON=sys.executable)
+  done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+  for stage in ("rounds", "loop", "compare", "train"):
+    assert f"== {stage}: " in done.stdout
+    assert (tmp_path / f"{stage}.log").stat().st_size > 0
+  assert json.loads((tmp_path / "rounds" / "round_cost.json").read_text())["rows"]
+  assert json.loads((tmp_path / "loop" / "loop_cost.json").read_text())["rows"]
+  rows = json.loads((tmp_path / "compare" / "comparison.json").read_text())["rows"]
+  assert sorted({r["batch_size"] for r in rows}) == [1, 8]
+  assert "tokens_per_second" in (tmp_path / "train.log").read_text()
