@@ -137,8 +137,21 @@ class Tokenizer:
     return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
   def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-    """Text of token ids (any int sequence, e.g. a numpy row)."""
-    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+    """Text of token ids (any int sequence, e.g. a numpy row).
+
+    Ids at or above `vocab_size` decode to nothing: a model's embedding table is
+    often padded beyond its tokenizer (LLaDA-8B: 126,464 rows), so a sample may
+    hold them.
+
+    Raises:
+      ValueError: a negative id (named with its position).
+    """
+    ids = [int(i) for i in ids]
+    negative = [(position, i) for position, i in enumerate(ids) if i < 0]
+    if negative:
+      raise ValueError(f"token id {negative[0][1]} at position {negative[0][0]} is outside "
+                       f"the vocabulary [0, {self.vocab_size})")
+    return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
   def apply_chat_template(self, messages: Sequence[dict[str, Any]], *,
                           add_generation_prompt: bool = True, **variables: Any) -> str:
@@ -150,9 +163,15 @@ class Tokenizer:
       **variables: extra template variables (override the special tokens).
 
     Raises:
-      TokenizerError: the checkpoint has no chat template, or the template
+      TokenizerError: a message that is not a dict with a string `role` and a
+        string `content`, the checkpoint has no chat template, or the template
         raised (e.g. via `raise_exception` on an unsupported role order).
     """
+    for index, message in enumerate(messages):
+      if (not isinstance(message, dict) or not isinstance(message.get("role"), str)
+          or not isinstance(message.get("content"), str)):
+        raise TokenizerError(f"messages[{index}] must be a dict with a string 'role' and a "
+                             f"string 'content', got {str(message)[:100]}")
     if self._template is None:
       raise TokenizerError("this tokenizer has no chat_template (a base model?); "
                            "encode the prompt text directly")
