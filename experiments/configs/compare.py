@@ -8,13 +8,12 @@ per call.
 
     python -m experiments.compare --config=experiments/configs/compare.py --workdir=runs/compare
 
-A block-causal model adds the exact-cache rows (FeF over the cache, and the exact
-one-token decoder over the same cache); its attention blocks must hold whole
-answer blocks, so take them as long as the prompt (5 tokens):
-
-    python -m experiments.compare --config=experiments/configs/compare.py \
-        --config.model.attention=block_causal --config.model.block_length=5 \
-        --workdir=runs/compare_block
+A block-causal model (`--config.model.attention=block_causal
+--config.model.block_length=K`) adds the exact-cache rows (FeF over the cache, and
+the exact one-token decoder over the same cache), for tasks whose sequence length is
+a multiple of `K` and whose answer blocks of `K` lie inside attention blocks (a prompt
+of a multiple of `K` tokens). PairSum's 5 + 8 = 13 tokens allow only `K = 13`, so
+this config does not use it.
 """
 import ml_collections
 
