@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_default_grid_has_every_family_the_issue_asks_for():
   specs = compare.default_samplers(answer_length=8)
   assert specs[:2] == (compare.REFERENCE, f"{compare.REFERENCE}:select=position")
-  for expected in ("fef:steps=1,window=2", "confidence:steps=8", "confidence:steps=4", "confidence:steps=2",
+  for expected in ("fef:steps=1,window=2", "confidence:steps=8", "confidence:steps=4",
+                   "confidence:steps=2",
                    "threshold:threshold=0.9", "eb:gamma=0.1", "ancestral:steps=4",
                    "random_sizes:steps=4", "fef:steps=1,window=16",
                    "fef:mode=joint_then_remask,steps=2,window=4",

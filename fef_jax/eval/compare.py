@@ -67,10 +67,11 @@ def default_samplers(answer_length: int, head: bool = False,
   and FeF verified by the head (the head's joint; one step, windows 4, 8, 16);
   with `approximate_cache` (a bidirectional model), FeF over blocks of half the
   answer with the approximate cache, refreshed per block and also before every
-  round, beside the same blocks uncached (what the approximation costs); with `exact_cache_block=K` (a
-  block-causal model with attention blocks of `K`), the exact one-token
-  decoder over the cache (FeF with `window=1`, one block-local call per token)
-  and FeF over the cache with windows 2 and 4, blocks of `K` answer positions.
+  round, beside the same blocks uncached (what the approximation costs); with
+  `exact_cache_block=K` (a block-causal model with attention blocks of `K`),
+  the exact one-token decoder over the cache (FeF with `window=1`, one
+  block-local call per token) and FeF over the cache with windows 2 and 4,
+  blocks of `K` answer positions.
   """
   def steps(tokens_per_step):
     return max(1, answer_length // tokens_per_step)

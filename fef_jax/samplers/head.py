@@ -23,9 +23,10 @@ with `min(1, p / q_head)`, so the set is an exact draw of the backbone's prefix
 factorization whatever the head (`fef_jax.speculative.verification_round`).
 
 Statistics: `nfe` counts the backbone pass of each step and each head pass
-(each is one sequential call), and with `drafter="head"` each round's copies. `sequences` is counted in layer-positions: a
-backbone pass is `L * num_layers` (one whole sequence), a head pass
-`K * head_layers`; the sum is reported in whole sequences, rounded up.
+(each is one sequential call), and with `drafter="head"` each round's copies.
+`sequences` is counted in layer-positions: a backbone pass is `L * num_layers`
+(one whole sequence), a head pass `K * head_layers`; the sum is reported in
+whole sequences, rounded up.
 """
 from __future__ import annotations
 
