@@ -10,6 +10,7 @@ import pytest
 
 from fef_jax import schedules
 from fef_jax.train import checkpoint
+from fef_jax.train import divergence
 from fef_jax.train import masking
 from fef_jax.train import mfu
 from fef_jax.train import optim
@@ -222,3 +223,69 @@ def test_no_intact_checkpoint_names_every_failure(tmp_path):
     _flip_a_byte(_files(tmp_path / str(step))[-1])
   with pytest.raises(checkpoint.CheckpointCorruptError, match=r"(?s)step 20 .*step 10 "):
     checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)), abstract, "toy")
+
+
+def _poisoned_apply(params, tokens_BxL, valid_BxL, t_B):
+  """`_toy_apply`, but all logits NaN when every unmasked token of the batch is V - 1."""
+  logits = _toy_apply(params, tokens_BxL, valid_BxL, t_B)
+  poisoned = jnp.all((tokens_BxL == V - 1) | (tokens_BxL == MASK))
+  return logits * jnp.where(poisoned, jnp.nan, 1.0)  # NaN gradients too, when poisoned
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_skipped_step_changes_only_the_step_and_the_key(accumulate):
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(
+      learning_rate=0.1, warmup_steps=0, total_steps=50, grad_accum_steps=accumulate))
+  config = train_lib.LossConfig(mask_id=MASK, ema_decay=0.9)
+  step = jax.jit(functools.partial(train_lib.train_step, apply_fn=_poisoned_apply,
+                                   optimizer=optimizer, config=config, skip_nonfinite=True))
+  state = train_lib.create_train_state({"table": jnp.zeros((L, V))}, optimizer,
+                                       jax.random.key(0))
+  clean, poisoned = next(_batches(1)), {"tokens": jnp.full((32, L), V - 1, jnp.int32)}
+  state, metrics = step(state, clean)  # a real update first, so the EMA and moments differ
+  assert float(metrics["skipped"]) == 0.0
+  after, metrics = step(state, poisoned)
+  assert float(metrics["skipped"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
+  assert int(after.step) == int(state.step) + 1
+  assert not np.array_equal(after.key, state.key)
+  for name in ("params", "opt_state", "ema_params"):
+    for a, b in zip(jax.tree.leaves(getattr(after, name)), jax.tree.leaves(getattr(state, name))):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+  # Mutation check: without skipping, the same step poisons the parameters.
+  unguarded = jax.jit(functools.partial(train_lib.train_step, apply_fn=_poisoned_apply,
+                                        optimizer=optimizer, config=config))
+  if accumulate == 1:
+    broken, _ = unguarded(state, poisoned)
+    assert not np.all(np.isfinite(broken.params["table"]))
+  resumed, metrics = step(after, clean)
+  assert float(metrics["skipped"]) == 0.0
+  assert np.all(np.isfinite(resumed.params["table"]))
+
+
+def _watch_steps(watch, finite_flags, first_step=1):
+  for i, ok in enumerate(finite_flags):
+    value = jnp.float32(1.0 if ok else jnp.nan)
+    watch.add(first_step + i, {"loss": value, "grad_norm": jnp.float32(1.0)})
+
+
+def test_the_watch_stops_at_the_first_nonfinite_step_by_default():
+  watch = divergence.FiniteWatch()
+  _watch_steps(watch, [True, True, False, True])
+  with pytest.raises(divergence.TrainingDiverged,
+                     match=r"at step 3: loss=nan.*the last checkpoint, step 2, is intact"):
+    watch.check(last_saved_step=2)
+
+
+def test_the_watch_tolerates_skipped_steps_until_too_many_in_a_row():
+  watch = divergence.FiniteWatch(max_skipped_in_a_row=2)
+  _watch_steps(watch, [True, False, False, True, False])  # runs of 2 and 1: allowed
+  watch.check(last_saved_step=None)
+  assert watch.skipped == 3
+  _watch_steps(watch, [False], first_step=6)  # 5 and 6 in a row: still allowed
+  watch.check(last_saved_step=None)
+  _watch_steps(watch, [False, True], first_step=7)  # 5, 6, 7 in a row, across checks
+  with pytest.raises(divergence.TrainingDiverged,
+                     match=r"steps 5-7 were all non-finite.*no checkpoint was saved"):
+    watch.check(last_saved_step=None)
+  with pytest.raises(ValueError, match="max_skipped_in_a_row"):
+    divergence.FiniteWatch(-1)

@@ -96,25 +96,42 @@ def test_a_run_stopped_mid_way_then_resumed_equals_an_uninterrupted_run(tmp_path
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("skip", [0, 2])
 def test_a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_last_good_checkpoint(
-    tmp_path):
-  # A learning rate warmed up towards 1e6 overflows the update within ~20 steps.
+    tmp_path, skip):
+  # A learning rate warmed up towards 1e6 overflows the update within ~20 steps, and
+  # every step after it too (so skipping them cannot save the run).
   overrides = ["--config.optimizer.learning_rate=1e6", "--config.optimizer.warmup_steps=20000",
                "--config.optimizer.total_steps=20001", "--config.checkpoint.every=5",
-               "--config.log_every=5", "--config.sample.samplers=()", "--config.sample.every=0"]
+               "--config.log_every=1", "--config.sample.samplers=()", "--config.sample.every=0",
+               f"--config.skip_nonfinite_steps={skip}"]
   done = subprocess.run(_train_command(tmp_path, *overrides), cwd=REPO, capture_output=True,
                         text=True, timeout=600)
   assert done.returncode != 0
-  found = re.search(r"training diverged at step (\d+): .*the last checkpoint, step (\d+), "
-                    r"is intact", done.stderr)
-  assert found, done.stderr[-3000:]
-  bad, kept = int(found.group(1)), int(found.group(2))
-  assert 0 < kept < bad and kept % 5 == 0
+  if skip:
+    found = re.search(r"training diverged: steps (\d+)-(\d+) were all non-finite .*"
+                      r"the last checkpoint, step (\d+), is intact", done.stderr)
+    assert found, done.stderr[-3000:]
+    bad, last_bad, kept = map(int, found.groups())
+    assert last_bad - bad == skip  # skip + 1 bad steps in a row
+    assert 0 < kept <= last_bad and kept % 5 == 0  # a skipped step saves the unchanged state
+  else:
+    found = re.search(r"training diverged at step (\d+): .*the last checkpoint, step (\d+), "
+                      r"is intact", done.stderr)
+    assert found, done.stderr[-3000:]
+    bad, kept = int(found.group(1)), int(found.group(2))
+    assert 0 < kept < bad and kept % 5 == 0
   manager = ocp.CheckpointManager(os.path.abspath(tmp_path / "checkpoints"))
   assert manager.latest_step() == kept
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(_final_state(tmp_path))
              if np.issubdtype(np.asarray(leaf).dtype, np.floating))
-  assert max(_metrics_by_step(tmp_path)) < bad  # nothing was logged from the bad step on
+  logged = _metrics_by_step(tmp_path)
+  if skip:  # every skipped step up to a logged one is counted in it
+    assert any(step >= bad for step in logged)
+    for step, row in logged.items():
+      assert row["skipped_steps"] >= max(0, step - bad + 1), (step, row)
+  else:
+    assert max(logged) < bad  # nothing was logged from the bad step on
 
 
 def _final_state(workdir):

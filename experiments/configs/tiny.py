@@ -13,6 +13,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 512
   config.log_every = 50
   config.eval_every = 200
+  # 0: a NaN or infinite loss or gradient norm stops training, naming the step.
+  # N > 0: such a step makes no update (counted in `skipped_steps`); more than N
+  # in a row stop training.
+  config.skip_nonfinite_steps = 0
   config.data = ml_collections.ConfigDict(dict(
       kind="task", task="permutation", task_kwargs=dict(alphabet_size=8, length=5),
       num_examples=50_000, num_eval_examples=1024))

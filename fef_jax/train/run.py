@@ -138,7 +138,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     checkpoint.CheckpointCorruptError: `workdir` holds checkpoints, none intact
       (a damaged newest one is skipped for the previous one, with a warning).
     divergence.TrainingDiverged: a step's loss or gradient norm is not finite
-      (named; no later checkpoint is written, earlier ones stay).
+      (named; no later checkpoint is written, earlier ones stay). With
+      `config.skip_nonfinite_steps = N > 0` such steps are skipped instead
+      (no update; counted in the metric `skipped_steps`) and the run stops
+      only after more than `N` of them in a row.
     preemption.Preempted: SIGTERM arrived; the checkpoint of its step is saved.
   """
   from tqdm.auto import tqdm
@@ -166,8 +169,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     state, data_state = restored
     iterator.restore(data_state)
   replicated = NamedSharding(mesh, PartitionSpec())
+  max_skipped = config.get("skip_nonfinite_steps", 0)
+  finite = divergence.FiniteWatch(max_skipped)
   step_fn = jax.jit(functools.partial(train_lib.train_step, apply_fn=apply_fn,
-                                      optimizer=optimizer, config=loss_cfg),
+                                      optimizer=optimizer, config=loss_cfg,
+                                      skip_nonfinite=max_skipped > 0),
                     out_shardings=(shardings, replicated), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(train_lib.eval_step, apply_fn=apply_fn, config=loss_cfg))
   eval_batch = sharding.shard_batch(
@@ -178,7 +184,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   metrics: dict[str, Any] = {}
   bar = tqdm(total=total, initial=int(state.step), disable=not progress, desc="train")
   writer = metric_writer.MetricWriter(workdir)
-  finite = divergence.FiniteWatch()
   last_saved = manager.latest_step()
   with preemption.PreemptionWatch() as watch:
     try:
@@ -193,6 +198,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
           now = time.perf_counter()
           elapsed, last_time = now - last_time, now
           metrics = {k: float(v) for k, v in step_metrics.items()}
+          if max_skipped:
+            metrics["skipped_steps"] = finite.skipped
           metrics.update(step=step,
                          tokens_per_second=tokens_per_step * config.log_every / elapsed)
           metrics.update(mfu.utilization(flops_per_token, metrics["tokens_per_second"]))

@@ -133,10 +133,18 @@ def loss_fn(params: Any, apply_fn: ApplyFn, batch: dict[str, jax.Array], key: ja
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: ApplyFn,
-               optimizer: optax.GradientTransformation,
-               config: LossConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+               optimizer: optax.GradientTransformation, config: LossConfig,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update (one micro-batch when accumulating). Pure; jit it with
-  `apply_fn`, `optimizer` and `config` bound (e.g. `functools.partial`)."""
+  `apply_fn`, `optimizer`, `config` and `skip_nonfinite` bound (e.g. `functools.partial`).
+
+  With `skip_nonfinite`, a step whose loss or gradient norm is NaN or infinite
+  changes nothing but the step counter and the PRNG key: parameters, optimizer
+  state (gradient accumulators included) and EMA stay those of `state`, and
+  `metrics["skipped"]` is 1.0 (0.0 otherwise). Without it such a step's
+  update is applied as computed (the caller stops the run; see
+  `fef_jax.train.divergence`).
+  """
   key, step_key = jax.random.split(jax.random.wrap_key_data(state.key))
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, apply_fn, batch, step_key, config)
@@ -146,6 +154,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Appl
       lambda e, p: config.ema_decay * e + (1.0 - config.ema_decay) * p,
       state.ema_params, params)
   metrics["grad_norm"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+  if skip_nonfinite:
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    params, opt_state, ema_params = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state, ema_params), (state.params, state.opt_state, state.ema_params))
+    metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                          ema_params=ema_params, key=jax.random.key_data(key))
   return new_state, metrics
