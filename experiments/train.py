@@ -5,7 +5,10 @@
 
 Resumes from the latest intact checkpoint in --workdir. SIGTERM (preemption) saves a
 checkpoint at the current step and exits with status 143; a diverged run (NaN or
-infinite loss) stops with an error naming the step, before it saves anything after it.
+infinite loss) stops with an error naming the step, before it saves anything after it
+(or, with --config.skip_nonfinite_steps=N, skips such steps, up to N in a row). A
+checkpoint that cannot be written (disk full) stops with an error naming it; the
+earlier checkpoints stay intact.
 For task data, prints how often each sampler's answers satisfy the task's constraint
 (and writes samples.json).
 """
@@ -22,6 +25,8 @@ from ml_collections import config_flags
 
 from fef_jax.eval import task_sampling
 from fef_jax.models import spec_head
+from fef_jax.train import checkpoint
+from fef_jax.train import divergence
 from fef_jax.train import preemption
 from fef_jax.train import run
 
@@ -39,6 +44,9 @@ def main(argv):
   except preemption.Preempted as stopped:
     print(stopped, file=sys.stderr)
     sys.exit(128 + stopped.signum)
+  except (divergence.TrainingDiverged, checkpoint.CheckpointWriteError) as failed:
+    print(f"error: {failed}", file=sys.stderr)
+    sys.exit(1)
   print("final:", {k: round(v, 4) for k, v in out["metrics"].items()})
   task = out["source"].task
   if task is None or not config.sample.samplers:

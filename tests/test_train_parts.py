@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import resource
 
 import jax
 import jax.numpy as jnp
@@ -289,3 +290,38 @@ def test_the_watch_tolerates_skipped_steps_until_too_many_in_a_row():
     watch.check(last_saved_step=None)
   with pytest.raises(ValueError, match="max_skipped_in_a_row"):
     divergence.FiniteWatch(-1)
+
+
+@pytest.fixture
+def file_size_limit():
+  """Sets this process's RLIMIT_FSIZE soft limit (Python ignores SIGXFSZ, so a write past
+  it fails with EFBIG, as a full disk fails with ENOSPC); restored afterwards."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  yield lambda limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+  resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_last_one_survives(
+    tmp_path, file_size_limit, async_save):
+  # Random values do not compress: each checkpoint file is about the array's 1.6 MB.
+  state = {"w": jax.random.normal(jax.random.key(0), (400, 1000))}
+  manager = checkpoint.make_manager(str(tmp_path), async_save=async_save)
+  checkpoint.save(manager, 1, state, {"position": 1}, "fp")
+  checkpoint.wait(manager)
+  file_size_limit(1 << 20)
+  with pytest.raises(checkpoint.CheckpointWriteError) as raised:
+    checkpoint.save(manager, 2, state, {"position": 2}, "fp")
+    checkpoint.wait(manager)  # where an asynchronous save's failure is collected
+  file_size_limit(resource.RLIM_INFINITY)
+  message = str(raised.value)
+  assert "checkpoint of step 2" in message and str(tmp_path) in message, message
+  assert "File too large" in message and "step 1, is intact" in message, message
+  restored, data_state = checkpoint.restore_latest(
+      checkpoint.make_manager(str(tmp_path)), checkpoint.abstract(state), "fp")
+  assert data_state == {"position": 1}
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  # With room again, the same manager saves the next step.
+  checkpoint.save(manager, 3, state, {"position": 3}, "fp")
+  checkpoint.wait(manager)
+  assert manager.latest_step() == 3

@@ -4,6 +4,7 @@ first non-finite step and leaves the last good checkpoint intact."""
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -132,6 +133,31 @@ def test_a_diverging_run_stops_at_the_first_bad_step_and_keeps_its_last_good_che
       assert row["skipped_steps"] >= max(0, step - bad + 1), (step, row)
   else:
     assert max(logged) < bad  # nothing was logged from the bad step on
+
+
+def test_a_full_disk_stops_training_clearly_and_the_last_checkpoint_resumes(tmp_path):
+  overrides = ["--config.optimizer.warmup_steps=0", "--config.checkpoint.every=5",
+               "--config.log_every=5", "--config.sample.samplers=()", "--config.sample.every=0",
+               "--config.data.num_examples=2000"]
+  subprocess.run(_train_command(tmp_path, *overrides, "--config.optimizer.total_steps=10"),
+                 cwd=REPO, check=True, capture_output=True, timeout=600)
+
+  def full_disk():  # checkpoint files are ~0.5-2 MB; Python turns SIGXFSZ into EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 18, resource.RLIM_INFINITY))
+
+  longer = _train_command(tmp_path, *overrides, "--config.optimizer.total_steps=20")
+  done = subprocess.run(longer, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        preexec_fn=full_disk)
+  assert done.returncode == 1, done.stderr[-3000:]
+  found = re.search(r"error: could not write the checkpoint of step (\d+) to (\S+): "
+                    r".*File too large.*step 10, is intact", done.stderr)
+  assert found, done.stderr[-3000:]
+  assert int(found.group(1)) in (15, 20)
+  assert ocp.CheckpointManager(os.path.abspath(tmp_path / "checkpoints")).latest_step() == 10
+  resumed = subprocess.run(longer, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert max(_metrics_by_step(tmp_path)) == 20
+  assert ocp.CheckpointManager(os.path.abspath(tmp_path / "checkpoints")).latest_step() == 20
 
 
 def _final_state(workdir):

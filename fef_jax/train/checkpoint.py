@@ -13,11 +13,18 @@ reduction or on the sharding), verified on restore: a flipped byte is caught eve
 where the storage format would read it back silently. A checkpoint that cannot be
 read or fails its checksums is skipped with a warning naming its step and the
 error, and the run resumes from the newest complete one.
+
+A checkpoint that cannot be written (disk full, file-size limit, permissions)
+raises `CheckpointWriteError` naming the step, the directory and the reason;
+orbax writes into a temporary directory and renames it only when complete, so
+the checkpoints before it stay intact and resumable.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+import re
+import shutil
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +38,51 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointCorruptError(ValueError):
   """No checkpoint of a directory could be restored (each failure is named)."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. the disk is full); earlier ones are intact."""
+
+
+def _is_write_failure(error: Exception) -> bool:
+  # orbax/tensorstore report failed writes as ValueErrors carrying the OS error code.
+  return isinstance(error, OSError) or "os_error_code" in str(error)
+
+
+def _write_error(manager: ocp.CheckpointManager, step: Optional[int], error: Exception
+                 ) -> CheckpointWriteError:
+  """The clear error for a failed write. An asynchronous save fails when the next
+  save or wait collects it, so the step is read from the temporary directory the
+  error names when it names one."""
+  directory = str(manager.directory)
+  named = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(error))
+  failed_step = int(named.group(1)) if named else step
+  which = "the last checkpoint" if failed_step is None else f"the checkpoint of step {failed_step}"
+  reason = re.search(r"Failed to write [^\[]*|No space left on device|File too large",
+                     str(error))
+  # From the disk: after a failed save, the manager's own list may already have dropped
+  # the checkpoint the new one was to replace.
+  complete = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(
+      directory) else []
+  latest = max(complete, default=None)
+  kept = (f"the newest complete checkpoint, step {latest}, is intact and a rerun resumes "
+          f"from it" if latest is not None else "no earlier checkpoint exists")
+  free_mib = shutil.disk_usage(directory).free / 2**20 if os.path.isdir(directory) else 0.0
+  return CheckpointWriteError(
+      f"could not write {which} to {directory}: "
+      f"{reason.group(0).strip() if reason else type(error).__name__}; {kept}. "
+      f"{free_mib:.0f} MiB are free there: free disk space (or raise the file-size limit) "
+      f"and rerun")
+
+
+def _translating_write_errors(manager: ocp.CheckpointManager, step: Optional[int],
+                              write: Callable[[], Any]) -> Any:
+  try:
+    return write()
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless a failed write
+    if _is_write_failure(e):
+      raise _write_error(manager, step, e) from e
+    raise
 
 
 def _bits_sum(x: jax.Array) -> jax.Array:
@@ -67,12 +119,54 @@ def make_manager(directory: str, *, max_to_keep: int = 3, best_metric: Optional[
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict[str, Any],
          fingerprint: str, metrics: Optional[dict[str, float]] = None) -> None:
   """Saves (asynchronously, if the manager is) the state, data position, fingerprint and
-  the state's checksums."""
-  manager.save(step, args=ocp.args.Composite(
+  the state's checksums.
+
+  Raises:
+    CheckpointWriteError: this save, or the asynchronous one before it, could not
+      be written (named with its step and reason); earlier checkpoints are intact.
+  """
+  args = ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       meta=ocp.args.JsonSave({"data_state": data_state, "fingerprint": fingerprint,
-                              "checksums": checksums(state)})),
-      metrics=metrics)
+                              "checksums": checksums(state)}))
+  _translating_write_errors(manager, step,
+                            lambda: manager.save(step, args=args, metrics=metrics))
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits until the manager's asynchronous save (if any) is complete.
+
+  Raises:
+    CheckpointWriteError: that save could not be written; earlier checkpoints are intact.
+  """
+  _translating_write_errors(manager, None, manager.wait_until_finished)
+
+
+def wait_all(managers: list[Optional[ocp.CheckpointManager]], *, raise_errors: bool = True
+             ) -> None:
+  """Waits for the saves of every manager (None entries are skipped), all of them
+  even when one fails, so that no save is still writing when the process exits.
+
+  Args:
+    managers: the managers to wait for.
+    raise_errors: raise the first failure after all have finished; False logs
+      each as a warning instead (for a run already stopping with another error).
+
+  Raises:
+    CheckpointWriteError: (with `raise_errors`) a save could not be written.
+  """
+  failures = []
+  for manager in managers:
+    if manager is None:
+      continue
+    try:
+      wait(manager)
+    except CheckpointWriteError as e:
+      failures.append(e)
+  if failures and raise_errors:
+    raise failures[0]
+  for failure in failures:
+    logging.warning("%s", failure)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

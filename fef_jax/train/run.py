@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from typing import Any
 
@@ -143,6 +144,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
       (no update; counted in the metric `skipped_steps`) and the run stops
       only after more than `N` of them in a row.
     preemption.Preempted: SIGTERM arrived; the checkpoint of its step is saved.
+    checkpoint.CheckpointWriteError: a checkpoint could not be written (e.g. the
+      disk is full); the ones before it are intact and a rerun resumes from them.
   """
   from tqdm.auto import tqdm
   os.makedirs(workdir, exist_ok=True)
@@ -230,12 +233,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
           checkpoint.save(manager, step, state, iterator.state(), run_fingerprint)
           last_saved = step
         if preempted:
-          manager.wait_until_finished()
+          checkpoint.wait(manager)
           raise preemption.Preempted(step, watch.signum)
     finally:
       writer.close()
       bar.close()
-      manager.wait_until_finished()  # earlier checkpoints complete even on an error
-  if best_manager is not None:
-    best_manager.wait_until_finished()
+      # Earlier checkpoints complete even on an error, which a failed save must not replace.
+      checkpoint.wait_all([manager, best_manager], raise_errors=sys.exc_info()[1] is None)
   return {"state": state, "metrics": metrics, "source": source, "model": model}
