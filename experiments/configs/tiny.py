@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   # N > 0: such a step makes no update (counted in `skipped_steps`); more than N
   # in a row stop training.
   config.skip_nonfinite_steps = 0
+  # Batches prepared and placed on the devices ahead of the step, on a thread (0: none).
+  config.prefetch_batches = 2
   config.data = ml_collections.ConfigDict(dict(
       kind="task", task="permutation", task_kwargs=dict(alphabet_size=8, length=5),
       num_examples=50_000, num_eval_examples=1024))

@@ -29,6 +29,7 @@ from fef_jax.train import metric_writer
 from fef_jax.train import mfu
 from fef_jax.train import optim
 from fef_jax.train import periodic_samples
+from fef_jax.train import prefetch
 from fef_jax.train import preemption
 from fef_jax.train import sharding
 from fef_jax.train import step as train_lib
@@ -188,12 +189,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   bar = tqdm(total=total, initial=int(state.step), disable=not progress, desc="train")
   writer = metric_writer.MetricWriter(workdir)
   last_saved = manager.latest_step()
-  with preemption.PreemptionWatch() as watch:
+  # The step is counted on the host: reading `state.step` would wait for the device
+  # after every step, and the next step could not be queued behind the running one.
+  step = int(state.step)
+  batches = prefetch.Prefetcher(iterator, iterator.state,
+                                lambda batch: sharding.shard_batch(batch, mesh),
+                                size=config.get("prefetch_batches", 2))
+  with preemption.PreemptionWatch() as watch, batches:
     try:
       last_time = time.perf_counter()
-      while int(state.step) < total:
-        state, step_metrics = step_fn(state, sharding.shard_batch(next(iterator), mesh))
-        step = int(state.step)
+      while step < total:
+        batch, data_state = next(batches)
+        state, step_metrics = step_fn(state, batch)
+        step += 1
         finite.add(step, step_metrics)
         bar.update(1)
         if step % config.log_every == 0 or step == total:
@@ -222,7 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
             if best_metric not in metrics:
               raise ValueError(f"checkpoint.best_metric={best_metric!r} is not an evaluated "
                                f"metric; choose one of {sorted(metrics)}")
-            checkpoint.save(best_manager, step, state, iterator.state(), run_fingerprint,
+            checkpoint.save(best_manager, step, state, data_state, run_fingerprint,
                             metrics={best_metric: metrics[best_metric]})
           bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                           tok_s=f"{metrics['tokens_per_second']:.0f}",
@@ -230,7 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         preempted = watch.signum is not None
         if step % config.checkpoint.every == 0 or step == total or preempted:
           finite.check(last_saved)
-          checkpoint.save(manager, step, state, iterator.state(), run_fingerprint)
+          checkpoint.save(manager, step, state, data_state, run_fingerprint)
           last_saved = step
         if preempted:
           checkpoint.wait(manager)
