@@ -10,6 +10,9 @@ Kinds (`config.kind`):
   are maskable.
 - `text`: a plain-text corpus at `config.path`, packed into rows of
   `config.length` tokens; every token maskable.
+- `gsm8k_text`: the GSM8K JSONL file at `config.path` as a text corpus: each
+  problem's question and worked solution, in the layout the harness prompts
+  with, one document each (EOS after each), packed like `text`.
 - `gsm8k` / `mbpp`: prompt-conditioned (SFT-style) pairs from the JSONL file at
   `config.path`: the prompt (as `fef_jax.eval.gsm8k.format_prompt` /
   `fef_jax.eval.code.mbpp_prompt` write it) is never masked, the answer
@@ -127,6 +130,23 @@ def _sft_source(config: ml_collections.ConfigDict, tokenizer_dir: Optional[str])
                     dropped=len(encoded) - len(fitting))
 
 
+def _packed_source(config: ml_collections.ConfigDict, documents: list[str],
+                   tokenizer_dir: Optional[str]) -> DataSource:
+  """Documents packed into rows of `config.length` tokens (EOS after each); every token
+  maskable; the last `eval_fraction` of the rows held out."""
+  tokenizer = make_tokenizer(config, documents, tokenizer_dir)
+  tokens = pipeline.pack([tokenizer.encode(d) for d in documents], config.length,
+                         tokenizer.eos_id)
+  num_eval = _split(len(tokens), config.eval_fraction)  # the end of the corpus
+
+  def rows(t):
+    return {"tokens": t, "valid": np.ones(t.shape, bool), "maskable": np.ones(t.shape, bool)}
+  # The kind leads the fingerprint: "text:..." as before gsm8k_text existed, so old runs resume.
+  return DataSource(rows(tokens[:-num_eval]), rows(tokens[-num_eval:]),
+                    tokenizer.vocab_size, tokenizer.mask_id,
+                    f"{config.kind}:tokenizer={tokenizer.fingerprint()}", tokenizer=tokenizer)
+
+
 def build(config: ml_collections.ConfigDict, seed: int,
           tokenizer_dir: Optional[str] = None) -> DataSource:
   """The data named by `config` (see the module docstring for the kinds).
@@ -150,20 +170,14 @@ def build(config: ml_collections.ConfigDict, seed: int,
                       f"task={config.task}:{sorted(dict(config.get('task_kwargs', {})).items())}"
                       f":V={task.vocab_size}", task)
   if config.kind == "text":
-    corpus = text.load_text(config.path)
-    tokenizer = make_tokenizer(config, [corpus], tokenizer_dir)
-    tokens = pipeline.pack([tokenizer.encode(corpus)], config.length, tokenizer.eos_id)
-    num_eval = _split(len(tokens), config.eval_fraction)  # the end of the corpus
-
-    def rows(t):
-      return {"tokens": t, "valid": np.ones(t.shape, bool), "maskable": np.ones(t.shape, bool)}
-    return DataSource(rows(tokens[:-num_eval]), rows(tokens[-num_eval:]),
-                      tokenizer.vocab_size, tokenizer.mask_id,
-                      f"text:tokenizer={tokenizer.fingerprint()}", tokenizer=tokenizer)
+    return _packed_source(config, [text.load_text(config.path)], tokenizer_dir)
+  if config.kind == "gsm8k_text":
+    return _packed_source(config, [p + a for p, a in _sft_pairs("gsm8k", config.path)],
+                          tokenizer_dir)
   if config.kind in ("gsm8k", "mbpp"):
     return _sft_source(config, tokenizer_dir)
   raise ValueError(f"unknown data kind {config.kind!r}; expected one of "
-                   f"'task', 'text', 'gsm8k', 'mbpp'")
+                   f"'task', 'text', 'gsm8k_text', 'gsm8k', 'mbpp'")
 
 
 def describe(source: DataSource) -> dict[str, Any]:
