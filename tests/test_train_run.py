@@ -60,22 +60,36 @@ def straight_run(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def _writing_checkpoints(workdir):
+  """Checkpoints orbax has started but not committed (it renames them when complete)."""
+  return list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp"))
+
+
+@pytest.mark.parametrize("signum,mid_write", [(signal.SIGKILL, False), (signal.SIGKILL, True),
+                                              (signal.SIGTERM, False)],
+                         ids=["SIGKILL", "SIGKILL_mid_write", "SIGTERM"])
 def test_a_run_stopped_mid_way_then_resumed_equals_an_uninterrupted_run(tmp_path, straight_run,
-                                                                       signum):
+                                                                       signum, mid_write):
   killed = tmp_path / "killed"
-  process = subprocess.Popen(_train_command(killed, *RESUME_OVERRIDES), cwd=REPO,
+  # Mid-write: a checkpoint every step keeps an asynchronous write in flight, and the kill
+  # waits until one is seen in progress. Checkpoint frequency does not change the math.
+  overrides = [*RESUME_OVERRIDES, "--config.checkpoint.every=1"] if mid_write else (
+      RESUME_OVERRIDES)
+  process = subprocess.Popen(_train_command(killed, *overrides), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
     metrics = killed / "metrics.jsonl"
-    if metrics.exists() and any(json.loads(l)["step"] >= 25 for l in metrics.open()):
+    if (metrics.exists() and any(json.loads(l)["step"] >= 25 for l in metrics.open())
+        and (not mid_write or _writing_checkpoints(killed))):
       process.send_signal(signum)
       break
-    time.sleep(0.05)
+    time.sleep(0.005 if mid_write else 0.05)
   _, stderr = process.communicate(timeout=120)
   if signum == signal.SIGKILL:
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    if mid_write:
+      assert _writing_checkpoints(killed), "the kill did not land during a checkpoint write"
   else:
     # SIGTERM: a checkpoint at the step it stopped at, then exit status 128 + 15.
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
