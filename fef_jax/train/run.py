@@ -25,10 +25,12 @@ from fef_jax.models import transformer
 from fef_jax.train import checkpoint
 from fef_jax.train import data_source
 from fef_jax.train import divergence
+from fef_jax.train import memory
 from fef_jax.train import metric_writer
 from fef_jax.train import mfu
 from fef_jax.train import optim
 from fef_jax.train import periodic_samples
+from fef_jax.train import phases as phases_lib
 from fef_jax.train import prefetch
 from fef_jax.train import preemption
 from fef_jax.train import sharding
@@ -70,10 +72,14 @@ def _apply_fn(model):
   return apply
 
 
-def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None):
+def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None,
+          timed: phases_lib.Phases | None = None):
   """Data, model, optimizer, loss config and a fresh state, all from `config`
-  (text data saves / reuses its tokenizer in `tokenizer_dir`)."""
-  source = data_source.build(config.data, config.seed, tokenizer_dir)
+  (text data saves / reuses its tokenizer in `tokenizer_dir`); `timed` records the
+  seconds of the phases "data" and "init"."""
+  timed = timed or phases_lib.Phases()
+  with timed("data"):
+    source = data_source.build(config.data, config.seed, tokenizer_dir)
   length = source.arrays["tokens"].shape[1]
   model_cfg = model_config(config, source, length)
   loss_cfg = train_lib.LossConfig(mask_id=source.mask_id, **dict(config.loss))
@@ -81,10 +87,23 @@ def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None):
     raise ValueError(f"config.loss.head_weight={loss_cfg.head_weight} trains a speculative "
                      f"head: set config.model.head_layers >= 1")
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
-  model, params = build_model(model_cfg, init_key)
-  optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
-  state = train_lib.create_train_state(params, optimizer, state_key)
+  with timed("init"):
+    model, params = build_model(model_cfg, init_key)
+    optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
+    state = train_lib.create_train_state(params, optimizer, state_key)
   return source, model, optimizer, loss_cfg, state
+
+
+def make_step_fn(config: ml_collections.ConfigDict, model, optimizer, loss_cfg, shardings,
+                 mesh):
+  """The jitted `train_step` of a run: state donated, outputs placed as `shardings`
+  (the state's) and replicated (the metrics); skips non-finite steps when
+  `config.skip_nonfinite_steps > 0`."""
+  return jax.jit(functools.partial(train_lib.train_step, apply_fn=_apply_fn(model),
+                                   optimizer=optimizer, config=loss_cfg,
+                                   skip_nonfinite=config.get("skip_nonfinite_steps", 0) > 0),
+                 out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+                 donate_argnums=0)
 
 
 def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, best: bool = False
@@ -116,9 +135,13 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, best: bo
   return {"state": restored[0], "source": source, "model": model}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True
-          ) -> dict[str, Any]:
+def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
+          timed: phases_lib.Phases | None = None) -> dict[str, Any]:
   """Trains (or resumes) until `config.optimizer.total_steps`.
+
+  The startup phases until the first step has run ("data", "init", "place",
+  "restore", "compile+first step") are timed into `timed` (if given) and, with
+  `progress`, printed once above the progress bar.
 
   Returns:
     {"state": the final TrainState, "metrics": the last logged metrics,
@@ -151,7 +174,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   from tqdm.auto import tqdm
   os.makedirs(workdir, exist_ok=True)
   sharding.initialize_distributed()
-  source, model, optimizer, loss_cfg, state = setup(config, os.path.join(workdir, "tokenizer"))
+  timed = timed if timed is not None else phases_lib.Phases()
+  source, model, optimizer, loss_cfg, state = setup(config, os.path.join(workdir, "tokenizer"),
+                                                    timed)
   apply_fn = _apply_fn(model)
   iterator = pipeline.BatchIterator(source.arrays, config.batch_size, config.seed)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
@@ -167,18 +192,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   prompts = (periodic_samples.held_out_prompts(source, config.sample, config.seed)
              if sample_every else None)
   shardings = sharding.state_shardings(state, mesh)
-  state = jax.device_put(state, shardings)
-  restored = checkpoint.restore_latest(manager, checkpoint.abstract(state), run_fingerprint)
+  with timed("place"):
+    state = jax.block_until_ready(jax.device_put(state, shardings))
+  with timed("restore"):
+    restored = checkpoint.restore_latest(manager, checkpoint.abstract(state), run_fingerprint)
   if restored is not None:
     state, data_state = restored
     iterator.restore(data_state)
-  replicated = NamedSharding(mesh, PartitionSpec())
+  if progress:  # before compiling, which is where a model too large fails
+    tqdm.write(memory.format_estimate(memory.estimate(
+        model.config, config.batch_size, source.arrays["tokens"].shape[1], state,
+        mesh.shape["data"] * mesh.shape["fsdp"])))
   max_skipped = config.get("skip_nonfinite_steps", 0)
   finite = divergence.FiniteWatch(max_skipped)
-  step_fn = jax.jit(functools.partial(train_lib.train_step, apply_fn=apply_fn,
-                                      optimizer=optimizer, config=loss_cfg,
-                                      skip_nonfinite=max_skipped > 0),
-                    out_shardings=(shardings, replicated), donate_argnums=0)
+  step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
   eval_fn = jax.jit(functools.partial(train_lib.eval_step, apply_fn=apply_fn, config=loss_cfg))
   eval_batch = sharding.shard_batch(
       {k: v[:config.eval_batch_size] for k, v in source.eval_arrays.items()}, mesh)
@@ -198,9 +225,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   with preemption.PreemptionWatch() as watch, batches:
     try:
       last_time = time.perf_counter()
+      started = False
       while step < total:
         batch, data_state = next(batches)
-        state, step_metrics = step_fn(state, batch)
+        if started:
+          state, step_metrics = step_fn(state, batch)
+        else:
+          with timed("compile+first step"):
+            state, step_metrics = jax.block_until_ready(step_fn(state, batch))
+          started = True
+          if progress:
+            bar.write(f"startup: {timed.summary()}")
         step += 1
         finite.add(step, step_metrics)
         bar.update(1)

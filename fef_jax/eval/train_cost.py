@@ -1,0 +1,187 @@
+"""Where a training step's time goes: startup, compile, host batches, device steps, checkpoints.
+
+`measure(config, workdir, steps=N)` runs the training config's own pieces
+(`fef_jax.train.run`: data, model, optimizer, jitted step, prefetcher, orbax
+checkpoints) and times, separately:
+
+- startup phases of a real `run.train` call until its first step (data, init,
+  placement, restore, compile + first step);
+- the compiled step alone: `device_step_s`, steps on one resident batch, waited
+  for at the end (what the devices need per step);
+- the host's batch: `host_batch_s`, drawing a batch and placing it on the devices;
+- the pipelined loop as `run.train` runs it: `pipelined_step_s` with batches
+  prefetched on a thread (`config.prefetch_batches`) and `unprefetched_step_s`
+  without. `host_overhead` = `1 - device_step_s / pipelined_step_s` is the share
+  of a step the devices wait for the host;
+- one checkpoint save: the call (`checkpoint_call_s`, what blocks the loop) and
+  until written (`checkpoint_total_s`).
+
+Tokens per second count every position of the training rows; FLOPs per token
+are `transformer.flops_per_token` (6N plus attention), checked against XLA's
+cost analysis of the compiled step (`xla_flops_per_token`); MFU is over the
+devices' known bf16 peak (`fef_jax.train.mfu`; none on CPUs).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from fef_jax.data import pipeline
+from fef_jax.models import transformer
+from fef_jax.train import checkpoint
+from fef_jax.train import memory
+from fef_jax.train import mfu
+from fef_jax.train import phases as phases_lib
+from fef_jax.train import prefetch
+from fef_jax.train import run
+from fef_jax.train import sharding
+
+
+def _startup(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """The startup phases of a real two-step training run in a fresh `workdir`."""
+  short = copy.deepcopy(config)
+  short.optimizer.total_steps = 2
+  short.optimizer.warmup_steps = 1  # the schedule does not change the timings
+  short.sample.every = 0
+  short.checkpoint.best_metric = None
+  timed = phases_lib.Phases()
+  run.train(short, workdir, progress=False, timed=timed)
+  return dict(timed.seconds)
+
+
+def _seconds_per_step(step_fn, state, next_batch, steps: int, repeats: int = 3):
+  """(the median over `repeats` runs of `steps` steps, each waited for at the end, of the
+  seconds per step; the final state)."""
+  per_step = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step_fn(state, next_batch())
+    jax.block_until_ready((state, metrics))
+    per_step.append((time.perf_counter() - start) / steps)
+  return statistics.median(per_step), state
+
+
+def _xla_flops(compiled) -> float | None:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
+            ) -> dict[str, Any]:
+  """The step-time breakdown of `config` on this machine's devices.
+
+  Args:
+    config: a training config (as `experiments.train` takes).
+    workdir: a scratch directory (a startup run and a checkpoint are written there).
+    steps: timed steps per measurement (the median of three such runs is reported).
+
+  Returns:
+    A flat dict of the quantities in the module docstring, plus `params`,
+    `tokens_per_step`, `tokens_per_second`, `tflops`, `mfu` (None where the
+    device's peak is unknown), `memory` (`fef_jax.train.memory.estimate`) and
+    the XLA memory analysis of the compiled step (`xla_temp_bytes`, or None).
+
+  Raises:
+    ValueError: `steps < 1`; whatever `run.setup` raises for a bad config.
+  """
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
+  os.makedirs(workdir, exist_ok=True)
+  startup = _startup(config, os.path.join(workdir, "startup"))
+  source, model, optimizer, loss_cfg, state = run.setup(config,
+                                                        os.path.join(workdir, "tokenizer"))
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  shardings = sharding.state_shardings(state, mesh)
+  state = jax.device_put(state, shardings)
+  step_fn = run.make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
+  iterator = pipeline.BatchIterator(source.arrays, config.batch_size, config.seed)
+  length = source.arrays["tokens"].shape[1]
+  tokens_per_step = config.batch_size * length
+
+  def host_batch():
+    return jax.block_until_ready(sharding.shard_batch(next(iterator), mesh))
+
+  resident = host_batch()
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, resident).compile()
+  compile_s = time.perf_counter() - start
+  state, _ = compiled(state, resident)  # warm-up
+  device_step_s, state = _seconds_per_step(compiled, state, lambda: resident, steps)
+  start = time.perf_counter()
+  for _ in range(steps):
+    host_batch()
+  host_batch_s = (time.perf_counter() - start) / steps
+  unprefetched_step_s, state = _seconds_per_step(
+      compiled, state, lambda: sharding.shard_batch(next(iterator), mesh), steps)
+  size = config.get("prefetch_batches", 2)
+  with prefetch.Prefetcher(iterator, iterator.state,
+                           lambda batch: sharding.shard_batch(batch, mesh), size) as batches:
+    state, _ = compiled(state, next(batches)[0])  # fills the prefetch queue
+    pipelined_step_s, state = _seconds_per_step(compiled, state, lambda: next(batches)[0],
+                                                steps)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=1)
+  start = time.perf_counter()
+  checkpoint.save(manager, 1, state, iterator.state(), "benchmark")
+  checkpoint_call_s = time.perf_counter() - start
+  checkpoint.wait(manager)
+  checkpoint_total_s = time.perf_counter() - start
+
+  flops_per_token = transformer.flops_per_token(model.config, length)
+  xla_flops = _xla_flops(compiled)
+  tokens_per_second = tokens_per_step / pipelined_step_s
+  utilization = mfu.utilization(flops_per_token, tokens_per_second)
+  analysis = compiled.memory_analysis()
+  return {
+      "params": transformer.num_params(model.config),
+      "batch_size": config.batch_size, "length": length, "tokens_per_step": tokens_per_step,
+      "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+      "startup_s": startup, "startup_total_s": sum(startup.values()),
+      "compile_s": compile_s, "device_step_s": device_step_s, "host_batch_s": host_batch_s,
+      "unprefetched_step_s": unprefetched_step_s, "pipelined_step_s": pipelined_step_s,
+      "prefetch_batches": size,
+      "host_overhead": max(0.0, 1.0 - device_step_s / pipelined_step_s),
+      "checkpoint_call_s": checkpoint_call_s, "checkpoint_total_s": checkpoint_total_s,
+      "tokens_per_second": tokens_per_second, "flops_per_token": flops_per_token,
+      "xla_flops_per_token": xla_flops / tokens_per_step if xla_flops else None,
+      "tflops": utilization["tflops"], "mfu": utilization.get("mfu"),
+      "memory": memory.estimate(model.config, config.batch_size, length, state,
+                                mesh.shape["data"] * mesh.shape["fsdp"]),
+      "xla_temp_bytes": getattr(analysis, "temp_size_in_bytes", None),
+  }
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """Markdown: the startup phases, then the per-step breakdown and throughput."""
+  lines = ["| startup phase | seconds |", "|---|---|"]
+  lines += [f"| {name} | {seconds:.2f} |" for name, seconds in result["startup_s"].items()]
+  lines += [f"| **total to the first step** | {result['startup_total_s']:.2f} |", ""]
+  ms = lambda s: f"{1e3 * s:.2f}"  # pylint: disable=unnecessary-lambda-assignment
+  rows = [
+      ("compile (train step)", f"{result['compile_s']:.2f} s"),
+      ("device step (resident batch)", f"{ms(result['device_step_s'])} ms"),
+      ("host batch (draw + place)", f"{ms(result['host_batch_s'])} ms"),
+      ("step, batches not prefetched", f"{ms(result['unprefetched_step_s'])} ms"),
+      (f"step, {result['prefetch_batches']} batches prefetched (as trained)",
+       f"{ms(result['pipelined_step_s'])} ms"),
+      ("host overhead (share of a step)", f"{100 * result['host_overhead']:.1f}%"),
+      ("checkpoint save: call / until written",
+       f"{ms(result['checkpoint_call_s'])} / {ms(result['checkpoint_total_s'])} ms"),
+      ("tokens per second", f"{result['tokens_per_second']:.0f}"),
+      ("FLOPs per token: 6N + attention / XLA", f"{result['flops_per_token']:.3g} / "
+       + (f"{result['xla_flops_per_token']:.3g}" if result["xla_flops_per_token"] else "n/a")),
+      ("achieved TFLOP/s", f"{result['tflops']:.3f}"),
+      ("MFU", "n/a (no known peak)" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"),
+      ("memory estimate per device", f"{result['memory']['total'] / 2**30:.2f} GiB"),
+  ]
+  header = (f"{result['params'] / 1e6:.1f}M parameters, batch {result['batch_size']} x "
+            f"{result['length']} tokens, {result['devices']} x {result['device_kind']}")
+  return "\n".join(lines + [header, "", "| quantity | value |", "|---|---|"]
+                   + [f"| {name} | {value} |" for name, value in rows])

@@ -1,0 +1,88 @@
+"""Device memory of a training run: the state exactly, activations estimated.
+
+The train state (parameters, optimizer state, EMA) is counted from its arrays:
+the bytes of each array's shard on one device, so FSDP and tensor sharding are
+accounted for. Activations kept for the backward pass are an estimate per
+token and layer (elements, at the compute dtype's width):
+
+- attention: the block input and its norm (2d), queries, keys and values (3d),
+  the softmax probabilities (H L, float32), the attention output (d);
+- SwiGLU MLP: the input and its norm (2d), gate and up projections (2m), their
+  product (m);
+
+so `(8d + 3m) * width + 4 H L` bytes per token and layer without
+rematerialization; with it, only each block's input (`d * width`) plus one
+block's full set. The output adds `B L V` float32 logits twice (logits and
+their gradient). XLA may fuse some of these away or keep temporaries beside
+them: compare with `compiled.memory_analysis()` where it matters.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from fef_jax.models import transformer
+
+
+def _per_device_bytes(tree: Any) -> int:
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array) and leaf.addressable_shards:
+      total += leaf.addressable_shards[0].data.nbytes
+    else:
+      total += np.asarray(leaf).nbytes
+  return total
+
+
+def _remats(config: transformer.TransformerConfig) -> bool:
+  return config.remat not in (False, None, "none")
+
+
+def activation_bytes(config: transformer.TransformerConfig, batch_size: int,
+                     length: int) -> int:
+  """Estimated bytes of activations kept for the backward pass of one step, per
+  `batch_size` rows (divide by the data-parallel shards for one device)."""
+  d, m, heads = config.d_model, config.mlp_dim, config.num_heads
+  width = np.dtype(config.dtype).itemsize
+  per_layer_token = (8 * d + 3 * m) * width + 4 * heads * length
+  tokens = batch_size * length
+  if _remats(config):
+    layers = config.num_layers * d * width * tokens + per_layer_token * tokens
+  else:
+    layers = config.num_layers * per_layer_token * tokens
+  logits = 2 * 4 * tokens * config.vocab_size
+  return int(layers + logits)
+
+
+def estimate(config: transformer.TransformerConfig, batch_size: int, length: int,
+             state: Any, data_shards: int = 1) -> dict[str, int]:
+  """Bytes per device: `params`, `optimizer`, `ema` (exact, from `state`'s arrays),
+  `activations` (estimated, for `batch_size / data_shards` rows) and their `total`.
+
+  Raises:
+    ValueError: `batch_size` not divisible by `data_shards`.
+  """
+  if batch_size % data_shards:
+    raise ValueError(f"batch_size {batch_size} does not divide by {data_shards} data shards")
+  out = {"params": _per_device_bytes(state.params),
+         "optimizer": _per_device_bytes(state.opt_state),
+         "ema": _per_device_bytes(state.ema_params),
+         "activations": activation_bytes(config, batch_size // data_shards, length)}
+  out["total"] = sum(out.values())
+  return out
+
+
+def _readable(num_bytes: int) -> str:
+  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if num_bytes >= size:
+      return f"{num_bytes / size:.2f} {unit}"
+  return f"{num_bytes} B"
+
+
+def format_estimate(estimate_bytes: dict[str, int]) -> str:
+  """One line: `memory per device (...): params 324.00 MiB, ..., total 2.10 GiB`."""
+  return ("memory per device (activations estimated): " + ", ".join(
+      f"{name} {_readable(estimate_bytes[name])}"
+      for name in ("params", "optimizer", "ema", "activations", "total")))

@@ -1,0 +1,68 @@
+"""The training benchmark runs end to end on CPU and its accounting is consistent."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fef_jax.models import transformer
+from fef_jax.train import memory
+from fef_jax.train import optim
+from fef_jax.train import step as train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "experiments.benchmark_train",
+                         "--config=experiments/configs/tiny.py", "--steps=2",
+                         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads((tmp_path / "benchmark_train.json").read_text())["rows"][0]
+  assert "host overhead" in (tmp_path / "benchmark_train.md").read_text()
+  phases = result["startup_s"]
+  assert list(phases) == ["imports", "data", "init", "place", "restore", "compile+first step"]
+  assert all(seconds >= 0 for seconds in phases.values())
+  assert result["startup_total_s"] == pytest.approx(sum(phases.values()))
+  for name in ("compile_s", "device_step_s", "host_batch_s", "unprefetched_step_s",
+               "pipelined_step_s", "checkpoint_call_s"):
+    assert result[name] > 0, name
+  assert result["checkpoint_total_s"] >= result["checkpoint_call_s"]
+  assert 0 <= result["host_overhead"] < 1
+  assert result["tokens_per_step"] == result["batch_size"] * result["length"]
+  assert result["tokens_per_second"] == pytest.approx(
+      result["tokens_per_step"] / result["pipelined_step_s"])
+  assert result["tflops"] == pytest.approx(
+      result["flops_per_token"] * result["tokens_per_second"] / 1e12)
+  assert result["mfu"] is None  # a CPU has no known peak
+  # XLA counts the whole step: the model's 6N + attention, plus the loss's softmax and the
+  # optimizer's few dozen FLOPs per parameter per step, spread over the step's tokens.
+  assert 0.95 < result["xla_flops_per_token"] / result["flops_per_token"] < 1.3
+  assert result["memory"]["total"] == sum(
+      result["memory"][k] for k in ("params", "optimizer", "ema", "activations"))
+
+
+def test_memory_estimate_counts_the_state_exactly_and_remat_saves_activations():
+  config = transformer.TransformerConfig(vocab_size=11, mask_id=11, max_length=16, d_model=32,
+                                         num_layers=2, num_heads=4, mlp_dim=64)
+  params = transformer.init_params(config, jax.random.key(0))
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(warmup_steps=0, total_steps=10))
+  state = train_lib.create_train_state(params, optimizer, jax.random.key(1))
+  nbytes = lambda tree: sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))  # noqa
+  estimate = memory.estimate(config, 8, 16, state, data_shards=2)
+  assert estimate["params"] == estimate["ema"] == nbytes(params) == 4 * transformer.num_params(
+      config)
+  assert estimate["optimizer"] == nbytes(state.opt_state)
+  assert estimate["activations"] == memory.activation_bytes(config, 4, 16)
+  remat = transformer.TransformerConfig(**{**config.__dict__, "remat": True})
+  assert memory.activation_bytes(remat, 4, 16) < estimate["activations"]
+  half = transformer.TransformerConfig(**{**config.__dict__, "dtype": jnp.bfloat16})
+  assert memory.activation_bytes(half, 4, 16) < estimate["activations"]
+  assert "total" in memory.format_estimate(estimate)
+  with pytest.raises(ValueError, match="data shards"):
+    memory.estimate(config, 7, 16, state, data_shards=2)
