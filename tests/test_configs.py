@@ -1,15 +1,21 @@
 """Every experiment config loads, overrides work, and the model sizes are what they claim."""
 import importlib
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+import jax
+
 from fef_jax import models
+from fef_jax.train import memory
+from fef_jax.train import optim
+from fef_jax.train import step as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["tiny", "shakespeare", "gpu", "tpu_pod", "gsm8k"]
+CONFIGS = ["tiny", "shakespeare", "gpu", "gpu_350m", "gpu_1b", "tpu_pod", "gsm8k"]
 
 
 def _model(config, vocab_size=258, length=None):
@@ -27,9 +33,33 @@ def test_config_builds_a_valid_model_config(name):
   assert models.num_params(_model(config)) > 0
 
 
-def test_gpu_config_has_about_100m_parameters():
-  config = importlib.import_module("experiments.configs.gpu").get_config()
-  assert 80e6 < models.num_params(_model(config)) < 130e6
+@pytest.mark.parametrize("name,low,high", [("gpu", 80e6, 130e6), ("gpu_350m", 300e6, 400e6),
+                                           ("gpu_1b", 1.2e9, 1.4e9)])
+def test_gpu_configs_have_the_parameters_they_claim_and_fit_one_80gb_gpu(name, low, high):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
+  model_cfg = _model(config)
+  assert low < models.num_params(model_cfg) < high
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
+  state = jax.eval_shape(lambda key: train_lib.create_train_state(
+      models.init_params(model_cfg, key), optimizer, key), jax.random.key(0))
+  estimate = memory.estimate(model_cfg, config.batch_size, config.data.length, state)
+  assert estimate["params"] == 4 * models.num_params(model_cfg)  # float32 master weights
+  assert estimate["total"] < 78 * 2**30, memory.format_estimate(estimate)
+
+
+def test_tpu_pod_config_shards_and_lowers_on_8_simulated_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, os.path.join(REPO, "tests", "pod_check.py")],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  # Every parameter but the norm scales is split 8 ways: one device holds an eighth.
+  assert all(name.endswith("['scale']") for name in report["unsharded_params"])
+  sharded = report["param_bytes"] - report["unsharded_param_bytes"]
+  assert report["param_bytes_per_device"] == sharded // 8 + report["unsharded_param_bytes"]
+  assert report["memory_per_device"]["total"] < 16 * 2**30  # a TPU v5e chip's HBM
 
 
 def test_unknown_config_key_on_the_command_line_is_an_error(tmp_path):

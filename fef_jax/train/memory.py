@@ -27,12 +27,18 @@ from fef_jax.models import transformer
 
 
 def _per_device_bytes(tree: Any) -> int:
+  """Bytes of one device's shard of every leaf: arrays, or `jax.ShapeDtypeStruct`s (with
+  a sharding, its shard shape; without, the whole shape)."""
   total = 0
   for leaf in jax.tree.leaves(tree):
     if isinstance(leaf, jax.Array) and leaf.addressable_shards:
       total += leaf.addressable_shards[0].data.nbytes
-    else:
-      total += np.asarray(leaf).nbytes
+      continue
+    shape = np.shape(leaf)
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is not None:
+      shape = sharding.shard_shape(shape)
+    total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
   return total
 
 
@@ -58,7 +64,8 @@ def activation_bytes(config: transformer.TransformerConfig, batch_size: int,
 
 def estimate(config: transformer.TransformerConfig, batch_size: int, length: int,
              state: Any, data_shards: int = 1) -> dict[str, int]:
-  """Bytes per device: `params`, `optimizer`, `ema` (exact, from `state`'s arrays),
+  """Bytes per device: `params`, `optimizer`, `ema` (exact, from `state`'s arrays or
+  their `jax.eval_shape` structs, sharded or not),
   `activations` (estimated, for `batch_size / data_shards` rows) and their `total`.
 
   Raises:
