@@ -5,9 +5,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import jax
+import pytest
 
 from fef_jax import models
 from fef_jax.train import memory
