@@ -46,6 +46,8 @@ from fef_jax.models.transformer import Transformer
 from fef_jax.models.transformer import TransformerConfig
 from fef_jax.models.transformer import _dense
 from fef_jax.models.transformer import _norm
+from fef_jax.models.transformer import config_repr
+from fef_jax.models.transformer import project_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,11 @@ class SpecHeadConfig(TransformerConfig):
       or `head_layers` not a positive int.
   """
   head_layers: int = 1
+
+  def __repr__(self) -> str:
+    # Every field, as the generated dataclass repr printed them before
+    # `attention_impl` existed (which prints only away from its default).
+    return config_repr(self)
 
   def __post_init__(self):
     super().__post_init__()
@@ -133,9 +140,7 @@ class SpecHead(nn.Module):
       x, _ = Block(cfg, name=f"block_{i}")(x, positions_BxK, mask)
     if queries_BxW is not None:
       x = _take_items(x, queries_BxW)
-    x = _norm(cfg, "final_norm")(x)
-    return jnp.einsum("...d,vd->...v", x, unembed_VxD.astype(cfg.dtype),
-                      preferred_element_type=jnp.float32)
+    return project_logits(_norm(cfg, "final_norm")(x), unembed_VxD)
 
 
 class SpecHeadTransformer(nn.Module):
@@ -164,6 +169,9 @@ class SpecHeadTransformer(nn.Module):
   def hidden(self, tokens_BxL, valid_BxL=None, t_B=None):
     return self.backbone.hidden(tokens_BxL, valid_BxL, t_B)
 
+  def features(self, tokens_BxL, valid_BxL=None, t_B=None):
+    return self.backbone.features(tokens_BxL, valid_BxL, t_B)
+
   def head_logits(self, hidden_BxLxD: jax.Array, positions_BxK: jax.Array,
                   values_BxK: jax.Array, valid_BxK: jax.Array,
                   queries_BxW: jax.Array | None = None) -> jax.Array:
@@ -179,6 +187,17 @@ class SpecHeadTransformer(nn.Module):
     logits_BxLxV, hidden_BxLxD = self.hidden(tokens_BxL, valid_BxL, t_B)
     return logits_BxLxV, self.head_logits(hidden_BxLxD, positions_BxK, values_BxK,
                                           items_valid_BxK)
+
+  def features_with_head(self, tokens_BxL: jax.Array, valid_BxL: jax.Array | None,
+                         t_B: jax.Array | None, positions_BxK: jax.Array,
+                         values_BxK: jax.Array, items_valid_BxK: jax.Array
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`with_head` without the backbone's output projection: (hidden states [B, L, D],
+    the output projection float32[V, D], head logits float32[B, K, V]); see
+    `Transformer.features`."""
+    hidden_BxLxD, unembed_VxD = self.features(tokens_BxL, valid_BxL, t_B)
+    return hidden_BxLxD, unembed_VxD, self.head_logits(hidden_BxLxD, positions_BxK,
+                                                       values_BxK, items_valid_BxK)
 
 
 @functools.partial(jax.jit, static_argnums=0)

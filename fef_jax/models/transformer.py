@@ -9,7 +9,14 @@ with `attention="block_causal"` a position of block `b` (positions
 `[b K, (b+1) K)`, `K = block_length`) attends to the positions of blocks `<= b`
 only. `valid_BxL` hides padding keys. Parameters are always float32;
 `config.dtype` is the compute dtype (activations, matmul inputs), and logits
-accumulate in float32.
+accumulate in float32: the parameters are the float32 master weights, cast
+where they are used (see `TransformerConfig.dtype`).
+
+The full pass's attention runs through `jax.nn.dot_product_attention` with the
+implementation `config.attention_impl` asks for (`attention_implementation`):
+XLA's everywhere, or cuDNN's fused flash attention on a CUDA GPU when its
+constraints hold. Each block can be rematerialized in the backward pass with a
+`jax.checkpoint` policy (`config.remat`, `REMAT_POLICIES`).
 
 Cached evaluation: `Transformer.encode` returns the logits and every layer's
 keys and values (a `KVCache`); `Transformer.block_logits` evaluates `C` copies
@@ -44,6 +51,21 @@ import jax
 import jax.numpy as jnp
 
 ATTENTION_KINDS = ("bidirectional", "block_causal")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+# What the backward pass keeps of a block's forward computation, by name; the rest is
+# recomputed. "none" keeps everything (no remat); "full" keeps only the block's inputs
+# (`nn.remat`'s default, what `remat=True` has always meant).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+# Fields added after checkpoints existed print only away from their default, so that
+# the repr of an older config (a checkpoint's fingerprint) is unchanged.
+_NEW_FIELD_DEFAULTS = {"attention_impl": "auto"}
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 _TIME_SCALE = 1000.0  # t in [0, 1] is embedded as the "step" 1000 t
 
@@ -67,18 +89,38 @@ class TransformerConfig:
       embedding, a two-layer MLP, added to the residual stream).
     tie_embeddings: use the embedding table (its first `vocab_size` rows) as
       the output projection.
-    remat: rematerialize each block in the backward pass (`nn.remat`).
-    dtype: compute dtype, e.g. `jnp.float32` or `jnp.bfloat16`.
+    remat: what the backward pass keeps of each block's forward computation:
+      a name in `REMAT_POLICIES` (`"none"`; `"full"`, recompute the block from
+      its input; `"dots_saveable"`, keep every matmul output, XLA attention's
+      scores included; `"dots_with_no_batch_dims_saveable"`, keep the
+      projections' outputs and recompute attention and elementwise work), or
+      a bool: False is `"none"`, True is `"full"` (as before names existed).
+      The math is the same under every policy; memory and recomputation differ.
+    dtype: compute dtype, e.g. `jnp.float32` or `jnp.bfloat16`. Parameters stay
+      float32 whatever it is, and are cast to it where used, so with bfloat16
+      the float32 parameters are the master weights the optimizer updates.
     attention: `"bidirectional"` or `"block_causal"` (see the module docstring).
     block_length: the attention block length in positions; required with
       `block_causal`, None with `bidirectional`.
+    attention_impl: the full pass's attention kernel: `"xla"` (any platform),
+      `"cudnn"` (cuDNN flash attention: a CUDA GPU of compute capability >= 8.0,
+      a bfloat16 or float16 `dtype`, a head dim that is a multiple of 8 and at
+      most 128, or 256 from compute capability 9.0, and, with a mask, an even
+      length), or `"auto"` (cuDNN where all of that holds, XLA otherwise). The
+      cached span passes always use `attend_span`. All compute the same
+      function up to round-off (`cudnn` applies a mask as an additive bias of
+      -2^41, which leaves excluded keys the same zero weight). Printed in the
+      repr only when not `"auto"`.
 
   Raises:
     ValueError: (on construction) a size that is not a positive int, `mask_id`
       outside `[0, vocab_size]`, `d_model` not divisible by `num_heads`, an odd
       head dim, `rope_theta <= 0`, a `dtype` that is not floating, an unknown
-      `attention`, or a `block_length` that does not fit it; the message names
-      the field.
+      `attention`, a `block_length` that does not fit it, an unknown `remat`
+      policy or `attention_impl`, or `attention_impl="cudnn"` with a dtype or
+      head dim cuDNN cannot take; the message names the field. (`"cudnn"` on
+      a platform without it raises when the model runs: see
+      `attention_implementation`.)
   """
   vocab_size: int
   mask_id: int
@@ -90,18 +132,17 @@ class TransformerConfig:
   rope_theta: float = 10000.0
   time_conditioning: bool = False
   tie_embeddings: bool = True
-  remat: bool = False
+  remat: bool | str = False
   dtype: Any = jnp.float32
   attention: str = "bidirectional"
   block_length: int | None = None
+  attention_impl: str = "auto"
 
   def __repr__(self) -> str:
     # Bidirectional configs print as they did before `attention` existed:
     # checkpoint fingerprints hold this repr, and older runs must still resume.
     skip = ("attention", "block_length") if self.attention == "bidirectional" else ()
-    fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
-                       for f in dataclasses.fields(self) if f.name not in skip)
-    return f"{type(self).__qualname__}({fields})"
+    return config_repr(self, skip)
 
   def __post_init__(self):
     for name in ("vocab_size", "max_length", "d_model", "num_layers", "num_heads",
@@ -136,10 +177,29 @@ class TransformerConfig:
     elif self.block_length is not None:
       raise ValueError(f"TransformerConfig.block_length={self.block_length!r} is only "
                        f"used with attention='block_causal'; leave it None")
+    if not isinstance(self.remat, bool) and not (isinstance(self.remat, str)
+                                                 and self.remat in REMAT_POLICIES):
+      raise ValueError(f"TransformerConfig.remat must be a bool or one of "
+                       f"{tuple(REMAT_POLICIES)}, got {self.remat!r}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"TransformerConfig.attention_impl must be one of {ATTENTION_IMPLS}, "
+                       f"got {self.attention_impl!r}")
+    if self.attention_impl == "cudnn":
+      problems = _cudnn_config_problems(self)
+      if problems:
+        raise ValueError(f"TransformerConfig.attention_impl='cudnn' cannot run this model: "
+                         f"{'; '.join(problems)} (use 'auto' to fall back to XLA)")
 
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def remat_policy(self) -> str:
+    """The name in `REMAT_POLICIES` that `remat` means (a bool maps to "none" / "full")."""
+    if isinstance(self.remat, bool):
+      return "full" if self.remat else "none"
+    return self.remat
 
   @property
   def num_embeddings(self) -> int:
@@ -150,6 +210,105 @@ class TransformerConfig:
 def _check_positive_int(name: str, value: Any) -> None:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
     raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+
+
+def config_repr(config: TransformerConfig, skip: tuple[str, ...] = ()) -> str:
+  """`Name(field=value, ...)` over the dataclass fields, leaving out `skip` and the
+  fields added after checkpoints existed while at their defaults (`_NEW_FIELD_DEFAULTS`)."""
+  fields = ", ".join(
+      f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+      if f.name not in skip and not (f.name in _NEW_FIELD_DEFAULTS
+                                     and getattr(config, f.name) == _NEW_FIELD_DEFAULTS[f.name]))
+  return f"{type(config).__qualname__}({fields})"
+
+
+def _cudnn_config_problems(config: TransformerConfig) -> list[str]:
+  """What in the config itself rules out cuDNN flash attention (head dims up to 256
+  pass here; the 128 limit before compute capability 9.0 is checked on the device)."""
+  problems = []
+  if jnp.dtype(config.dtype) not in [jnp.dtype(d) for d in _CUDNN_DTYPES]:
+    problems.append(f"dtype {jnp.dtype(config.dtype).name} is not bfloat16 or float16")
+  if config.head_dim % 8 or config.head_dim > 256:
+    problems.append(f"head dim {config.head_dim} is not a multiple of 8 up to 256")
+  return problems
+
+
+def _gpu_compute_capability() -> tuple[int, int] | None:
+  """(major, minor) of the default backend's first device if it is a CUDA GPU, else None."""
+  if jax.default_backend() != "gpu":
+    return None
+  capability = getattr(jax.devices()[0], "compute_capability", "")
+  try:
+    major, minor = (int(part) for part in str(capability).split("."))
+  except ValueError:  # e.g. ROCm's "gfx90a": not CUDA, no cuDNN
+    return None
+  return major, minor
+
+
+def attention_implementation(config: TransformerConfig, length: int, masked: bool, *,
+                             compute_capability: tuple[int, int] | None | str = "detect"
+                             ) -> str:
+  """The kernel of a full pass over `length` positions: `"xla"` or `"cudnn"`.
+
+  Resolves `config.attention_impl` on the default backend ("auto": cuDNN where
+  it can run, see `TransformerConfig.attention_impl`; XLA otherwise).
+
+  Args:
+    config: the model config.
+    length: the number of query (and key) positions, static.
+    masked: whether the pass has a mask; cuDNN's backward pass with a bias
+      needs an even length.
+    compute_capability: the CUDA device's (major, minor), None for a platform
+      without CUDA; "detect" reads the default backend (tests pass others).
+
+  Raises:
+    ValueError: `attention_impl="cudnn"` where cuDNN cannot run, naming why.
+  """
+  if config.attention_impl == "xla":
+    return "xla"
+  if compute_capability == "detect":
+    compute_capability = _gpu_compute_capability()
+  problems = _cudnn_config_problems(config)
+  if compute_capability is None:
+    problems.append(f"the default backend {jax.default_backend()!r} is not a CUDA GPU")
+  else:
+    if compute_capability < (8, 0):
+      problems.append(f"compute capability {compute_capability} is below 8.0")
+    if compute_capability < (9, 0) and config.head_dim > 128:
+      problems.append(f"head dim {config.head_dim} exceeds 128 before compute capability 9.0")
+  if masked and length % 2:
+    problems.append(f"a masked pass over an odd length {length}")
+  if not problems:
+    return "cudnn"
+  if config.attention_impl == "cudnn":
+    raise ValueError(f"attention_impl='cudnn' cannot run here: {'; '.join(problems)} "
+                     f"(use 'auto' to fall back to XLA)")
+  return "xla"
+
+
+def full_attention(config: TransformerConfig, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
+                   v_BxLxHxK: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """`jax.nn.dot_product_attention` with the implementation `attention_implementation`
+  picks; `mask` bool, broadcastable to [B, heads, L, L] (None: attend everywhere).
+  Returns [B, L, H, K].
+
+  Raises:
+    ValueError: `attention_impl="cudnn"` where cuDNN cannot run.
+  """
+  length = q_BxLxHxK.shape[-3]
+  implementation = attention_implementation(config, length, mask is not None)
+  if implementation == "cudnn" and mask is not None:
+    mask = cudnn_mask(mask, length)
+  return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask=mask,
+                                      implementation=implementation)
+
+
+def cudnn_mask(mask: jax.Array, length: int) -> jax.Array:
+  """`mask` (broadcastable to [B, heads, L, L]) broadcast along its query and key axes
+  to `length`: cuDNN turns a mask into an additive bias whose last two axes must be
+  whole. Its batch and heads axes keep their sizes (1 broadcasts in the kernel)."""
+  mask = jnp.asarray(mask).reshape((1,) * (4 - jnp.ndim(mask)) + jnp.shape(mask))
+  return jnp.broadcast_to(mask, (*mask.shape[:2], length, length))
 
 
 def num_params(config: TransformerConfig) -> int:
@@ -224,6 +383,13 @@ def timestep_embedding(t_B: jax.Array, dim: int) -> jax.Array:
   freq_H = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
   arg_BxH = _TIME_SCALE * t_B.astype(jnp.float32)[:, None] * freq_H
   return jnp.concatenate([jnp.sin(arg_BxH), jnp.cos(arg_BxH)], axis=-1)
+
+
+def project_logits(hidden_xD: jax.Array, unembed_VxD: jax.Array) -> jax.Array:
+  """The output projection: float32 logits `[..., V]` of final hidden states `[..., D]`,
+  multiplied in the hidden states' dtype and accumulated in float32."""
+  return jnp.einsum("...d,vd->...v", hidden_xD, unembed_VxD.astype(hidden_xD.dtype),
+                    preferred_element_type=jnp.float32)
 
 
 def _dense(config: TransformerConfig, features, name: str, axis=-1) -> nn.DenseGeneral:
@@ -307,7 +473,7 @@ class Attention(nn.Module):
     k = rope(_dense(cfg, heads, "key")(x), positions, cfg.rope_theta)
     v = _dense(cfg, heads, "value")(x)
     if context is None:
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      out = full_attention(cfg, q, k, v, mask)
     else:
       out = attend_span(q, k, v, mask, *context)
     return _dense(cfg, cfg.d_model, "out", axis=(-2, -1))(out), (k, v)
@@ -517,6 +683,29 @@ class Transformer(nn.Module):
                                                   _full_mask(cfg, valid_BxL, length))
     return logits_BxLxV, hidden_BxLxD
 
+  def features(self, tokens_BxL: jax.Array, valid_BxL: jax.Array | None = None,
+               t_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The full pass without its output projection: what a loss that projects the
+    positions in chunks reads (`fef_jax.losses.chunked_masked_cross_entropy`).
+
+    Args:
+      tokens_BxL, valid_BxL, t_B: as for `__call__`.
+
+    Returns:
+      (the final-normed hidden states [B, L, d_model] in the compute dtype, the
+      float32 output projection [vocab_size, d_model]);
+      `project_logits(hidden, projection)` is `__call__`'s logits.
+
+    Raises:
+      ValueError: bad inputs as for `__call__`.
+    """
+    cfg = self.config
+    _check_inputs(cfg, tokens_BxL, valid_BxL, t_B)
+    length = tokens_BxL.shape[1]
+    _, _, hidden_BxLxD = self._forward(tokens_BxL, t_B, jnp.arange(length),
+                                       _full_mask(cfg, valid_BxL, length), project=False)
+    return hidden_BxLxD, self.output_tables()[1]
+
   def output_tables(self) -> tuple[jax.Array, jax.Array]:
     """(float32 input embedding table [num_embeddings, d_model], output projection
     [vocab_size, d_model]): the parameters a head shares with the model. Needs
@@ -594,14 +783,16 @@ class Transformer(nn.Module):
   @nn.compact
   def _forward(self, tokens: jax.Array, t_B: jax.Array | None, positions: jax.Array,
                mask: jax.Array | None,
-               context: tuple[jax.Array, jax.Array, jax.Array] | None = None
-               ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+               context: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+               project: bool = True
+               ) -> tuple[jax.Array | None, list[tuple[jax.Array, jax.Array]], jax.Array]:
     """The network on `[B, L]` tokens, or on `[B, C, S]` span copies with a `context`
     of stacked layer keys and values `[B, Y, L, H, K]` and a key mask `[B, L]`.
 
     Returns:
-      (float32 logits `[..., vocab_size]`, every layer's (keys, values) of `tokens`,
-      the final-normed hidden states `[..., d_model]` the logits are projected from).
+      (float32 logits `[..., vocab_size]`, None when not `project`; every layer's
+      (keys, values) of `tokens`; the final-normed hidden states `[..., d_model]`
+      the logits are projected from).
     """
     cfg = self.config
     embed = nn.Embed(cfg.num_embeddings, cfg.d_model, embedding_init=_EMBED_INIT,
@@ -609,7 +800,8 @@ class Transformer(nn.Module):
     x = embed(tokens)
     if cfg.time_conditioning:
       x = x + TimeEmbedding(cfg, name="time")(t_B)[:, None, :]
-    block_cls = nn.remat(Block) if cfg.remat else Block
+    policy = cfg.remat_policy
+    block_cls = Block if policy == "none" else nn.remat(Block, policy=REMAT_POLICIES[policy])
     keys_values = []
     for i in range(cfg.num_layers):
       layer_context = None if context is None else (
@@ -623,8 +815,7 @@ class Transformer(nn.Module):
     else:
       unembed_VxD = self.param("unembed", nn.initializers.lecun_normal(),
                                (cfg.vocab_size, cfg.d_model), jnp.float32)
-    logits = jnp.einsum("...d,vd->...v", x, unembed_VxD.astype(cfg.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = project_logits(x, unembed_VxD) if project else None
     return logits, keys_values, x
 
 
