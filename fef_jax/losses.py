@@ -32,6 +32,7 @@ Conventions.
 """
 import math
 import numbers
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,70 @@ def masked_cross_entropy(logits_BxLxV: jax.Array, x0_BxL: jax.Array,
   return jnp.where(xt_BxL == mask_id, -logp_x0_BxL[..., 0], 0.0)
 
 
+def chunked_masked_cross_entropy(project_fn: Callable[[jax.Array], jax.Array],
+                                 hidden_BxLxD: jax.Array, x0_BxL: jax.Array,
+                                 xt_BxL: jax.Array, mask_id: int,
+                                 chunk_length: int) -> jax.Array:
+  """`masked_cross_entropy(project_fn(hidden_BxLxD), x0_BxL, xt_BxL, mask_id)`
+  without the [B, L, V] logits: `chunk_length` positions at a time.
+
+  The chunks run one after another (`lax.map`), each projected, log-softmaxed
+  and scored under `jax.checkpoint`, so neither pass holds more than one chunk's
+  `[B, chunk_length, V]` logits: the backward pass keeps the hidden states and
+  recomputes each chunk's projection (one more forward projection, a third of
+  its training FLOPs). Positions past the last full chunk are padded (and
+  scored 0). Per position it is the same computation as the unchunked loss,
+  so they agree up to the round-off of a differently tiled matmul.
+
+  Args:
+    project_fn: hidden states [B, C, D] -> float logits [B, C, V] (the model's
+      output projection; may close over its parameters).
+    hidden_BxLxD: the final hidden states, any float dtype.
+    x0_BxL, xt_BxL, mask_id: as for `masked_cross_entropy`.
+    chunk_length: positions per chunk, a positive int (static).
+
+  Returns:
+    ce_BxL, float32: `-log p(x0 | xt)` at masked positions, 0 elsewhere.
+
+  Raises:
+    ValueError: `chunk_length` not a positive int, `hidden_BxLxD` not 3-D,
+      tokens not shaped `hidden_BxLxD.shape[:2]`, or what
+      `masked_cross_entropy` raises.
+  """
+  _check_mask_id(mask_id)
+  if (isinstance(chunk_length, bool) or not isinstance(chunk_length, numbers.Integral)
+      or chunk_length <= 0):
+    raise ValueError(f"chunk_length must be a positive int, got {chunk_length!r}.")
+  if jnp.ndim(hidden_BxLxD) != 3:
+    raise ValueError(f"hidden_BxLxD must be 3-D (B, L, D), got shape "
+                     f"{jnp.shape(hidden_BxLxD)}.")
+  batch, length = hidden_BxLxD.shape[:2]
+  x0_BxL, xt_BxL = jnp.asarray(x0_BxL), jnp.asarray(xt_BxL)
+  for name, tokens_BxL in (("x0_BxL", x0_BxL), ("xt_BxL", xt_BxL)):
+    if tokens_BxL.shape != (batch, length):
+      raise ValueError(f"{name} has shape {tokens_BxL.shape} but hidden_BxLxD has shape "
+                       f"{hidden_BxLxD.shape}; expected {(batch, length)}.")
+  chunks = -(-length // chunk_length)
+  pad = chunks * chunk_length - length
+  # Padded positions are unmasked (any id but mask_id), so they score 0.
+  hidden_BxPxD = jnp.pad(hidden_BxLxD, ((0, 0), (0, pad), (0, 0)))
+  x0_BxP = jnp.pad(x0_BxL, ((0, 0), (0, pad)))
+  xt_BxP = jnp.pad(xt_BxL, ((0, 0), (0, pad)), constant_values=mask_id + 1)
+
+  def by_chunk(x_BxP: jax.Array) -> jax.Array:
+    """[B, P, ...] -> [chunks, B, chunk_length, ...], the axis `lax.map` runs over."""
+    return jnp.moveaxis(x_BxP.reshape(batch, chunks, chunk_length, *x_BxP.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def chunk_cross_entropy(inputs):
+    hidden_BxCxD, x0_BxC, xt_BxC = inputs
+    return masked_cross_entropy(project_fn(hidden_BxCxD), x0_BxC, xt_BxC, mask_id)
+
+  ce_NxBxC = jax.lax.map(chunk_cross_entropy,
+                         (by_chunk(hidden_BxPxD), by_chunk(x0_BxP), by_chunk(xt_BxP)))
+  return jnp.moveaxis(ce_NxBxC, 0, 1).reshape(batch, chunks * chunk_length)[:, :length]
+
+
 def _nll_per_token(logits_BxLxV, x0_BxL, xt_BxL, t_B, mask_id,
                    maskable_BxL) -> jax.Array:
   """`sum_{i masked and maskable} -log p(x0^i | xt) / n_b`, shape (B,).
@@ -104,8 +169,13 @@ def _nll_per_token(logits_BxLxV, x0_BxL, xt_BxL, t_B, mask_id,
   """
   maskable_BxL = forward.check_times_and_maskable(x0_BxL, t_B, maskable_BxL)
   ce_BxL = masked_cross_entropy(logits_BxLxV, x0_BxL, xt_BxL, mask_id)
+  return _mean_over_maskable(ce_BxL, maskable_BxL)
+
+
+def _mean_over_maskable(ce_BxL: jax.Array, maskable_BxL: jax.Array | None) -> jax.Array:
+  """`sum_{i maskable} ce[b, i] / n_b` (see `_nll_per_token`), shape (B,)."""
   if maskable_BxL is None:
-    return ce_BxL.sum(axis=-1) / x0_BxL.shape[1]
+    return ce_BxL.sum(axis=-1) / ce_BxL.shape[1]
   nll_B = jnp.where(maskable_BxL, ce_BxL, 0.0).sum(axis=-1)
   return nll_B / jnp.maximum(maskable_BxL.sum(axis=-1), 1)
 
@@ -150,6 +220,36 @@ def continuous_elbo(logits_BxLxV: jax.Array, x0_BxL: jax.Array,
   t_B = _as_float32_or_wider(jnp.asarray(t_B))
   nll_B = _nll_per_token(logits_BxLxV, x0_BxL, xt_BxL, t_B, mask_id,
                          maskable_BxL)
+  return (1.0 - eps) * schedule.weight(t_B) * nll_B
+
+
+def continuous_elbo_from_cross_entropy(ce_BxL: jax.Array, t_B: jax.Array,
+                                       schedule: schedules.Schedule, *,
+                                       eps: float = 1e-3,
+                                       maskable_BxL: jax.Array | None = None
+                                       ) -> jax.Array:
+  """`continuous_elbo` from the per-position cross-entropies it sums.
+
+  Equal to `continuous_elbo(logits, x0, xt, t_B, ...)` when
+  `ce_BxL = masked_cross_entropy(logits, x0, xt, mask_id)` (or its chunked
+  form, `chunked_masked_cross_entropy`): the same operations after that.
+
+  Args:
+    ce_BxL: float32 `-log p(x0 | xt)` at masked positions, 0 elsewhere.
+    t_B, schedule, eps, maskable_BxL: as for `continuous_elbo`.
+
+  Returns:
+    nats_per_token_B, float32 (or wider if `t_B` is).
+
+  Raises:
+    ValueError: `ce_BxL` not 2-D, mismatching shapes, or `eps` not in (0, 1).
+  """
+  forward.check_eps(eps)
+  t_B = _as_float32_or_wider(jnp.asarray(t_B))
+  if jnp.ndim(ce_BxL) != 2:
+    raise ValueError(f"ce_BxL must be 2-D (B, L), got shape {jnp.shape(ce_BxL)}.")
+  maskable_BxL = forward.check_times_and_maskable(ce_BxL, t_B, maskable_BxL)
+  nll_B = _mean_over_maskable(ce_BxL, maskable_BxL)
   return (1.0 - eps) * schedule.weight(t_B) * nll_B
 
 

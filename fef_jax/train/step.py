@@ -4,15 +4,21 @@ The model enters as `apply_fn(params, tokens_BxL, valid_BxL, t_B) -> logits_BxLx
 (float32 logits); with a speculative head (`LossConfig.head_weight > 0`) it also
 takes the head's items, `apply_fn(params, tokens, valid, t, positions_BxK,
 values_BxK, items_valid_BxK) -> (logits_BxLxV, head_logits_BxKxV)`, from one
-backbone pass (`fef_jax.models.spec_head`). Batches are dicts with `tokens`
+backbone pass (`fef_jax.models.spec_head`). With `LossConfig.logits_chunk > 0`
+it is called with `features=True` and returns what the chunked loss reads
+instead of the logits: `(hidden_BxLxD, unembed_VxD)`, or with the head's items
+`(hidden_BxLxD, unembed_VxD, head_logits_BxKxV)` (`make_apply_fn` builds such
+an `apply_fn` for this package's models). Batches are dicts with `tokens`
 int32[B, L] and optionally `valid` (not padding) and `maskable` (positions that
 may be masked: the answer in prompt-conditioned training) bool[B, L].
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -20,6 +26,7 @@ import optax
 
 from fef_jax import losses
 from fef_jax import schedules
+from fef_jax.models import transformer
 from fef_jax.train import head_loss
 from fef_jax.train import masking
 
@@ -41,6 +48,15 @@ class LossConfig:
       (`fef_jax.train.head_loss`); 0 trains no head.
     head_items: items of the head's random order per row (0: `L`, every
       masked position); use at least the sampler's generation block length.
+    logits_chunk: 0 computes the backbone's float32 logits [B, L, V] at once
+      (kept for the backward pass); `C > 0` projects and scores `C` positions
+      at a time from the final hidden states
+      (`losses.chunked_masked_cross_entropy`), so that no more than
+      [B, C, V] logits exist at once, for one more forward output projection.
+      It covers the ELBO and prefix cross-entropy, which both sum the
+      backbone's per-position cross-entropies; the speculative head's logits
+      [B, head_items, V] are still computed whole. Needs an `apply_fn` that
+      takes `features=True` (`make_apply_fn`).
   """
   mask_id: int
   schedule: str = "linear"
@@ -49,14 +65,30 @@ class LossConfig:
   ema_decay: float = 0.999
   head_weight: float = 0.0
   head_items: int = 0
+  logits_chunk: int = 0
 
   def __post_init__(self):
     if not self.head_weight >= 0:
       raise ValueError(f"LossConfig.head_weight must be >= 0, got {self.head_weight!r}")
-    if isinstance(self.head_items, bool) or not isinstance(self.head_items, int) or (
-        self.head_items < 0):
-      raise ValueError(f"LossConfig.head_items must be an int >= 0 (0: every position), "
-                       f"got {self.head_items!r}")
+    for name in ("head_items", "logits_chunk"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"LossConfig.{name} must be an int >= 0 (0: every position), "
+                         f"got {value!r}")
+
+
+def make_apply_fn(model: nn.Module) -> ApplyFn:
+  """The `ApplyFn` of a `Transformer` or `SpecHeadTransformer` (see the module docstring):
+  the logits, with the head's items also the head's logits from the same backbone pass,
+  and with `features=True` the final hidden states and output projection instead of
+  the backbone's logits (`Transformer.features`)."""
+  def apply(params, tokens_BxL, valid_BxL, t_B, *items, features=False):
+    if features:
+      method = "features_with_head" if items else "features"
+    else:
+      method = "with_head" if items else None
+    return model.apply({"params": params}, tokens_BxL, valid_BxL, t_B, *items, method=method)
+  return apply
 
 
 @flax.struct.dataclass
@@ -103,17 +135,29 @@ def loss_fn(params: Any, apply_fn: ApplyFn, batch: dict[str, jax.Array], key: ja
   xt_BxL, t_B, is_prefix_B = masking.training_mask(
       key, x0_BxL, schedule, config.mask_id, prefix_fraction=config.prefix_fraction,
       eps=config.eps, maskable_BxL=maskable_BxL)
+  items = ()
   if config.head_weight:
     items = head_loss.random_items(items_key, xt_BxL, x0_BxL, config.mask_id,
                                    config.head_items or x0_BxL.shape[1])
-    logits_BxLxV, head_logits_BxKxV = apply_fn(params, xt_BxL, valid_BxL, t_B, *items)
-    head_ce_B = head_loss.any_order_cross_entropy(head_logits_BxKxV, items[1], items[2],
+  # Chunked: (hidden_BxLxD, unembed_VxD[, head_logits_BxKxV]); otherwise logits_BxLxV,
+  # or (logits_BxLxV, head_logits_BxKxV). `features` is passed only when asked for, so
+  # an apply_fn without the keyword still serves the default loss.
+  outputs = apply_fn(params, xt_BxL, valid_BxL, t_B, *items,
+                     **({"features": True} if config.logits_chunk else {}))
+  if config.head_weight:
+    head_ce_B = head_loss.any_order_cross_entropy(outputs[-1], items[1], items[2],
                                                   config.mask_id)
+  if config.logits_chunk:
+    ce_BxL = losses.chunked_masked_cross_entropy(
+        functools.partial(transformer.project_logits, unembed_VxD=outputs[1]),
+        outputs[0], x0_BxL, xt_BxL, config.mask_id, config.logits_chunk)
+    elbo_B = losses.continuous_elbo_from_cross_entropy(ce_BxL, t_B, schedule, eps=config.eps,
+                                                       maskable_BxL=maskable_BxL)
   else:
-    logits_BxLxV = apply_fn(params, xt_BxL, valid_BxL, t_B)
-  elbo_B = losses.continuous_elbo(logits_BxLxV, x0_BxL, xt_BxL, t_B, schedule,
-                                  config.mask_id, eps=config.eps, maskable_BxL=maskable_BxL)
-  ce_BxL = losses.masked_cross_entropy(logits_BxLxV, x0_BxL, xt_BxL, config.mask_id)
+    logits_BxLxV = outputs[0] if items else outputs
+    elbo_B = losses.continuous_elbo(logits_BxLxV, x0_BxL, xt_BxL, t_B, schedule,
+                                    config.mask_id, eps=config.eps, maskable_BxL=maskable_BxL)
+    ce_BxL = losses.masked_cross_entropy(logits_BxLxV, x0_BxL, xt_BxL, config.mask_id)
   num_masked_B = jnp.sum(xt_BxL == config.mask_id, axis=1)
   prefix_ce_B = jnp.sum(ce_BxL, axis=1) / jnp.maximum(num_masked_B, 1)
   loss_B = jnp.where(is_prefix_B, prefix_ce_B, elbo_B)
