@@ -290,6 +290,11 @@ def test_chunked_cross_entropy_rejects_bad_arguments():
   for chunk in (-1, True, 1.5):
     with pytest.raises(ValueError, match="logits_chunk"):
       train_lib.LossConfig(mask_id=MASK_ID, logits_chunk=chunk)
+  # An apply_fn that only returns logits cannot serve the chunked loss.
+  logits_only = lambda params, tokens, valid, t: None
+  with pytest.raises(ValueError, match="make_apply_fn"):
+    train_lib.loss_fn({}, logits_only, _batch(0), jax.random.key(0),
+                      train_lib.LossConfig(mask_id=MASK_ID, logits_chunk=4))
 
 
 def test_elbo_from_cross_entropies_is_the_elbo():

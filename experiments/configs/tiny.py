@@ -22,17 +22,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind="task", task="permutation", task_kwargs=dict(alphabet_size=8, length=5),
       num_examples=50_000, num_eval_examples=1024))
+  # remat: False/True or a policy name (fef_jax.models.transformer.REMAT_POLICIES);
+  # attention_impl: "auto" (cuDNN flash attention where it can run, else XLA), "xla", "cudnn".
   config.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=3, num_heads=4, mlp_dim=192, time_conditioning=False,
       tie_embeddings=True, remat=False, attention="bidirectional",
       block_length=ml_collections.config_dict.placeholder(int),
+      attention_impl="auto",
       head_layers=0))  # > 0: a single-pass speculative head (fef_jax.models.spec_head)
+  # mu_dtype: Adam's first moment; None (float32) or "bfloat16".
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=100, total_steps=800, weight_decay=0.01,
-      grad_clip=1.0, grad_accum_steps=1))
+      grad_clip=1.0, grad_accum_steps=1,
+      mu_dtype=ml_collections.config_dict.placeholder(str)))
+  # logits_chunk: 0 scores the whole [B, L, V] logits; C > 0 projects and scores C
+  # positions at a time (large vocabularies; see fef_jax.train.step.LossConfig).
   config.loss = ml_collections.ConfigDict(dict(
       schedule="linear", eps=1e-3, prefix_fraction=0.25, ema_decay=0.99,
-      head_weight=0.0, head_items=0))  # the head's any-order AR loss (with head_layers)
+      head_weight=0.0, head_items=0,  # the head's any-order AR loss (with head_layers)
+      logits_chunk=0))
   # The latest `max_to_keep` checkpoints (to resume) and, in workdir/best, the
   # evaluated one with the lowest `best_metric`.
   config.checkpoint = ml_collections.ConfigDict(dict(

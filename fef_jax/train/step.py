@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -118,6 +119,15 @@ def _valid_and_maskable(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Arr
   return valid, maskable
 
 
+def _takes_features(apply_fn: ApplyFn) -> bool:
+  """Whether `apply_fn` accepts the keyword `features` (or any keyword)."""
+  try:
+    parameters = inspect.signature(apply_fn).parameters.values()
+  except (TypeError, ValueError):  # no signature to read: let the call decide
+    return True
+  return any(p.name == "features" or p.kind == p.VAR_KEYWORD for p in parameters)
+
+
 def loss_fn(params: Any, apply_fn: ApplyFn, batch: dict[str, jax.Array], key: jax.Array,
             config: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean training loss and metrics of one batch.
@@ -142,6 +152,9 @@ def loss_fn(params: Any, apply_fn: ApplyFn, batch: dict[str, jax.Array], key: ja
   # Chunked: (hidden_BxLxD, unembed_VxD[, head_logits_BxKxV]); otherwise logits_BxLxV,
   # or (logits_BxLxV, head_logits_BxKxV). `features` is passed only when asked for, so
   # an apply_fn without the keyword still serves the default loss.
+  if config.logits_chunk and not _takes_features(apply_fn):
+    raise ValueError(f"LossConfig.logits_chunk={config.logits_chunk} needs an apply_fn that "
+                     f"takes features=True (step.make_apply_fn builds one)")
   outputs = apply_fn(params, xt_BxL, valid_BxL, t_B, *items,
                      **({"features": True} if config.logits_chunk else {}))
   if config.head_weight:
