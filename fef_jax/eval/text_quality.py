@@ -281,8 +281,9 @@ def equal_call_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """For each exact FeF row and each parallel baseline of its model and mode, the
   baseline row with the fewest sequential calls among those with at least as many as
   FeF's (none when every baseline row has fewer): `model, mode, fef, fef_nfe,
-  fef_nll, baseline, baseline_nfe, baseline_nll, gap` (baseline minus FeF, nats per
-  token; > 0: the baseline's text is worse by the judge)."""
+  fef_nll, fef_entropy, baseline, baseline_nfe, baseline_nll, baseline_entropy, gap`
+  (baseline minus FeF, nats per token; > 0: the baseline's text is worse by the
+  judge; < 0 with a lower entropy: more repetitive text that the judge finds likely)."""
   gaps = []
   for fef in rows:
     if _method(fef["sampler"]) != "fef" or not fef["exact"] or fef["model"] == "data":
@@ -296,8 +297,9 @@ def equal_call_gaps(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       base = min(matched, key=lambda r: r["nfe"])
       gaps.append({"model": fef["model"], "mode": fef["mode"], "fef": fef["sampler"],
                    "fef_nfe": fef["nfe"], "fef_nll": fef["judge_nll"],
-                   "baseline": base["sampler"], "baseline_nfe": base["nfe"],
-                   "baseline_nll": base["judge_nll"],
+                   "fef_entropy": fef["entropy"], "baseline": base["sampler"],
+                   "baseline_nfe": base["nfe"], "baseline_nll": base["judge_nll"],
+                   "baseline_entropy": base["entropy"],
                    "gap": base["judge_nll"] - fef["judge_nll"]})
   return gaps
 
@@ -346,20 +348,22 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
   if gaps:
     lines = ["**Equal calls**: each exact FeF row against every parallel baseline given at "
              "least as many sequential calls (gap = baseline's judge NLL minus FeF's)", "",
-             "| model | mode | FeF | calls | NLL | baseline | calls | NLL | gap |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | mode | FeF | calls | NLL | entropy | baseline | calls | NLL | entropy "
+             "| gap |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {g['model']} | {g['mode']} | `{g['fef']}` | {g['fef_nfe']:.1f} "
-              f"| {g['fef_nll']:.3f} | `{g['baseline']}` | {g['baseline_nfe']:.1f} "
-              f"| {g['baseline_nll']:.3f} | {g['gap']:+.3f} |" for g in gaps]
+              f"| {g['fef_nll']:.3f} | {g['fef_entropy']:.3f} | `{g['baseline']}` "
+              f"| {g['baseline_nfe']:.1f} | {g['baseline_nll']:.3f} "
+              f"| {g['baseline_entropy']:.3f} | {g['gap']:+.3f} |" for g in gaps]
     tables.append("\n".join(lines))
   return "\n\n".join(tables)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
-  """Judge NLL (95% intervals) against sequential calls and against wall-clock per token,
-  one row of panels per (model, mode); each baseline family is a line over its budgets,
-  FeF rows are circles, the reference a star, and held-out text the horizontal line
-  (with its interval as a band)."""
+  """Judge NLL (95% intervals) against sequential calls, against wall-clock per token and
+  against unigram entropy (repetitive text scores low on both), one row of panels per
+  (model, mode); each baseline family is a line over its budgets, FeF rows are circles,
+  references stars, and held-out text the horizontal line (its interval a band; its
+  entropy a vertical line)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -368,12 +372,13 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     if row["model"] != "data":
       groups.setdefault((row["model"], row["mode"]), []).append(row)
   data = {row["mode"]: row for row in rows if row["model"] == "data"}
-  fig, axes = plt.subplots(len(groups), 2, figsize=(13, 4.5 * len(groups)), squeeze=False)
-  axis_of = (("nfe", "sequential denoiser calls"),
-             ("seconds_per_token", "wall-clock per generated token (ms)"))
+  axis_of = (("nfe", "sequential denoiser calls", 1.0, "log"),
+             ("seconds_per_token", "wall-clock per generated token (ms)", 1e3, "log"),
+             ("entropy", "unigram entropy of the generated tokens (nats)", 1.0, "linear"))
+  fig, axes = plt.subplots(len(groups), len(axis_of), figsize=(19, 4.5 * len(groups)),
+                           squeeze=False)
   for ax_row, ((model, mode), group) in zip(axes, groups.items()):
-    for ax, (field, label) in zip(ax_row, axis_of):
-      scale = 1e3 if field == "seconds_per_token" else 1.0
+    for ax, (field, label, scale, xscale) in zip(ax_row, axis_of):
       for index, method in enumerate(PARALLEL_BASELINES):
         family = sorted((r for r in group if _method(r["sampler"]) == method),
                         key=lambda r: r["nfe"])
@@ -394,14 +399,16 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         d = data[mode]
         ax.axhline(d["judge_nll"], color="gray", ls="--", lw=1, label="held-out text")
         ax.axhspan(d["judge_nll_low"], d["judge_nll_high"], color="gray", alpha=0.15)
-      ax.set_xscale("log")
+        if field == "entropy":
+          ax.axvline(d["entropy"], color="gray", ls=":", lw=1)
+      ax.set_xscale(xscale)
       ax.set_xlabel(label)
       ax.set_ylabel("judge NLL (nats / token)")
-      ax.set_title(f"{model}, {mode} (FeF: blue circles, reference: star)", fontsize=9)
+      ax.set_title(f"{model}, {mode} (FeF: blue circles, references: stars)", fontsize=9)
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=130)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
