@@ -200,13 +200,15 @@ def test_each_row_is_tested_against_the_one_token_decoder_of_its_order():
 def test_equal_call_gaps_take_the_cheapest_baseline_with_at_least_fef_calls():
   def row(sampler, nfe, nll, exact=False):
     return {"model": "m", "mode": "prefix", "sampler": sampler, "nfe": nfe,
-            "judge_nll": nll, "exact": exact}
+            "judge_nll": nll, "exact": exact, "entropy": 2.0 - nll}
   rows = [row("first_hitting", 24, 1.0, True), row("fef:steps=1,window=4", 10.5, 1.01, True),
           row("confidence:steps=8", 8, 2.0), row("confidence:steps=16", 16, 1.5),
           row("confidence:steps=24", 24, 1.2), row("ancestral:steps=8", 7.9, 2.2)]
   gaps = text_quality.equal_call_gaps(rows)
   assert [(g["baseline"], g["gap"]) for g in gaps] == [
       ("confidence:steps=16", pytest.approx(0.49))]  # ancestral never reaches 10.5 calls
+  assert (gaps[0]["fef_entropy"], gaps[0]["baseline_entropy"]) == (
+      pytest.approx(0.99), pytest.approx(0.5))
 
 
 def _sticky_chain():
