@@ -12,6 +12,7 @@ import time
 _START = time.perf_counter()  # before the imports: they are part of a run's startup
 
 # pylint: disable=wrong-import-position
+import json
 import os
 
 from absl import app
@@ -39,7 +40,8 @@ def main(argv):
   table = train_cost.format_table(result)
   print(table)
   paths = timing.write_results(_WORKDIR.value, "benchmark_train", [result],
-                               {"config": _CONFIG.value.to_dict(), "steps": _STEPS.value},
+                               {"config": json.loads(_CONFIG.value.to_json_best_effort()),
+                                "steps": _STEPS.value},
                                table)
   print("wrote", paths["json"], "and", paths["md"])
 

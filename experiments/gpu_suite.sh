@@ -3,7 +3,9 @@
 #   rounds   one FeF round at 1.3B width, L=1024, batch 1, bf16 (whole, block-local, head)
 #   loop     a sampler step or round against a bare call of the same rows, batch 1 and 64
 #   compare  the sampler comparison on a freshly trained PairSum model, batch 1 and 256
-#   train    training throughput and MFU of experiments/configs/gpu.py (300 steps)
+#   train    training throughput and MFU of experiments/configs/gpu.py (200 steps)
+#   breakdown  where a training step of gpu.py goes (startup phases, compile, device step,
+#            host batch, prefetch, checkpoint, MFU; experiments.benchmark_train)
 # Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
 # OUT/<stage>/ and reports its wall-clock.
 #
@@ -57,13 +59,15 @@ if [ "${SMOKE:-0}" = 1 ]; then
          --config.model.num_layers=1 --config.model.d_model=64 --config.model.num_heads=2
          --config.model.mlp_dim=128 --config.batch_size=4 --config.data.length=32
          --config.eval_batch_size=4 --config.sample.every=0)
+  breakdown=("${train[@]}" --steps=2)
 else
   rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
           --vocab_size=256 --dtype=bfloat16 --repeats=7)
   loop=(--d_models=96,768 --length=256 --vocab_size=256 --batches=1,64 --repeats=9)
   compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 256)")
-  train=(--config.optimizer.total_steps=300 --config.log_every=50 --config.eval_every=300
-         --config.checkpoint.every=300 --config.sample.every=0)
+  train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
+         --config.checkpoint.every=200 --config.sample.every=0)
+  breakdown=(--config.sample.every=0 --steps=10)
 fi
 
 stage rounds "$py" -m experiments.benchmark_rounds "${rounds[@]}" --workdir="$out/rounds"
@@ -72,3 +76,5 @@ stage compare "$py" -m experiments.compare --config=experiments/configs/compare.
   --workdir="$out/compare" "${compare[@]}"
 stage train "$py" -m experiments.train --config=experiments/configs/gpu.py \
   --config.data.path="$data" --workdir="$out/train" "${train[@]}"
+stage breakdown "$py" -m experiments.benchmark_train --config=experiments/configs/gpu.py \
+  --config.data.path="$data" --workdir="$out/breakdown" "${breakdown[@]}"

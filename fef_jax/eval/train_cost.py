@@ -179,7 +179,7 @@ def format_table(result: dict[str, Any]) -> str:
        + (f"{result['xla_flops_per_token']:.3g}" if result["xla_flops_per_token"] else "n/a")),
       ("achieved TFLOP/s", f"{result['tflops']:.3f}"),
       ("MFU", "n/a (no known peak)" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"),
-      ("memory estimate per device", f"{result['memory']['total'] / 2**30:.2f} GiB"),
+      ("memory estimate per device", memory.readable_bytes(result["memory"]["total"])),
   ]
   header = (f"{result['params'] / 1e6:.1f}M parameters, batch {result['batch_size']} x "
             f"{result['length']} tokens, {result['devices']} x {result['device_kind']}")

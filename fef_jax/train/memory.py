@@ -81,7 +81,8 @@ def estimate(config: transformer.TransformerConfig, batch_size: int, length: int
   return out
 
 
-def _readable(num_bytes: int) -> str:
+def readable_bytes(num_bytes: int) -> str:
+  """`num_bytes` in the largest unit of GiB, MiB, KiB that fits, e.g. `324.83 MiB`."""
   for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
     if num_bytes >= size:
       return f"{num_bytes / size:.2f} {unit}"
@@ -91,5 +92,5 @@ def _readable(num_bytes: int) -> str:
 def format_estimate(estimate_bytes: dict[str, int]) -> str:
   """One line: `memory per device (...): params 324.00 MiB, ..., total 2.10 GiB`."""
   return ("memory per device (activations estimated): " + ", ".join(
-      f"{name} {_readable(estimate_bytes[name])}"
+      f"{name} {readable_bytes(estimate_bytes[name])}"
       for name in ("params", "optimizer", "ema", "activations", "total")))
