@@ -131,7 +131,8 @@ BF16 = jnp.bfloat16
     ("cudnn", BF16, 64, None, 128, True, "not a CUDA GPU"),
     ("cudnn", BF16, 64, (7, 0), 128, True, "below 8.0"),
     ("cudnn", BF16, 192, (8, 0), 128, True, "exceeds 128"),
-    ("cudnn", BF16, 64, (9, 0), 127, True, "odd length"),
+    ("cudnn", BF16, 64, (9, 0), 127, True, "xla"),       # documented: masked, odd length
+    ("cudnn", BF16, 64, (9, 0), 1, True, "xla"),         # e.g. the initializing pass
 ])
 def test_attention_kernel_choice(impl, dtype, head_dim, capability, length, masked, expected):
   if expected in ("xla", "cudnn"):
@@ -150,6 +151,38 @@ def test_impossible_cudnn_choices_are_clear_errors(params):
     config = dataclasses.replace(CONFIG, dtype=BF16, attention_impl="cudnn")
     with pytest.raises(ValueError, match="'cpu' is not a CUDA GPU"):
       _apply(config, params, _tokens(0))
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "block_causal"])
+def test_the_cudnn_train_step_lowers_for_cuda(attention, monkeypatch):
+  # No GPU here: lower the train step for CUDA with JAX's cuDNN attention checks told
+  # what a Hopper GPU with cuDNN 9.10 would say. XLA then checks shapes, dtypes and the
+  # masks' bias layout as far as lowering goes (not the kernels' numbers).
+  fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+  for name, value in [("check_cudnn_version", lambda: 91000),
+                      ("check_compute_capability", lambda capability: True),
+                      ("is_cuda_compute_capability_equal", lambda capability: False)]:
+    if not hasattr(fused, name):
+      pytest.skip(f"this JAX has no {name} to stand in for a GPU")
+    monkeypatch.setattr(fused, name, value)
+  monkeypatch.setattr(transformer, "_gpu_compute_capability", lambda: (9, 0))
+  config = dataclasses.replace(CONFIG, dtype=BF16, attention_impl="cudnn", attention=attention,
+                               block_length=4 if attention == "block_causal" else None)
+  model = models.Transformer(config)
+  params = jax.eval_shape(functools.partial(models.init_params, config), jax.random.key(0))
+  loss = functools.partial(train_lib.loss_fn, apply_fn=train_lib.make_apply_fn(model),
+                           config=train_lib.LossConfig(mask_id=MASK_ID))
+  grad = jax.jit(jax.grad(loss, has_aux=True))
+  text = grad.trace(params, batch=_batch(0), key=jax.random.key(0)).lower(
+      lowering_platforms=("cuda",)).as_text()
+  # One fused forward and one fused backward per layer; the mask is an additive bias.
+  assert text.count("custom_call @__cudnn$fmhaScaleBiasSoftmax(") == config.num_layers
+  assert text.count("custom_call @__cudnn$fmhaScaleBiasSoftmaxBackward(") == config.num_layers
+  # Unmasked (no padding given, bidirectional): no bias at all.
+  if attention == "bidirectional":
+    forward = jax.jit(functools.partial(_apply, config))
+    text = forward.trace(params, _tokens(0)).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("custom_call @__cudnn$fmhaSoftmax(") == config.num_layers
 
 
 def test_new_fields_at_their_defaults_leave_the_checkpoint_fingerprint_alone():

@@ -105,9 +105,10 @@ class TransformerConfig:
     attention_impl: the full pass's attention kernel: `"xla"` (any platform),
       `"cudnn"` (cuDNN flash attention: a CUDA GPU of compute capability >= 8.0,
       a bfloat16 or float16 `dtype`, a head dim that is a multiple of 8 and at
-      most 128, or 256 from compute capability 9.0, and, with a mask, an even
-      length), or `"auto"` (cuDNN where all of that holds, XLA otherwise). The
-      cached span passes always use `attend_span`. All compute the same
+      most 128, or 256 from compute capability 9.0), or `"auto"` (cuDNN where
+      all of that holds, XLA otherwise). With either, a masked pass over an odd
+      length runs on XLA (cuDNN's backward pass with a mask needs even
+      lengths). The cached span passes always use `attend_span`. All compute the same
       function up to round-off (`cudnn` applies a mask as an additive bias of
       -2^41, which leaves excluded keys the same zero weight). Printed in the
       repr only when not `"auto"`.
@@ -251,18 +252,20 @@ def attention_implementation(config: TransformerConfig, length: int, masked: boo
   """The kernel of a full pass over `length` positions: `"xla"` or `"cudnn"`.
 
   Resolves `config.attention_impl` on the default backend ("auto": cuDNN where
-  it can run, see `TransformerConfig.attention_impl`; XLA otherwise).
+  it can run, see `TransformerConfig.attention_impl`; XLA otherwise). A masked
+  pass over an odd length runs on XLA with either "auto" or "cudnn": cuDNN's
+  backward pass with a bias (the form our masks take) needs even lengths.
 
   Args:
     config: the model config.
     length: the number of query (and key) positions, static.
-    masked: whether the pass has a mask; cuDNN's backward pass with a bias
-      needs an even length.
+    masked: whether the pass has a mask.
     compute_capability: the CUDA device's (major, minor), None for a platform
       without CUDA; "detect" reads the default backend (tests pass others).
 
   Raises:
-    ValueError: `attention_impl="cudnn"` where cuDNN cannot run, naming why.
+    ValueError: `attention_impl="cudnn"` on a platform or for a config cuDNN
+      cannot run, naming why.
   """
   if config.attention_impl == "xla":
     return "xla"
@@ -276,14 +279,12 @@ def attention_implementation(config: TransformerConfig, length: int, masked: boo
       problems.append(f"compute capability {compute_capability} is below 8.0")
     if compute_capability < (9, 0) and config.head_dim > 128:
       problems.append(f"head dim {config.head_dim} exceeds 128 before compute capability 9.0")
-  if masked and length % 2:
-    problems.append(f"a masked pass over an odd length {length}")
-  if not problems:
-    return "cudnn"
-  if config.attention_impl == "cudnn":
+  if problems and config.attention_impl == "cudnn":
     raise ValueError(f"attention_impl='cudnn' cannot run here: {'; '.join(problems)} "
                      f"(use 'auto' to fall back to XLA)")
-  return "xla"
+  # cuDNN's backward pass with a bias (our masks) needs an even length: such a pass
+  # (e.g. the length-1 pass that initializes the parameters) runs on XLA.
+  return "xla" if problems or (masked and length % 2) else "cudnn"
 
 
 def full_attention(config: TransformerConfig, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
