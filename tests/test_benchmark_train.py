@@ -63,6 +63,8 @@ def test_memory_estimate_counts_the_state_exactly_and_remat_saves_activations():
   assert memory.activation_bytes(remat, 4, 16) < estimate["activations"]
   half = transformer.TransformerConfig(**{**config.__dict__, "dtype": jnp.bfloat16})
   assert memory.activation_bytes(half, 4, 16) < estimate["activations"]
+  chunked = memory.activation_bytes(config, 4, 16, logits_chunk=4)
+  assert estimate["activations"] - chunked == 2 * 4 * 4 * (16 - 4) * config.vocab_size
   assert "total" in memory.format_estimate(estimate)
   with pytest.raises(ValueError, match="data shards"):
     memory.estimate(config, 7, 16, state, data_shards=2)

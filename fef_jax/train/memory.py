@@ -11,10 +11,15 @@ token and layer (elements, at the compute dtype's width):
   product (m);
 
 so `(8d + 3m) * width + 4 H L` bytes per token and layer without
-rematerialization; with it, only each block's input (`d * width`) plus one
-block's full set. The output adds `B L V` float32 logits twice (logits and
-their gradient). XLA may fuse some of these away or keep temporaries beside
-them: compare with `compiled.memory_analysis()` where it matters.
+rematerialization; with `remat` `True`/`"full"`, only each block's input
+(`d * width`) plus one block's full set. The other remat policies keep the
+matmul outputs, most of the set, and are counted as no rematerialization (an
+upper bound). The softmax term assumes materialized probabilities, which
+cuDNN's flash attention does not keep (an upper bound there too). The output
+adds `B L V` float32 logits twice (logits and their gradient), or `B C V`
+with the chunked loss (`loss.logits_chunk = C`). XLA may fuse some of these
+away or keep temporaries beside them: compare with `compiled.memory_analysis()`
+where it matters.
 """
 from __future__ import annotations
 
@@ -42,28 +47,29 @@ def _per_device_bytes(tree: Any) -> int:
   return total
 
 
-def _remats(config: transformer.TransformerConfig) -> bool:
-  return config.remat not in (False, None, "none")
+def _remats_whole_blocks(config: transformer.TransformerConfig) -> bool:
+  return config.remat in (True, "full")
 
 
 def activation_bytes(config: transformer.TransformerConfig, batch_size: int,
-                     length: int) -> int:
-  """Estimated bytes of activations kept for the backward pass of one step, per
-  `batch_size` rows (divide by the data-parallel shards for one device)."""
+                     length: int, logits_chunk: int = 0) -> int:
+  """Estimated bytes of activations kept for the backward pass of one step of
+  `batch_size` rows (one device's share), with the loss's logits whole
+  (`logits_chunk=0`) or `logits_chunk` positions at a time."""
   d, m, heads = config.d_model, config.mlp_dim, config.num_heads
   width = np.dtype(config.dtype).itemsize
   per_layer_token = (8 * d + 3 * m) * width + 4 * heads * length
   tokens = batch_size * length
-  if _remats(config):
+  if _remats_whole_blocks(config):
     layers = config.num_layers * d * width * tokens + per_layer_token * tokens
   else:
     layers = config.num_layers * per_layer_token * tokens
-  logits = 2 * 4 * tokens * config.vocab_size
+  logits = 2 * 4 * batch_size * (logits_chunk or length) * config.vocab_size
   return int(layers + logits)
 
 
 def estimate(config: transformer.TransformerConfig, batch_size: int, length: int,
-             state: Any, data_shards: int = 1) -> dict[str, int]:
+             state: Any, data_shards: int = 1, logits_chunk: int = 0) -> dict[str, int]:
   """Bytes per device: `params`, `optimizer`, `ema` (exact, from `state`'s arrays or
   their `jax.eval_shape` structs, sharded or not),
   `activations` (estimated, for `batch_size / data_shards` rows) and their `total`.
@@ -76,7 +82,8 @@ def estimate(config: transformer.TransformerConfig, batch_size: int, length: int
   out = {"params": _per_device_bytes(state.params),
          "optimizer": _per_device_bytes(state.opt_state),
          "ema": _per_device_bytes(state.ema_params),
-         "activations": activation_bytes(config, batch_size // data_shards, length)}
+         "activations": activation_bytes(config, batch_size // data_shards, length,
+                                         logits_chunk)}
   out["total"] = sum(out.values())
   return out
 

@@ -62,16 +62,6 @@ def fingerprint(source: data_source.DataSource, model: transformer.TransformerCo
   return f"model={model!r};data={source.fingerprint}"
 
 
-def _apply_fn(model):
-  """`train_lib.ApplyFn`; given the head's items, the head logits too (one backbone pass)."""
-  def apply(params, tokens_BxL, valid_BxL, t_B, *items):
-    if items:
-      return model.apply({"params": params}, tokens_BxL, valid_BxL, t_B, *items,
-                         method="with_head")
-    return model.apply({"params": params}, tokens_BxL, valid_BxL, t_B)
-  return apply
-
-
 def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None,
           timed: phases_lib.Phases | None = None):
   """Data, model, optimizer, loss config and a fresh state, all from `config`
@@ -99,7 +89,7 @@ def make_step_fn(config: ml_collections.ConfigDict, model, optimizer, loss_cfg, 
   """The jitted `train_step` of a run: state donated, outputs placed as `shardings`
   (the state's) and replicated (the metrics); skips non-finite steps when
   `config.skip_nonfinite_steps > 0`."""
-  return jax.jit(functools.partial(train_lib.train_step, apply_fn=_apply_fn(model),
+  return jax.jit(functools.partial(train_lib.train_step, apply_fn=train_lib.make_apply_fn(model),
                                    optimizer=optimizer, config=loss_cfg,
                                    skip_nonfinite=config.get("skip_nonfinite_steps", 0) > 0),
                  out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
@@ -177,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   timed = timed if timed is not None else phases_lib.Phases()
   source, model, optimizer, loss_cfg, state = setup(config, os.path.join(workdir, "tokenizer"),
                                                     timed)
-  apply_fn = _apply_fn(model)
+  apply_fn = train_lib.make_apply_fn(model)
   iterator = pipeline.BatchIterator(source.arrays, config.batch_size, config.seed)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
@@ -202,7 +192,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   if progress:  # before compiling, which is where a model too large fails
     tqdm.write(memory.format_estimate(memory.estimate(
         model.config, config.batch_size, source.arrays["tokens"].shape[1], state,
-        mesh.shape["data"] * mesh.shape["fsdp"])))
+        mesh.shape["data"] * mesh.shape["fsdp"], config.loss.get("logits_chunk", 0))))
   max_skipped = config.get("skip_nonfinite_steps", 0)
   finite = divergence.FiniteWatch(max_skipped)
   step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
