@@ -153,7 +153,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
       "xla_flops_per_token": xla_flops / tokens_per_step if xla_flops else None,
       "tflops": utilization["tflops"], "mfu": utilization.get("mfu"),
       "memory": memory.estimate(model.config, config.batch_size, length, state,
-                                mesh.shape["data"] * mesh.shape["fsdp"]),
+                                mesh.shape["data"] * mesh.shape["fsdp"],
+                                config.loss.get("logits_chunk", 0)),
       "xla_temp_bytes": getattr(analysis, "temp_size_in_bytes", None),
   }
 
