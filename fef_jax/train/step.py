@@ -28,10 +28,12 @@ import optax
 from fef_jax import losses
 from fef_jax import schedules
 from fef_jax.models import transformer
+from fef_jax.train import causal_loss
 from fef_jax.train import head_loss
 from fef_jax.train import masking
 
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+OBJECTIVES = ("diffusion", "causal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,9 @@ class LossConfig:
       backbone's per-position cross-entropies; the speculative head's logits
       [B, head_items, V] are still computed whole. Needs an `apply_fn` that
       takes `features=True` (`make_apply_fn`).
+    objective: `diffusion` (the above) or `causal`: next-token cross-entropy of a
+      causal model (`fef_jax.train.causal_loss`; the text-quality judge), which
+      uses no other field but `ema_decay` and computes whole logits.
   """
   mask_id: int
   schedule: str = "linear"
@@ -67,8 +72,12 @@ class LossConfig:
   head_weight: float = 0.0
   head_items: int = 0
   logits_chunk: int = 0
+  objective: str = "diffusion"
 
   def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"LossConfig.objective must be one of {OBJECTIVES}, got "
+                       f"{self.objective!r}")
     if not self.head_weight >= 0:
       raise ValueError(f"LossConfig.head_weight must be >= 0, got {self.head_weight!r}")
     for name in ("head_items", "logits_chunk"):
@@ -136,7 +145,10 @@ def loss_fn(params: Any, apply_fn: ApplyFn, batch: dict[str, jax.Array], key: ja
   token); prefix-revealed rows the mean cross-entropy over their masked positions.
   With `head_weight > 0` every row adds `head_weight` times the head's mean
   any-order AR cross-entropy over its masked positions (metric `head_ce`).
+  With `objective="causal"`, `causal_loss.loss_fn` instead (no masks, no key).
   """
+  if config.objective == "causal":
+    return causal_loss.loss_fn(params, apply_fn, batch)
   schedule = schedules.get_schedule(config.schedule)
   x0_BxL = batch["tokens"]
   valid_BxL, maskable_BxL = _valid_and_maskable(batch)
@@ -225,7 +237,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Appl
 def eval_step(params: Any, batch: dict[str, jax.Array], key: jax.Array, *,
               apply_fn: ApplyFn, config: LossConfig) -> dict[str, jax.Array]:
   """ELBO on uniform masks: bits per token and the perplexity bound (fixed `key` for
-  comparable evaluations)."""
+  comparable evaluations); for `objective="causal"` the exact NLL and perplexity."""
+  if config.objective == "causal":
+    return causal_loss.eval_metrics(params, apply_fn, batch)
   uniform = dataclasses.replace(config, prefix_fraction=0.0, head_weight=0.0)
   _, metrics = loss_fn(params, apply_fn, batch, key, uniform)
   nats = metrics["elbo_bits"] * jnp.log(2.0)
