@@ -10,9 +10,10 @@ held-out rows, and the judge scores them beside the held-out text itself.
 `config.text_quality` fields: `models`, `block_length` (the block-causal model's
 attention blocks and its samplers' blocks), `judge_steps`, `num_samples`,
 `batch_size` (rows per sampler call), `modes`, `prefix_length`, `budgets`
-(sequential-call budgets of the parallel baselines), `fef_options` (per model variant,
-FeF's rows, e.g. `"order=random,window=8"`), `samplers` (explicit specs for every model instead of the
-grid; must hold the references their rows need, `text_quality.reference_for`).
+(sequential-call budgets of the parallel baselines), `fef_options` (per model
+variant, FeF's rows, e.g. `"order=random,window=8"`), `samplers` (explicit specs for
+every model instead of the grid; must hold the references their rows need,
+`text_quality.reference_for`).
 """
 from __future__ import annotations
 
