@@ -22,7 +22,6 @@ from fef_jax import models
 from fef_jax.models import spec_head
 from fef_jax.train import head_loss
 from fef_jax.train import masking
-from fef_jax.train import run
 from fef_jax.train import step as train_lib
 
 VOCAB = 3
@@ -175,7 +174,7 @@ def test_head_sampler_rows_are_independent(mode):
 
 
 def _apply_fn():
-  return run._apply_fn(spec_head.SpecHeadTransformer(CONFIG))
+  return train_lib.make_apply_fn(spec_head.SpecHeadTransformer(CONFIG))
 
 
 def test_random_items_order_every_masked_position_once():
