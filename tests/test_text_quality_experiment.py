@@ -136,6 +136,7 @@ def test_tiny_run_writes_every_file_with_every_sampler_row(tmp_path):
         assert row["judge_nll_low"] <= row["judge_nll"] <= row["judge_nll_high"]
         assert row["entropy"] > 0 and row["seconds_per_token"] > 0
         assert (row["p_value"] is None) == (row["sampler"] == row["reference"])
+        assert len(row["examples"]) == 3 and all(isinstance(t, str) for t in row["examples"])
   fef_rows = [r for r in rows if r["sampler"].startswith("fef")]
   assert len(fef_rows) == 2 * (1 + 2) and all(r["exact"] for r in fef_rows)
   assert ("Equal calls" in table) == bool(text_quality.equal_call_gaps(rows))

@@ -107,14 +107,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     _, first_generated = text_quality.masked_rows(held_out_NxL, mode, tq.prefix_length,
                                                   source.mask_id)
     rows.append(text_quality.data_row(judge, held_out_NxL, mode, first_generated,
-                                      batch_size=tq.batch_size)[0])
+                                      batch_size=tq.batch_size,
+                                      decode=source.tokenizer.decode)[0])
     key = jax.random.fold_in(jax.random.key(config.seed + 7), index)
     for name in tq.models:
       specs, reference_of = specs_for(config, name, held_out_NxL.shape[1] - first_generated)
       rows += text_quality.evaluate(
           denoisers[name], judges[name], held_out_NxL, specs, reference_of, key, model=name,
           mode=mode, prefix_length=tq.prefix_length, mask_id=source.mask_id,
-          batch_size=tq.batch_size, progress=progress)
+          batch_size=tq.batch_size, decode=source.tokenizer.decode, progress=progress)
   info = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
           "jax": jax.__version__, "python": platform.python_version(),
           "data": config.data.to_dict(), "tokenizer": judge.tokenizer_fingerprint,

@@ -47,6 +47,7 @@ from fef_jax.eval.exactness import parse_sampler
 
 MODES = ("unconditional", "prefix")
 PARALLEL_BASELINES = ("ancestral", "confidence", "random_sizes")
+NUM_EXAMPLES = 3  # decoded samples kept per row, to read what the numbers describe
 _Z95 = statistics.NormalDist().inv_cdf(0.975)
 
 
@@ -166,10 +167,15 @@ def score(judge: judge_lib.Judge, tokens_NxL: np.ndarray, first_generated: int, 
 
 
 def data_row(judge: judge_lib.Judge, held_out_NxL: np.ndarray, mode: str,
-             first_generated: int, *, batch_size: int) -> tuple[dict[str, Any], np.ndarray]:
+             first_generated: int, *, batch_size: int,
+             decode: Callable[[Sequence[int]], str] | None = None
+             ) -> tuple[dict[str, Any], np.ndarray]:
   """The reference line: the judge on held-out real text, at the positions a sampler
-  generates in `mode` (no model calls, no wall-clock)."""
+  generates in `mode` (no model calls, no wall-clock); `examples` as `sample_row`."""
   columns, nll_N = score(judge, held_out_NxL, first_generated, batch_size=batch_size)
+  if decode is not None:
+    columns["examples"] = [decode(ids)
+                           for ids in held_out_NxL[:NUM_EXAMPLES, first_generated:]]
   return {"model": "data", "mode": mode, "sampler": "data", "exact": True, **columns,
           "nfe": 0.0, "sequences": 0.0, "tokens_per_round": float("nan"),
           "acceptance_rate": float("nan"), "seconds": 0.0, "seconds_per_token": 0.0,
@@ -178,11 +184,14 @@ def data_row(judge: judge_lib.Judge, held_out_NxL: np.ndarray, mode: str,
 
 def sample_row(logits_fn: Callable[[jax.Array], jax.Array], judge: judge_lib.Judge,
                rows_NxL: np.ndarray, first_generated: int, spec: str, key: jax.Array, *,
-               mask_id: int, batch_size: int) -> tuple[dict[str, Any], np.ndarray]:
+               mask_id: int, batch_size: int,
+               decode: Callable[[Sequence[int]], str] | None = None
+               ) -> tuple[dict[str, Any], np.ndarray]:
   """One sampler's row (see the module docstring) and its per-sample judge NLL.
 
   The first batch of `batch_size` rows compiles and is not timed (unless it is the
-  only one: then `includes_compile` is True); every sample is judged.
+  only one: then `includes_compile` is True); every sample is judged. With
+  `decode`, `examples` holds the generated text of the first `NUM_EXAMPLES` rows.
 
   Raises:
     ValueError: as `fef_jax.sample` (unknown sampler or option, ...).
@@ -207,6 +216,8 @@ def sample_row(logits_fn: Callable[[jax.Array], jax.Array], judge: judge_lib.Jud
   summary = jax.device_get(stats).summary()
   columns, nll_N = score(judge, filled_NxL, first_generated, batch_size=batch_size)
   generated = rows_NxL.shape[1] - first_generated
+  if decode is not None:
+    columns["examples"] = [decode(ids) for ids in filled_NxL[:NUM_EXAMPLES, first_generated:]]
   return {"sampler": spec, "exact": is_exact(spec), **columns, **summary,
           "seconds": seconds, "seconds_per_token": seconds / (timed_rows * generated),
           "includes_compile": rows_NxL.shape[0] <= batch_size}, nll_N
@@ -251,9 +262,11 @@ def evaluate(logits_fn: Callable[[jax.Array], jax.Array], judge: judge_lib.Judge
              held_out_NxL: np.ndarray, specs: Sequence[str],
              reference_of: Callable[[str], str], key: jax.Array, *, model: str, mode: str,
              prefix_length: int, mask_id: int, batch_size: int,
+             decode: Callable[[Sequence[int]], str] | None = None,
              progress: bool = False) -> list[dict[str, Any]]:
   """Every spec's row for one model and mode, all samplers drawing with `key`, with
-  the two-sample tests against each row's reference (`add_tests`).
+  the two-sample tests against each row's reference (`add_tests`) and, with
+  `decode`, example texts (`sample_row`).
 
   Raises:
     ValueError: as `masked_rows`, `sample_row` and `add_tests` (checked before
@@ -266,7 +279,7 @@ def evaluate(logits_fn: Callable[[jax.Array], jax.Array], judge: judge_lib.Judge
   rows, nlls = [], []
   for spec in tqdm.tqdm(specs, desc=f"{model} {mode}", disable=not progress):
     row, nll_N = sample_row(logits_fn, judge, rows_NxL, first_generated, spec, key,
-                            mask_id=mask_id, batch_size=batch_size)
+                            mask_id=mask_id, batch_size=batch_size, decode=decode)
     rows.append({"model": model, "mode": mode, **row})
     nlls.append(nll_N)
   add_tests(rows, nlls, reference_of)
@@ -367,6 +380,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
   groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
   for row in rows:
     if row["model"] != "data":
@@ -402,6 +416,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         if field == "entropy":
           ax.axvline(d["entropy"], color="gray", ls=":", lw=1)
       ax.set_xscale(xscale)
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
       ax.set_xlabel(label)
       ax.set_ylabel("judge NLL (nats / token)")
       ax.set_title(f"{model}, {mode} (FeF: blue circles, references: stars)", fontsize=9)
