@@ -245,6 +245,9 @@ def test_harness_on_an_exact_oracle_and_exact_judge_separates_exact_from_paralle
       assert row["n"] == 400 and row["seconds_per_token"] > 0
       assert not row["includes_compile"]
   assert seen and all((batch != chain.mask_id).all() for batch in seen)
+  data, nll = text_quality.data_row(judge, held_out, "prefix", 4, batch_size=100)
+  np.testing.assert_allclose(nll, judge_lib.mean_nll(judge_logits, held_out, 4, 4))
+  assert data["judge_nll"] == pytest.approx(nll.mean()) and data["nfe"] == 0
 
 
 def test_gsm8k_text_is_a_packed_corpus_of_questions_and_solutions():

@@ -198,19 +198,16 @@ def sample_row(logits_fn: Callable[[jax.Array], jax.Array], judge: judge_lib.Jud
   """
   method, options = parse_sampler(spec)
   common = dict(method=method, mask_id=mask_id, batch_size=batch_size, **options)
-  first_key, rest_key = jax.random.split(key)
-  start = time.perf_counter()
-  first, first_stats = generate.sample_in_batches(logits_fn, rows_NxL[:batch_size],
-                                                  first_key, **common)
-  seconds, timed_rows = time.perf_counter() - start, first.shape[0]
-  filled, stats = [first], [first_stats]
-  if rows_NxL.shape[0] > batch_size:
-    start = time.perf_counter()
-    rest, rest_stats = generate.sample_in_batches(logits_fn, rows_NxL[batch_size:],
-                                                  rest_key, **common)
-    seconds, timed_rows = time.perf_counter() - start, rest.shape[0]
-    filled.append(rest)
-    stats.append(rest_stats)
+  filled, stats, timings = [], [], []
+  parts = (rows_NxL[:batch_size], rows_NxL[batch_size:])
+  for part, part_key in zip(parts, jax.random.split(key)):
+    if part.shape[0]:
+      start = time.perf_counter()
+      tokens, part_stats = generate.sample_in_batches(logits_fn, part, part_key, **common)
+      timings.append((time.perf_counter() - start, part.shape[0]))
+      filled.append(tokens)
+      stats.append(part_stats)
+  seconds, timed_rows = timings[-1]  # the rows after the compiling batch, if any
   filled_NxL = np.concatenate(filled)
   stats = jax.tree.map(lambda *xs: np.concatenate(xs), *stats)
   summary = jax.device_get(stats).summary()
