@@ -99,7 +99,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       with `cache="approximate"` a block-local denoiser
       (`fef_jax.samplers.cache.BlockLocalDenoiser`); with `verifier="head"` a
       denoiser with a speculative head (`fef_jax.samplers.head.HeadDenoiser`),
-      as with `drafter="head"`.
+      as with `drafter="head"` (which with `cache="exact"` also needs the
+      head denoiser's `block_hidden`).
     tokens_BxL: int[B, L]; positions that are not `mask_id` are the prompt
       and are returned unchanged.
     key: a PRNG key; split into one key per row, so rows are independent.
@@ -151,7 +152,7 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
   if config.verifier == "head":
     head.check_denoiser(logits_fn)
   if config.drafter == "head":
-    head.check_denoiser(logits_fn, "drafter='head'")
+    head.check_denoiser(logits_fn, "drafter='head'", cached=config.cache != "none")
   result, bad_logits_B, masks_left_B = _run(logits_fn, tokens_BxL, key, config)
   if not _is_concrete(bad_logits_B):
     return result

@@ -127,6 +127,31 @@ def test_block_logits_equal_the_full_pass_of_every_copy_when_block_causal(starts
   assert error.max() < 1e-5, error.max()
 
 
+def test_block_hidden_gives_the_full_pass_hidden_states_and_logits_at_the_span():
+  # What a speculative head reads over the exact cache (drafter="head", cache="exact").
+  tokens, valid = _tokens_and_valid(4)
+  start_B = jnp.asarray([8, 0, 4], jnp.int32)
+  _, cache = _call(BLOCK_CAUSAL, "encode", tokens, valid)
+  span, _ = _copies_and_reference(BLOCK_CAUSAL, tokens, valid, start_B, 2, seed=5)
+  logits, hidden = _call(BLOCK_CAUSAL, "block_hidden", cache, span, start_B)
+  assert hidden.shape == (3, 2, SPAN, BLOCK_CAUSAL.d_model)
+  chain = roundoff.fef_chain(BLOCK_CAUSAL, LENGTH)
+  block = _call(BLOCK_CAUSAL, "block_logits", cache, span, start_B)
+  span_valid = _span_valid(valid, start_B)[:, None, :, None]
+  roundoff.assert_within(np.where(span_valid, logits, 0), np.where(span_valid, block, 0),
+                         roundoff.two_pass_bound(chain, block), "block_logits")
+  for b, start in enumerate(np.asarray(start_B)):
+    copies = jnp.broadcast_to(tokens[b], (2, LENGTH)).at[:, start:start + SPAN].set(span[b])
+    full_logits, full_hidden = _call(BLOCK_CAUSAL, "hidden", copies,
+                                     jnp.broadcast_to(valid[b], (2, LENGTH)))
+    where = np.asarray(valid[b, start:start + SPAN])[None, :, None]
+    for got, want, name in ((hidden[b], full_hidden, "hidden"), (logits[b], full_logits,
+                                                                 "logits")):
+      want = want[:, start:start + SPAN]
+      roundoff.assert_within(np.where(where, got, 0), np.where(where, want, 0),
+                             roundoff.two_pass_bound(chain, want), f"{name}, row {b}")
+
+
 def test_config_checks_and_backward_compatible_repr():
   with pytest.raises(ValueError, match="attention"):
     dataclasses.replace(BIDIRECTIONAL, attention="causal")

@@ -277,6 +277,46 @@ class _OracleWithHead:
                                        queries_NxW)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _BlockCausalOracleWithHead(_OracleWithHead):
+  """`_OracleWithHead` over an oracle seen block-causally (`fj.oracles.BlockCausal`,
+  whose cache is the state itself), with the exact cache's interface: `block_hidden`
+  gives the head model's hidden states of each copy (the cached state with the span
+  replaced), at the span."""
+  oracle: fj.oracles.BlockCausal
+
+  @property
+  def exact_cache(self):
+    return True
+
+  @property
+  def block_length(self):
+    return self.oracle.block_length
+
+  def __call__(self, tokens_NxL):
+    return self.oracle(tokens_NxL)
+
+  def hidden(self, tokens_NxL):
+    return self.oracle(tokens_NxL), self.head_model.hidden(tokens_NxL)[1]
+
+  def encode(self, tokens_NxL):
+    return self.oracle.encode(tokens_NxL)
+
+  def block_logits(self, cache_NxL, tokens_NxCxS, start_N):
+    return self.oracle.block_logits(cache_NxL, tokens_NxCxS, start_N)
+
+  def block_hidden(self, cache_NxL, tokens_NxCxS, start_N):
+    batch, copies, span = tokens_NxCxS.shape
+    copies_NxCxL = jax.vmap(lambda row_L, span_CxS, start: jax.lax.dynamic_update_slice(
+        jnp.broadcast_to(row_L, (copies, LENGTH)), span_CxS, (0, start)))(
+            cache_NxL, tokens_NxCxS, start_N)
+    hidden_NxCxLxD = self.head_model.hidden(copies_NxCxL.reshape(batch * copies, LENGTH))[1]
+    hidden_NxCxLxD = hidden_NxCxLxD.reshape(batch, copies, LENGTH, -1)
+    hidden_NxCxSxD = jax.vmap(lambda h, start: jax.lax.dynamic_slice_in_dim(
+        h, start, span, axis=1))(hidden_NxCxLxD, start_N)
+    return self.block_logits(cache_NxL, tokens_NxCxS, start_N), hidden_NxCxSxD
+
+
 @functools.lru_cache(maxsize=None)
 def _dependent_joint():
   """A sparse random joint over LENGTH tokens (strong dependencies between positions)."""
@@ -285,9 +325,13 @@ def _dependent_joint():
   return (probs / probs.sum()).reshape((VOCAB,) * LENGTH)
 
 
-def _oracle_with_head():
+def _oracle_with_head(cached=False):
+  """The exact oracle of `_dependent_joint` with a wrong head; `cached`: seen
+  block-causally in attention blocks of 2, with the exact cache's interface."""
   table = fj.oracles.JointTable(jnp.asarray(_dependent_joint(), jnp.float32))
   assert table.mask_id == MASK_ID
+  if cached:
+    return _BlockCausalOracleWithHead(fj.oracles.BlockCausal(table, 2), _denoiser(4.0))
   return _OracleWithHead(table, _denoiser(4.0))
 
 
@@ -339,8 +383,34 @@ def test_head_drafts_verified_by_copies_sample_the_backbone_joint(options):
   assert 0.0 < float(np.mean(result.stats.acceptance_rate)) < 1.0
 
 
+CACHED_DRAFTER_OPTIONS = dict(drafter="head", cache="exact", block_length=2, window=2)
+
+
 @pytest.mark.slow
-def test_head_drafts_scored_with_the_backbone_marginals_are_rejected(monkeypatch):
+@pytest.mark.parametrize("options, steps", [
+    (CACHED_DRAFTER_OPTIONS, 2),
+    # Two steps per block: the second step's block-local pass sees a revealed token.
+    (dict(CACHED_DRAFTER_OPTIONS, mode="joint_then_remask", steps=4, order="random"), 4)])
+def test_head_drafts_over_the_exact_cache_sample_the_backbone_joint(options, steps):
+  # Blocks of 2 decided left to right: the later block is masked whenever a block is
+  # decided, so the block-causal oracle's conditionals are the table's.
+  denoiser = _oracle_with_head(cached=True)
+  joint = _dependent_joint()
+  assert fj.stats.total_variation(joint, _head_joint(denoiser.head_model)) > 0.3
+  result = _sample_answers(denoiser, jax.random.key(10), **options)
+  assert _gof(result.tokens, joint) > 1e-3
+  assert _gof(result.tokens, _head_joint(denoiser.head_model)) < 1e-6
+  stats = jax.device_get(result.stats)
+  assert stats.drafts_accepted.sum() < stats.drafts_examined.sum()  # the head errs
+  # The first call, one refresh (entering the second block), one block-local backbone
+  # pass per step, and per round the copies' call and `window` head passes.
+  np.testing.assert_array_equal(stats.nfe,
+                                2 + steps + stats.rounds * (1 + options["window"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cached", [False, True])
+def test_head_drafts_scored_with_the_backbone_marginals_are_rejected(monkeypatch, cached):
   # The mutation the exactness test must catch: drafts drawn from the head, but the
   # acceptance ratio and residual computed with the backbone's marginals as q.
   from fef_jax import posterior, speculative
@@ -356,8 +426,9 @@ def test_head_drafts_scored_with_the_backbone_marginals_are_rejected(monkeypatch
     return drafts_BxL, jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
 
   monkeypatch.setattr(speculative, "_head_drafts", marginal_q)
-  denoiser = _oracle_with_head()  # a new object: compiled afresh with the mutation
-  result = _sample_answers(denoiser, jax.random.key(9), drafter="head", window=3)
+  denoiser = _oracle_with_head(cached)  # a new object: compiled afresh with the mutation
+  options = CACHED_DRAFTER_OPTIONS if cached else dict(drafter="head", window=3)
+  result = _sample_answers(denoiser, jax.random.key(9), **options)
   assert _gof(result.tokens, _dependent_joint()) < 1e-6
 
 
@@ -391,6 +462,85 @@ def test_head_drafter_jit_equals_eager_rows_independent_prompt_kept():
   assert np.all(steps >= 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _block_causal_denoiser():
+  """A random block-causal head model (attention blocks of 2), sharpened."""
+  config = dataclasses.replace(CONFIG, attention="block_causal", block_length=2)
+  params = jax.tree.map(lambda p: 4.0 * p, spec_head.init_params(config, jax.random.key(1)))
+  return spec_head.SpecHeadDenoiser(spec_head.SpecHeadTransformer(config), params)
+
+
+@pytest.mark.parametrize("options", [
+    dict(block_length=2, window=2),
+    dict(block_length=2, window=3, steps=6, order="random", top_k=2),
+    dict(block_length=1, window=2)])  # two generation blocks per attention block
+def test_head_drafts_over_the_exact_cache_make_the_uncached_decisions(options):
+  # The block-local pass gives the head the full pass's hidden states at the window and
+  # the copies' targets are exact, so both paths decide alike (up to float round-off).
+  denoiser = _block_causal_denoiser()
+  rng = np.random.default_rng(4)
+  tokens = np.full((32, 6), MASK_ID, np.int32)
+  tokens[:, :2] = rng.integers(0, VOCAB, (32, 2))
+  run_it = functools.partial(fj.sample, denoiser, jnp.asarray(tokens), jax.random.key(5),
+                             "fef", mask_id=MASK_ID, drafter="head", **options)
+  plain, cached = run_it(), run_it(cache="exact")
+  agreement = np.mean(np.asarray(plain.tokens) == np.asarray(cached.tokens))
+  assert agreement >= 0.99, agreement
+  same = np.all(np.asarray(plain.tokens) == np.asarray(cached.tokens), axis=1)
+  plain_stats, stats = jax.device_get((plain.stats, cached.stats))
+  for name in ("rounds", "tokens", "drafts_examined", "drafts_accepted"):
+    np.testing.assert_array_equal(getattr(stats, name)[same], getattr(plain_stats, name)[same])
+  # Calls: the first one (its cache serves the first answer block) and a refresh entering
+  # the second, beside the uncached path's. Layer-positions: those two encode 1 + 2
+  # sequences (L * num_layers each); a step's block-local pass S * num_layers (whole:
+  # L * num_layers); a round's copies W * S * num_layers (whole: W * L * num_layers).
+  np.testing.assert_array_equal(stats.nfe[same], plain_stats.nfe[same] + 2)
+  window, span, length, layers = options["window"], 2, 6, CONFIG.num_layers
+  items = options["block_length"]
+  steps = stats.nfe - 2 - stats.rounds * (1 + window)
+  units = ((1 + 2) * length * layers + steps * span * layers
+           + stats.rounds * window * (span * layers + items * CONFIG.head_layers))
+  np.testing.assert_array_equal(stats.sequences, -(-units // (length * layers)))
+  assert np.all(stats.sequences < plain_stats.sequences)
+
+
+def test_head_drafts_over_the_exact_cache_jit_equals_eager_rows_independent():
+  denoiser = _block_causal_denoiser()
+  tokens = np.full((3, 6), MASK_ID, np.int32)
+  tokens[:, :2] = [[0, 1], [2, 2], [1, 0]]
+  run_it = lambda t: fj.sample(denoiser, jnp.asarray(t), jax.random.key(2), "fef",
+                               mask_id=MASK_ID, **CACHED_DRAFTER_OPTIONS)
+  jitted = run_it(tokens)
+  with jax.disable_jit():
+    eager = run_it(tokens)
+  np.testing.assert_array_equal(jitted.tokens, eager.tokens)
+  for name in ("nfe", "sequences", "rounds", "drafts_examined", "drafts_accepted"):
+    np.testing.assert_array_equal(getattr(jitted.stats, name), getattr(eager.stats, name))
+  out = np.asarray(jitted.tokens)
+  assert not (out == MASK_ID).any()
+  np.testing.assert_array_equal(out[:, :2], tokens[:, :2])
+  other = tokens.copy()
+  other[1:, 0] = (other[1:, 0] + 1) % VOCAB
+  changed = run_it(other)
+  np.testing.assert_array_equal(changed.tokens[0], jitted.tokens[0])
+  np.testing.assert_array_equal(changed.stats.nfe[0], jitted.stats.nfe[0])
+
+
+class _Without:
+  """`inner` without its attribute `missing` (hashed by identity)."""
+
+  def __init__(self, inner, missing):
+    self._inner, self._missing = inner, missing
+
+  def __getattr__(self, name):
+    if name == self._missing:
+      raise AttributeError(name)
+    return getattr(self._inner, name)
+
+  def __call__(self, tokens_NxL):
+    return self._inner(tokens_NxL)
+
+
 class _NaNHead(_OracleWithHead):
   def head_logits(self, hidden, positions_NxK, values_NxK, valid_NxK, queries_NxW=None):
     logits = super().head_logits(hidden, positions_NxK, values_NxK, valid_NxK, queries_NxW)
@@ -412,10 +562,16 @@ def test_bad_drafter_options_raise():
     fj.sample(plain, tokens, jax.random.key(0), "fef", mask_id=MASK_ID, drafter="head")
   with pytest.raises(ValueError, match="unknown drafter"):
     fj.sample(_denoiser(), tokens, jax.random.key(0), "fef", mask_id=MASK_ID, drafter="tree")
-  for bad in (dict(verifier="head"), dict(cache="exact", block_length=2)):
+  for bad in (dict(verifier="head"), dict(cache="approximate", block_length=2)):
     with pytest.raises(ValueError, match="drafter='head' drafts for the copies"):
       fj.sample(_denoiser(), tokens, jax.random.key(0), "fef", mask_id=MASK_ID,
                 drafter="head", **bad)
+  # Over the exact cache the head reads block-local hidden states: a denoiser with the
+  # cache and a head but no `block_hidden` is refused by name.
+  no_block_hidden = _Without(_oracle_with_head(cached=True), "block_hidden")
+  with pytest.raises(TypeError, match="block_hidden"):
+    fj.sample(no_block_hidden, tokens, jax.random.key(0), "fef", mask_id=MASK_ID,
+              **CACHED_DRAFTER_OPTIONS)
   with pytest.raises(TypeError, match="drafter"):
     fj.sample(_denoiser(), tokens, jax.random.key(0), "confidence", mask_id=MASK_ID,
               drafter="head")

@@ -146,7 +146,7 @@ class SpecHead(nn.Module):
 class SpecHeadTransformer(nn.Module):
   """Backbone `Transformer` plus `SpecHead`; parameters `{"backbone": ..., "head": ...}`.
 
-  `__call__`, `encode`, `block_logits` and `hidden` are the backbone's (so
+  `__call__`, `encode`, `block_logits`, `block_hidden` and `hidden` are the backbone's (so
   `Denoiser` and every sampler work unchanged); `head_logits` runs the head on
   backbone hidden states; `with_head` is the training forward: one backbone
   pass and the head over teacher-forced items.
@@ -165,6 +165,9 @@ class SpecHeadTransformer(nn.Module):
 
   def block_logits(self, cache, tokens_BxCxS, start_B):
     return self.backbone.block_logits(cache, tokens_BxCxS, start_B)
+
+  def block_hidden(self, cache, tokens_BxCxS, start_B):
+    return self.backbone.block_hidden(cache, tokens_BxCxS, start_B)
 
   def hidden(self, tokens_BxL, valid_BxL=None, t_B=None):
     return self.backbone.hidden(tokens_BxL, valid_BxL, t_B)

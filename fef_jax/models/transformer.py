@@ -771,15 +771,37 @@ class Transformer(nn.Module):
       ValueError: tokens not an integer [B, C, S] array, a batch that is not
         the cache's, `S > L`, `start_B` not int[B], or a time-conditioned model.
     """
+    logits_BxCxSxV, _ = self._span_forward(cache, tokens_BxCxS, start_B)
+    return logits_BxCxSxV
+
+  def block_hidden(self, cache: KVCache, tokens_BxCxS: jax.Array,
+                   start_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`block_logits`, also returning the span's final hidden states (what a head reads).
+
+    Args:
+      cache, tokens_BxCxS, start_B: as for `block_logits`.
+
+    Returns:
+      (float32[B, C, S, vocab_size] logits, the same as `block_logits`'; the
+      final-normed hidden states [B, C, S, d_model] in the compute dtype, equal
+      to `hidden`'s at the span of each copy whenever `block_logits` is exact).
+
+    Raises:
+      ValueError: bad inputs as for `block_logits`.
+    """
+    return self._span_forward(cache, tokens_BxCxS, start_B)
+
+  def _span_forward(self, cache: KVCache, tokens_BxCxS: jax.Array,
+                    start_B: jax.Array) -> tuple[jax.Array, jax.Array]:
     cfg = self.config
     _check_cacheable(cfg)
     check_span_inputs(cache.valid_NxL, tokens_BxCxS, start_B)
     positions_BxS, span_mask_BxSxS, context_mask_BxL = _span_masks(
         cfg, cache, start_B, tokens_BxCxS.shape[2])
-    logits_BxCxSxV, _, _ = self._forward(
+    logits_BxCxSxV, _, hidden_BxCxSxD = self._forward(
         tokens_BxCxS, None, positions_BxS[:, None, :], span_mask_BxSxS,
         (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
-    return logits_BxCxSxV
+    return logits_BxCxSxV, hidden_BxCxSxD
 
   @nn.compact
   def _forward(self, tokens: jax.Array, t_B: jax.Array | None, positions: jax.Array,
@@ -902,3 +924,10 @@ class Denoiser:
     """float32[N, C, S, vocab_size]: `Transformer.block_logits` with these parameters."""
     return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
                             method="block_logits")
+
+  def block_hidden(self, cache: KVCache, tokens_NxCxS: jax.Array,
+                   start_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(float32[N, C, S, vocab_size] logits, hidden states [N, C, S, d_model]):
+    `Transformer.block_hidden` with these parameters."""
+    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
+                            method="block_hidden")

@@ -216,7 +216,8 @@ def initial(denoiser: BlockLocalDenoiser, config: SamplerConfig, tokens_BxL: jax
 def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.Array,
             start_B: jax.Array, tokens_BxL: jax.Array, draft_tokens_BxL: jax.Array | None,
             draft_logits_BxLxV: jax.Array, context: Context, stats: SampleStats,
-            bad_logits_B: jax.Array) -> tuple[jax.Array, Context, SampleStats, jax.Array]:
+            bad_logits_B: jax.Array, units_per_position: int = 1
+            ) -> tuple[jax.Array, Context, SampleStats, jax.Array]:
   """Re-encodes the rows of `refresh_B` for windows starting at `start_B`, in one call.
 
   The call is skipped (`lax.cond`) when no row needs it.
@@ -233,8 +234,11 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
     draft_logits_BxLxV: the current draft logits.
     context: the current `Context`.
     stats: running statistics; each refreshed row gets one call and the token
-      positions encoded for it (`2L` in exact mode, `L` in approximate mode).
+      positions encoded for it (`2L` in exact mode, `L` in approximate mode),
+      times `units_per_position`.
     bad_logits_B: running NaN/+inf flags.
+    units_per_position: what one encoded position adds to `stats.sequences`
+      (the backbone's layers where the loop counts layer-positions).
 
   Returns:
     (draft logits, `Context` with the rounds reset, stats, NaN/+inf flags),
@@ -244,7 +248,7 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
   batch, length = tokens_BxL.shape
   inputs_NxL = (tokens_BxL if draft_tokens_BxL is None
                 else jnp.concatenate([tokens_BxL, draft_tokens_BxL]))
-  positions_per_row = inputs_NxL.shape[0] // batch * length
+  units_per_row = inputs_NxL.shape[0] // batch * length * units_per_position
 
   def pick(new, old):
     return jnp.where(refresh_B.reshape((batch,) + (1,) * (old.ndim - 1)), new[:batch], old)
@@ -258,7 +262,7 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
                           jnp.where(refresh_B, 0, context.rounds_B))
     one = refresh_B.astype(jnp.int32)
     stats = stats.replace(nfe=stats.nfe + one,
-                          sequences=stats.sequences + one * positions_per_row)
+                          sequences=stats.sequences + one * units_per_row)
     return (jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
             new_context, stats, bad_logits_B | (bad_N[-batch:] & refresh_B))
 
@@ -266,11 +270,12 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
                       draft_logits_BxLxV, context, stats, bad_logits_B)
 
 
-def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig
-              ) -> speculative.CopyEvaluator:
+def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig,
+              units_per_position: int = 1) -> speculative.CopyEvaluator:
   """A round's evaluation of the copies' window `[start, start + S)` against the context.
 
-  Each copy counts `S` units (token positions) towards `stats.sequences`. With
+  Each copy counts `S * units_per_position` units (token positions, or
+  layer-positions) towards `stats.sequences`. With
   `cache="approximate"` and `refresh_every=r > 0`, a round of a row that has
   run `r` rounds against its context first re-encodes its state (one more
   call, `L` units), and the state's logits become the round's drafts.
@@ -287,11 +292,12 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig
     due_B = active_B & (state.context.rounds_B >= config.refresh_every)
     logits_BxLxV, context, stats, bad_B = refresh(
         denoiser, config, due_B, state.context.start_B, state.tokens_BxL, None,
-        state.draft_logits_BxLxV, state.context, state.stats, state.bad_logits_B)
+        state.draft_logits_BxLxV, state.context, state.stats, state.bad_logits_B,
+        units_per_position)
     context = context.replace(rounds_B=context.rounds_B + active_B.astype(jnp.int32))
     return state.replace(draft_logits_BxLxV=logits_BxLxV, context=context, stats=stats,
                          bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0
-  return speculative.CopyEvaluator(evaluate, units_per_copy=span,
+  return speculative.CopyEvaluator(evaluate, units_per_copy=span * units_per_position,
                                    prepare=prepare if refreshing else None)

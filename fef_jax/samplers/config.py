@@ -67,7 +67,9 @@ class SamplerConfig:
       round's `window` targets one after another, each conditioned on the
       drafts before it; the copies still verify, so the set is an exact draw of
       the denoiser's prefix factorization whatever the head; needs a head
-      denoiser and `verifier="copies"`, `cache="none"`).
+      denoiser and `verifier="copies"`, and `cache="none"` or `"exact"`, where
+      the head reads the block-local hidden states of each step's state,
+      `block_hidden`).
     threshold: Fast-dLLM: commit positions whose confidence exceeds it.
     factor: Fast-dLLM factor rule: commit the largest n with (n+1)(1-c_n) < factor.
     gamma: EB: entropy budget (sum of entropies minus the largest).
@@ -162,10 +164,10 @@ def make_config(method: str, mask_id: int, **options: Any) -> SamplerConfig:
   _check(config.drafter in DRAFTERS,
          f"unknown drafter {config.drafter!r}; expected one of {DRAFTERS}")
   _check(config.drafter == "marginals" or (config.verifier == "copies"
-                                           and config.cache == "none"),
-         f"drafter='head' drafts for the copies' verification without a cache; got "
-         f"verifier={config.verifier!r}, cache={config.cache!r} (use verifier='copies', "
-         f"cache='none')")
+                                           and config.cache in ("none", "exact")),
+         f"drafter='head' drafts for the copies' verification, whole or over the exact "
+         f"cache; got verifier={config.verifier!r}, cache={config.cache!r} (use "
+         f"verifier='copies', cache='none' or 'exact')")
   _check(_is_int(config.window) and config.window >= 1,
          f"window must be an integer >= 1, got {config.window!r}")
   _check(_is_real(config.threshold) and 0 < config.threshold <= 1,

@@ -20,6 +20,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from fef_jax import posterior
 from fef_jax import speculative
 from fef_jax import warp
 from fef_jax.samplers import cache
@@ -117,9 +118,11 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
 
 
 def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
-                  state: LoopState, in_block_BxL, active_B) -> LoopState:
+                  state: LoopState, in_block_BxL, active_B,
+                  units_per_position: int) -> LoopState:
   """Cached FeF: refreshes the rows whose window moved (`cache.refresh`, which
-  counts the call; `stats.sequences` is in token positions here, see `run`).
+  counts the call; `stats.sequences` is in token positions here, or in
+  layer-positions with a head, see `run`).
 
   The window holds the current generation block (`in_block_BxL`: its
   positions, decided or not), so it moves only when a row enters a new block.
@@ -129,7 +132,7 @@ def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
   logits_BxLxV, context, stats, bad_B = cache.refresh(
       denoiser, config, active_B & (start_B != state.context.start_B), start_B,
       state.tokens_BxL, state.draft_tokens_BxL, state.logits_BxLxV, state.context,
-      state.stats, state.bad_logits_B)
+      state.stats, state.bad_logits_B, units_per_position)
   return state.replace(logits_BxLxV=logits_BxLxV, context=context, stats=stats,
                        bad_logits_B=bad_B)
 
@@ -150,6 +153,37 @@ def _head_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig, state: Lo
   return state, head.evaluator(denoiser, hidden, num_items)
 
 
+def _head_window_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig,
+                          state: LoopState, active_B, num_items: int
+                          ) -> tuple[LoopState, speculative.HeadEvaluator]:
+  """Head drafts over the exact cache: the step's backbone pass over the state's
+  window only (`head.window_backbone`; one call, `S * num_layers` units). Its
+  logits replace the drafts in the window and the state becomes the drafts'
+  input, as the uncached head path's full pass does; returns the rounds' head
+  evaluator over the window's hidden states."""
+  span = cache.window_length(config, denoiser)
+  logits_BxSxV, hidden_BxLxD, bad_B = head.window_backbone(
+      denoiser, state.context.cache, state.context.start_B, state.tokens_BxL, span,
+      config.mask_id)
+  logits_BxLxV = jnp.where(
+      active_B[:, None, None],
+      posterior.write_span(state.logits_BxLxV, logits_BxSxV, state.context.start_B),
+      state.logits_BxLxV)
+  one = active_B.astype(jnp.int32)
+  stats = state.stats.replace(nfe=state.stats.nfe + one,
+                              sequences=state.stats.sequences
+                              + one * span * denoiser.num_layers)
+  state = state.replace(
+      logits_BxLxV=logits_BxLxV, stats=stats,
+      draft_tokens_BxL=jnp.where(active_B[:, None], state.tokens_BxL, state.draft_tokens_BxL),
+      bad_logits_B=state.bad_logits_B | (bad_B & active_B))
+  return state, head.evaluator(denoiser, hidden_BxLxD, num_items)
+
+
+def _uses_head(config: SamplerConfig) -> bool:
+  return config.method == "fef" and "head" in (config.verifier, config.drafter)
+
+
 def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
              state: LoopState, block_BxL, steps_per_block_B, step_keys_B,
              active_B) -> LoopState:
@@ -162,29 +196,32 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   With a cache the rounds evaluate only the window's positions; with
   `verifier="head"` the backbone runs on the state first and the rounds run the
   head (the set is drawn from the head's joint); with `drafter="head"` the
-  backbone runs on the state first and the head drafts each round's targets,
-  which whole-sequence copies verify (the set is drawn from the backbone's
-  prefix factorization).
+  backbone runs on the state first (over the window, with the exact cache) and
+  the head drafts each round's targets, which the copies verify (the set is
+  drawn from the backbone's prefix factorization).
   """
   x0_keys_B, plan_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 5)
   eligible_BxL = _eligible(config, state, block_BxL)
   denoiser, drafter = logits_fn, None
+  # With a head, `stats.sequences` counts layer-positions (see `run`).
+  units_per_position = logits_fn.num_layers if _uses_head(config) else 1
   if config.cache != "none":
     # Before the drafts are read: a new window's drafts come from the refresh.
     state = _enter_window(logits_fn, config, state, block_BxL == state.cur_block_B[:, None],
-                          active_B)
-    denoiser = cache.evaluator(logits_fn, config)
-  if config.verifier == "head" or config.drafter == "head":
+                          active_B, units_per_position)
+    denoiser = cache.evaluator(logits_fn, config, units_per_position)
+  if _uses_head(config):
     # A set lies in one generation block, so block_length items hold any set.
     length = state.tokens_BxL.shape[1]
     num_items = min(config.block_length or length, length)
-    state, head_evaluator = _head_backbone(logits_fn, config, state, active_B, num_items)
+    backbone = _head_backbone if config.cache == "none" else _head_window_backbone
+    state, head_evaluator = backbone(logits_fn, config, state, active_B, num_items)
     if config.verifier == "head":
       denoiser = head_evaluator
     else:
-      # The copies verify the head's drafts; `stats.sequences` is in layer-positions.
-      denoiser = speculative.CopyEvaluator(speculative.whole_sequences(logits_fn).evaluate,
-                                           units_per_copy=length * logits_fn.num_layers)
+      if config.cache == "none":
+        denoiser = speculative.CopyEvaluator(speculative.whole_sequences(logits_fn).evaluate,
+                                             units_per_copy=length * logits_fn.num_layers)
       drafter = head_evaluator
   ctx = _context(state, eligible_BxL, steps_per_block_B, warp_fn(state.logits_BxLxV),
                  x0_keys_B, plan_keys_B)
@@ -243,7 +280,7 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   With a cache, `stats.sequences` is counted in token positions during
   the loop (`unit = L` per whole sequence, since a window copy is a fraction of
   one), with `verifier="head"` or `drafter="head"` in layer-positions
-  (`unit = L * num_layers`),
+  (`unit = L * num_layers`, with or without the cache),
   and reported as whole-sequence equivalents, rounded up.
   """
   batch, length = tokens_BxL.shape
@@ -260,9 +297,10 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   draft_tokens_BxL = context = None
   unit = length if config.cache != "none" else 1
   step = independent_step
-  if config.method == "fef" and "head" in (config.verifier, config.drafter):
-    step = fef_step
+  if _uses_head(config):
     unit = length * logits_fn.num_layers
+  if _uses_head(config) and config.cache == "none":
+    step = fef_step
     # Every step runs the backbone first; the carry only needs the logits' shape.
     logits_BxLxV = jnp.zeros(jax.eval_shape(logits_fn, tokens_BxL).shape, jnp.float32)
   elif config.method == "fef":
