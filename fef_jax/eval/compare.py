@@ -1,4 +1,4 @@
-"""The paper's comparison on a trained model: accuracy and speed of every sampler.
+"""The paper's comparison on trained models: accuracy and speed of every sampler.
 
 For one denoiser, one set of task prompts and one batch size, each sampler spec
 (`"method:opt=val,..."`, see `fef_jax.eval.exactness.parse_sampler`) fills
@@ -10,9 +10,14 @@ generated token and per sequential call measured after a compile-only warm-up
 one-token-per-call decoder among the rows (`is_exact_one_token`), never a
 slower one. Batch 1 is the latency regime, where speculation can pay; large
 batches are the throughput regime, where exact copy verification costs
-`W / tau >= 1` times the one-token decoder's compute and cannot. Rows go to JSON,
-a Markdown table per batch size and a plot of accuracy against wall-clock with
-the Pareto front marked.
+`W / tau >= 1` times the one-token decoder's compute and cannot.
+
+`python -m experiments.compare` runs it on each model of `MODELS` it is asked
+for (`training_config`: a bidirectional model, and the same backbone
+block-causal with a speculative head, whose rows use the exact cache and the
+head's drafts), each row tagged with its `model`; speed-ups are within one
+model and batch size. Rows go to JSON, a Markdown table per model and batch
+size and a plot of accuracy against wall-clock with the Pareto front marked.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tqdm
 
@@ -31,8 +37,13 @@ from fef_jax.data import synthetic
 from fef_jax.eval import metrics
 from fef_jax.eval import timing
 from fef_jax.eval.exactness import parse_sampler
+from fef_jax.train import data_source
 
 REFERENCE = "first_hitting"
+# The models `experiments.compare` can train and compare (see `training_config`).
+BIDIRECTIONAL = "bidirectional"
+BLOCK_CAUSAL_HEAD = "block_causal_head"
+MODELS = (BIDIRECTIONAL, BLOCK_CAUSAL_HEAD)
 # One token per call at a position chosen from revealed tokens only: exact.
 _EXACT_FIRST_HITTING_SELECT = ("random", "position", "entropy")
 
@@ -93,6 +104,96 @@ def default_samplers(answer_length: int, head: bool = False,
     specs += [blocks, f"{blocks},cache=approximate",
               f"{blocks},cache=approximate,refresh_every=1"]
   return tuple(specs)
+
+
+def cached_samplers(answer_length: int, block_length: int) -> tuple[str, ...]:
+  """The grid of a block-causal model (attention blocks of `block_length = K`
+  positions) with a speculative head, for answers of `answer_length` tokens.
+
+  The exact one-token-per-call references (first-hitting at random positions
+  and left to right); LLaDA low-confidence at one token per step; uncached FeF
+  (one step, window 2) with marginal and with the head's drafts; the exact
+  one-token decoder over the exact cache (FeF with `window=1`: one block-local
+  call per token, plus a refresh per new block); and FeF over the exact cache,
+  blocks of `K` answer positions, with marginal and with the head's drafts, for
+  the windows 2, 4, 8 that fit in a block (`w <= K`).
+  """
+  specs = [REFERENCE, f"{REFERENCE}:select=position", f"confidence:steps={answer_length}",
+           "fef:steps=1,window=2", "fef:steps=1,window=2,drafter=head"]
+  cached = f"fef:block_length={block_length},cache=exact"
+  specs.append(f"{cached},window=1")
+  for window in (2, 4, 8):
+    if window <= block_length:
+      specs += [f"{cached},window={window}", f"{cached},window={window},drafter=head"]
+  return tuple(specs)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks, before any training, that the comparison can run with `config` (the
+  experiment's: training fields and `config.compare`).
+
+  Raises:
+    ValueError: naming the field: `compare.models` not a non-empty subset of
+      `MODELS`, data that is not a task, or (with `BLOCK_CAUSAL_HEAD`) a
+      `compare.block_length` that does not divide the task's prompt and answer
+      lengths (each answer block of the exact cache must lie in one attention
+      block).
+  """
+  models = tuple(config.compare.models)
+  unknown = sorted(set(models) - set(MODELS))
+  if not models or unknown:
+    raise ValueError(f"compare.models={models}: expected a non-empty subset of {MODELS}")
+  if config.data.kind != "task":
+    raise ValueError(f"the comparison needs task data (data.kind='task'), got "
+                     f"{config.data.kind!r}")
+  if BLOCK_CAUSAL_HEAD not in models or config.data.task not in data_source.TASKS:
+    return  # an unknown task: the training loop names it
+  task = data_source.TASKS[config.data.task](**config.data.task_kwargs)
+  block = config.compare.block_length
+  if block < 1 or task.prompt_length % block or task.answer_length % block:
+    raise ValueError(
+        f"compare.block_length={block} must divide the prompt ({task.prompt_length} tokens) "
+        f"and the answer ({task.answer_length}) of {config.data.task} "
+        f"{dict(config.data.task_kwargs)}: the exact cache needs every answer block inside "
+        f"one attention block; or leave {BLOCK_CAUSAL_HEAD!r} out of compare.models")
+
+
+def training_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The training config of comparison model `name` (one of `MODELS`).
+
+  `config` is the experiment's config: the training fields shared by every
+  model (data, backbone size, optimizer, steps) and `config.compare`.
+  `BIDIRECTIONAL`: full attention, no head. `BLOCK_CAUSAL_HEAD`: attention
+  blocks of `compare.block_length` positions and a speculative head of
+  `compare.head_layers` layers, trained jointly (`loss.head_weight=1`).
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+  out = ml_collections.ConfigDict(config.to_dict())
+  if name == BIDIRECTIONAL:
+    out.model.update(attention="bidirectional", block_length=None, head_layers=0)
+    out.loss.head_weight = 0.0
+  else:
+    out.model.update(attention="block_causal", block_length=config.compare.block_length,
+                     head_layers=config.compare.head_layers)
+    out.loss.head_weight = 1.0
+  return out
+
+
+def samplers_for(config: ml_collections.ConfigDict, name: str,
+                 answer_length: int) -> tuple[str, ...]:
+  """The sampler specs of model `name`: `compare.samplers` (`BIDIRECTIONAL`) or
+  `compare.cached_samplers` (`BLOCK_CAUSAL_HEAD`), or where empty the default grid
+  (`default_samplers` with the approximate-cache rows unless the model is
+  time-conditioned; `cached_samplers`)."""
+  if name == BIDIRECTIONAL:
+    return tuple(config.compare.samplers) or default_samplers(
+        answer_length, approximate_cache=not config.model.time_conditioning)
+  return tuple(config.compare.cached_samplers) or cached_samplers(
+      answer_length, config.compare.block_length)
 
 
 def bare_call_seconds(logits_fn: Callable[[jax.Array], jax.Array], tokens_BxL: np.ndarray,
@@ -177,13 +278,16 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  """The comparison as Markdown, one table per batch size (Pareto-optimal samplers in
-  bold; speed-ups over that batch size's fastest exact one-token decoder, in italics)."""
+  """The comparison as Markdown, one table per model and batch size (in the rows'
+  order; a heading names both). Pareto-optimal samplers in bold; speed-ups over
+  that model and batch size's fastest exact one-token decoder, in italics. Rows
+  without a `model` field make one table per batch size."""
   tables = []
-  for batch_size, group in _by_batch_size(rows).items():
+  for (model, batch_size), group in _groups(rows).items():
     front = set(pareto_front(group))
     bare_ms = group[0]["bare_call_ms"]
-    lines = [f"Batch {batch_size} (one bare denoiser call of the batch: {bare_ms:.3f} ms; "
+    title = f"Batch {batch_size}" if model is None else f"Model `{model}`, batch {batch_size}"
+    lines = [f"{title} (one bare denoiser call of the batch: {bare_ms:.3f} ms; "
              f"speed-up over the fastest exact one-token decoder, "
              f"`{group[0]['reference']}`):", "",
              "| sampler | accuracy (95% CI) | seq. calls | sequences | tokens/round | "
@@ -203,10 +307,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
   return "\n\n".join(tables)
 
 
-def _by_batch_size(rows: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-  groups: dict[int, list[dict[str, Any]]] = {}
+def _groups(rows: Sequence[dict[str, Any]]
+            ) -> dict[tuple[str | None, int], list[dict[str, Any]]]:
+  """(model or None, batch size) -> its rows, in order of first appearance."""
+  groups: dict[tuple[str | None, int], list[dict[str, Any]]] = {}
   for row in rows:
-    groups.setdefault(row["batch_size"], []).append(row)
+    groups.setdefault((row.get("model"), row["batch_size"]), []).append(row)
   return groups
 
 
@@ -214,7 +320,9 @@ def _short(spec: str) -> str:
   """'fef:mode=joint_then_remask,steps=2,window=8' -> 'fef jtr s2 w8' (plot labels)."""
   method, _, options = spec.partition(":")
   abbreviations = {"mode=joint_then_remask": "jtr", "steps=": "s", "window=": "w",
-                   "threshold=": "t", "gamma=": "g"}
+                   "threshold=": "t", "gamma=": "g", "block_length=": "b", "cache=": "",
+                   "drafter=head": "head-drafts", "verifier=head": "head-verifier",
+                   "refresh_every=": "refresh"}
   parts = []
   for option in filter(None, options.split(",")):
     for long, short in abbreviations.items():
@@ -226,50 +334,68 @@ def _short(spec: str) -> str:
 
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
   """Accuracy (with intervals) against wall-clock per token, one panel per batch size,
-  and against sequential calls (of the smallest batch size).
+  and against sequential calls (of the smallest batch size): one row of panels per
+  model (rows without a `model` field: one row).
 
   Wall-clock is what this machine measured; sequential calls are the latency
   on an accelerator that evaluates FeF's `W` copies in parallel. Each
   wall-clock panel dashes its Pareto front and marks its fastest exact
-  one-token decoder with a vertical line.
+  one-token decoder (of that model and batch size) with a vertical line.
   """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  groups = _by_batch_size(rows)
-  panels = [(group, lambda r: 1e3 * r["seconds_per_token"],
-             f"wall-clock per generated token (ms), batch {batch_size}")
-            for batch_size, group in groups.items()]
-  panels.append((groups[min(groups)], lambda r: r["nfe"],
-                 "sequential denoiser calls per answer"))
-  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), sharey=True,
-                           squeeze=False)
-  for ax, (group, x_of, label) in zip(axes[0], panels):
-    for r in group:
-      fef = r["sampler"].startswith("fef")
-      ax.errorbar(x_of(r), r["accuracy"],
-                  yerr=[[r["accuracy"] - r["accuracy_low"]],
-                        [r["accuracy_high"] - r["accuracy"]]],
-                  fmt="o" if fef else "s", color="C0" if fef else "C1", alpha=0.8, capsize=2)
-      ax.annotate(_short(r["sampler"]), (x_of(r), r["accuracy"]), fontsize=6, rotation=30,
-                  xytext=(3, 3), textcoords="offset points")
-    reference = next(r for r in group if r["sampler"] == r["reference"])
-    ax.axvline(x_of(reference), color="gray", lw=1, ls=":",
-               label=f"fastest exact one-token ({_short(reference['sampler'])})")
-    if "wall-clock" in label:
-      front = sorted((r for r in group if r["sampler"] in set(pareto_front(group))),
-                     key=lambda r: r["seconds_per_token"])
-      ax.plot([x_of(r) for r in front], [r["accuracy"] for r in front], "k--", lw=1,
-              label="Pareto front (wall-clock)")
-    ax.set_xscale("log")
-    ax.set_xlabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
-  axes[0][0].set_ylabel("accuracy (valid answers)")
+  groups = _groups(rows)
+  models = list(dict.fromkeys(model for model, _ in groups))
+  layout = []  # per model: its panels (rows, x of a row, x label)
+  for model in models:
+    by_batch = {batch: group for (m, batch), group in groups.items() if m == model}
+    panels = [(group, lambda r: 1e3 * r["seconds_per_token"],
+               f"wall-clock per generated token (ms), batch {batch_size}")
+              for batch_size, group in by_batch.items()]
+    panels.append((by_batch[min(by_batch)], lambda r: r["nfe"],
+                   "sequential denoiser calls per answer"))
+    layout.append((model, panels))
+  columns = max(len(panels) for _, panels in layout)
+  fig, axes = plt.subplots(len(layout), columns, figsize=(6.5 * columns, 5 * len(layout)),
+                           sharey=True, squeeze=False)
+  for axes_row, (model, panels) in zip(axes, layout):
+    for ax in axes_row[len(panels):]:
+      ax.set_visible(False)
+    for ax, (group, x_of, label) in zip(axes_row, panels):
+      _plot_panel(ax, group, x_of, label)
+      if model is not None:
+        ax.set_title(f"model: {model}", fontsize=10)
+    axes_row[0].set_ylabel("accuracy (valid answers)")
   fig.suptitle("FeF (blue circles) vs baselines (orange squares)")
   fig.tight_layout()
   fig.savefig(path, dpi=150)
   plt.close(fig)
+
+
+def _plot_panel(ax: Any, group: Sequence[dict[str, Any]], x_of: Callable[[dict], float],
+                label: str) -> None:
+  """One panel of `plot`: the rows of one model and batch size against `x_of`."""
+  for r in group:
+    fef = r["sampler"].startswith("fef")
+    ax.errorbar(x_of(r), r["accuracy"],
+                yerr=[[r["accuracy"] - r["accuracy_low"]],
+                      [r["accuracy_high"] - r["accuracy"]]],
+                fmt="o" if fef else "s", color="C0" if fef else "C1", alpha=0.8, capsize=2)
+    ax.annotate(_short(r["sampler"]), (x_of(r), r["accuracy"]), fontsize=6, rotation=30,
+                xytext=(3, 3), textcoords="offset points")
+  reference = next(r for r in group if r["sampler"] == r["reference"])
+  ax.axvline(x_of(reference), color="gray", lw=1, ls=":",
+             label=f"fastest exact one-token ({_short(reference['sampler'])})")
+  if "wall-clock" in label:
+    front = sorted((r for r in group if r["sampler"] in set(pareto_front(group))),
+                   key=lambda r: r["seconds_per_token"])
+    ax.plot([x_of(r) for r in front], [r["accuracy"] for r in front], "k--", lw=1,
+            label="Pareto front (wall-clock)")
+  ax.set_xscale("log")
+  ax.set_xlabel(label)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=7)
 
 
 def write(rows: Sequence[dict[str, Any]], workdir: str, info: dict[str, Any]) -> dict[str, str]:
