@@ -1,11 +1,19 @@
-"""Compare every sampler's accuracy and speed on one trained model (trains it first if needed).
+"""Compare every sampler's accuracy and speed on trained models (trains them first if needed).
 
     python -m experiments.compare --config=experiments/configs/compare.py --workdir=runs/compare
         [--config.compare.num_prompts=256] [--config.compare.batch_sizes=1,8,256]
+        [--config.compare.models="('bidirectional',)"]
 
-Training resumes from (or stops at) the checkpoints in --workdir, so a second run
-only samples. Writes comparison.{json,md,png} to --workdir and prints the table.
+Each model of `config.compare.models` (`fef_jax.eval.compare.MODELS`: `bidirectional`,
+and `block_causal_head`, the same backbone block-causal with a speculative head,
+sampled with the exact cache and the head's drafts) trains in --workdir/<model>;
+training resumes from (or stops at) its checkpoints there, so a second run only
+samples. Every model's sampler grid runs at each batch size (`config.compare.samplers`
+replaces the bidirectional model's, `config.compare.cached_samplers` the other's).
+Writes comparison.{json,md,png} to --workdir (one table per model and batch size)
+and prints the tables.
 """
+import os
 import platform
 
 import jax
@@ -28,27 +36,32 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  out = run.train(config, _WORKDIR.value)
-  task = out["source"].task
-  if task is None:
-    raise app.UsageError("the comparison needs task data (config.data.kind='task')")
-  has_head = isinstance(out["model"], spec_head.SpecHeadTransformer)
-  logits_fn = spec_head.make_denoiser(out["model"], out["state"].ema_params)
-  prompts, _ = task.sample(np.random.default_rng(config.seed + 5), config.compare.num_prompts)
-  specs = config.compare.samplers or compare.default_samplers(
-      task.answer_length, head=has_head,
-      approximate_cache=(config.model.attention == "bidirectional"
-                         and not config.model.time_conditioning),
-      exact_cache_block=(config.model.block_length
-                         if config.model.attention == "block_causal" else None))
-  rows = [row for batch_size in config.compare.batch_sizes
-          for row in compare.compare(logits_fn, task, prompts, specs,
-                                     jax.random.key(config.seed), batch_size=batch_size,
-                                     progress=True)]
+  try:
+    compare.check_config(config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  rows, models = [], {}
+  for name in config.compare.models:
+    model_config = compare.training_config(config, name)
+    out = run.train(model_config, os.path.join(_WORKDIR.value, name))
+    task = out["source"].task
+    logits_fn = spec_head.make_denoiser(out["model"], out["state"].ema_params)
+    # The same prompts and keys for every model.
+    prompts, _ = task.sample(np.random.default_rng(config.seed + 5),
+                             config.compare.num_prompts)
+    specs = compare.samplers_for(model_config, name, task.answer_length)
+    for batch_size in config.compare.batch_sizes:
+      rows += [{"model": name, **row} for row in compare.compare(
+          logits_fn, task, prompts, specs, jax.random.key(config.seed), batch_size=batch_size,
+          progress=True)]
+    models[name] = {"attention": model_config.model.attention,
+                    "block_length": model_config.model.block_length,
+                    "head_layers": model_config.model.head_layers,
+                    "train_steps": int(out["state"].step), "final_metrics": out["metrics"]}
   info = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
           "jax": jax.__version__, "python": platform.python_version(),
           "task": config.data.task, "task_kwargs": dict(config.data.task_kwargs),
-          "train_steps": int(out["state"].step), "final_metrics": out["metrics"]}
+          "models": models}
   paths = compare.write(rows, _WORKDIR.value, info)
   print(compare.format_table(rows))
   print("written:", ", ".join(paths.values()))

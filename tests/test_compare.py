@@ -1,4 +1,5 @@
 """The sampler comparison: Pareto front logic, and the experiment end to end on a tiny model."""
+import itertools
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments.configs import compare as compare_config
 from fef_jax.data import synthetic
 from fef_jax.eval import compare
 
@@ -36,6 +38,46 @@ def test_default_grid_has_every_family_the_issue_asks_for():
       with_head)
 
 
+def test_block_causal_head_grid_runs_the_exact_cache_with_marginal_and_head_drafts():
+  assert compare.cached_samplers(answer_length=10, block_length=2) == (
+      "first_hitting", "first_hitting:select=position", "confidence:steps=10",
+      "fef:steps=1,window=2", "fef:steps=1,window=2,drafter=head",
+      "fef:block_length=2,cache=exact,window=1",
+      "fef:block_length=2,cache=exact,window=2",
+      "fef:block_length=2,cache=exact,window=2,drafter=head")
+  wide = compare.cached_samplers(16, 8)
+  assert [s for s in wide if "cache" in s] == ["fef:block_length=8,cache=exact,window=1"] + [
+      f"fef:block_length=8,cache=exact,window={w}{drafts}" for w in (2, 4, 8)
+      for drafts in ("", ",drafter=head")]
+  assert [s for s in compare.cached_samplers(8, 2) if compare.is_exact_one_token(s)] == [
+      "first_hitting", "first_hitting:select=position",
+      "fef:block_length=2,cache=exact,window=1"]
+
+
+def test_default_config_compares_both_models_on_block_aligned_pairs():
+  config = compare_config.get_config()
+  compare.check_config(config)
+  assert config.compare.models == compare.MODELS
+  bidirectional = compare.training_config(config, "bidirectional")
+  assert (bidirectional.model.attention, bidirectional.model.head_layers) == ("bidirectional", 0)
+  assert bidirectional.loss.head_weight == 0
+  cached = compare.training_config(config, "block_causal_head")
+  assert (cached.model.attention, cached.model.block_length, cached.model.head_layers) == (
+      "block_causal", 2, 1)
+  assert cached.loss.head_weight == 1.0
+  assert cached.optimizer.total_steps == bidirectional.optimizer.total_steps
+  assert compare.samplers_for(cached, "block_causal_head", 10) == compare.cached_samplers(10, 2)
+  assert compare.samplers_for(bidirectional, "bidirectional", 10) == compare.default_samplers(10)
+  config.compare.block_length = 4  # the 6-token prompt is not a whole number of blocks
+  with pytest.raises(ValueError, match="block_length=4 must divide"):
+    compare.check_config(config)
+  config.compare.models = ("bidirectional",)
+  compare.check_config(config)
+  config.compare.models = ("causal",)
+  with pytest.raises(ValueError, match="subset"):
+    compare.check_config(config)
+
+
 def test_pareto_front_keeps_exactly_the_undominated_rows():
   rows = [{"sampler": "a", "accuracy": 0.9, "seconds_per_token": 1.0},
           {"sampler": "b", "accuracy": 0.8, "seconds_per_token": 0.5},
@@ -61,6 +103,17 @@ def test_comparison_needs_the_reference():
                     ["fef", "first_hitting:select=confidence"], None)
 
 
+# The block-causal model's rows in the end-to-end test: the exact one-token references
+# uncached and over the cache (both exact, so the speed-up reference is contested),
+# and the head's drafts uncached and over the cache. The full grid (8 rows) would add
+# half a minute of compiling to a CI budget that is nearly full;
+# test_block_causal_head_grid_runs_the_exact_cache_with_marginal_and_head_drafts
+# checks its contents.
+_CACHED_ROWS = ("first_hitting", "fef:steps=1,window=2,drafter=head",
+                "fef:block_length=2,cache=exact,window=1",
+                "fef:block_length=2,cache=exact,window=2,drafter=head")
+
+
 @pytest.mark.slow
 def test_compare_experiment_runs_end_to_end_with_every_sampler_row(tmp_path):
   overrides = ["--config.optimizer.total_steps=30", "--config.optimizer.warmup_steps=5",
@@ -68,31 +121,57 @@ def test_compare_experiment_runs_end_to_end_with_every_sampler_row(tmp_path):
                "--config.sample.every=0", "--config.compare.num_prompts=16",
                "--config.compare.batch_sizes=(1, 16)", "--config.model.num_layers=1",
                "--config.model.d_model=32", "--config.model.mlp_dim=64",
-               "--config.data.num_examples=2000", "--config.eval_batch_size=64"]
+               "--config.data.num_examples=2000", "--config.eval_batch_size=64",
+               f"--config.compare.cached_samplers={_CACHED_ROWS}"]
   done = subprocess.run([sys.executable, "-m", "experiments.compare", f"--workdir={tmp_path}",
                          *overrides], cwd=REPO, capture_output=True, text=True, timeout=1500)
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads((tmp_path / "comparison.json").read_text())
   rows = result["rows"]
-  assert [r["batch_size"] for r in rows] == [1] * (len(rows) // 2) + [16] * (len(rows) // 2)
+  grids = {"bidirectional": list(compare.default_samplers(10)),
+           "block_causal_head": list(_CACHED_ROWS)}
+  assert [(r["model"], r["batch_size"], r["sampler"]) for r in rows] == [
+      (model, batch_size, spec) for model, grid in grids.items() for batch_size in (1, 16)
+      for spec in grid]
+  assert result["info"]["models"]["block_causal_head"]["head_layers"] == 1
+  for model in grids:
+    assert result["info"]["models"][model]["train_steps"] == 30
+    assert (tmp_path / model / "checkpoints").is_dir()  # each model trains in its own run
   table = (tmp_path / "comparison.md").read_text()
-  assert table.count("| sampler |") == 2
+  assert table.count("| sampler |") == 4
   assert (tmp_path / "comparison.png").stat().st_size > 0
-  for batch_size in (1, 16):
-    group = [r for r in rows if r["batch_size"] == batch_size]
-    assert [r["sampler"] for r in group] == list(compare.default_samplers(8))
+  for (model, grid), batch_size in itertools.product(grids.items(), (1, 16)):
+    assert f"Model `{model}`, batch {batch_size} (" in table
+    group = [r for r in rows if r["model"] == model and r["batch_size"] == batch_size]
     assert all(f"`{r['sampler']}`" in table for r in group)
     for row in group:
       assert row["n"] == 16
       assert 0 <= row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
-      assert row["tokens"] == 8 and row["nfe"] >= 1
+      assert row["tokens"] == 10 and row["nfe"] >= 1
       assert row["bare_call_ms"] > 0 and row["ms_per_call"] > 0
       assert row["call_overhead"] == pytest.approx(row["ms_per_call"] / row["bare_call_ms"])
-    # The speed-ups are over the fastest exact one-token decoder of the same batch size.
+    # The speed-ups are over the fastest exact one-token decoder of the same model and
+    # batch size (the cached one-token decoder is one).
     exact = [r for r in group if compare.is_exact_one_token(r["sampler"])]
+    assert len(exact) == 2
     fastest = min(exact, key=lambda r: r["seconds_per_token"])
     assert {r["reference"] for r in group} == {fastest["sampler"]}
     assert fastest["speedup"] == 1.0 and all(r["speedup"] <= 1.0 for r in exact)
-    assert fastest["nfe"] == 8
+    for row in group:
+      assert row["speedup"] == pytest.approx(fastest["seconds_per_token"]
+                                             / row["seconds_per_token"])
     if batch_size == 1:  # one row per batch: the per-call time is exact
-      assert fastest["ms_per_call"] == pytest.approx(1e3 * fastest["seconds"] / (16 * 8))
+      assert fastest["ms_per_call"] == pytest.approx(
+          1e3 * fastest["seconds"] / (16 * fastest["nfe"]))
+  for row in rows:
+    if row["sampler"] == "fef:block_length=2,cache=exact,window=1":
+      # One initial call (it also caches the prompt for the first block's window),
+      # then one block-local round per token (window 1) and one refresh on entering
+      # each later block: 1 + 10 + 4 calls. In sequences: the initial L positions,
+      # 2L per refresh (states and drafts' inputs) and S = 2 per round, rounded up.
+      blocks = 10 // 2
+      assert row["rounds"] == 10
+      assert row["nfe"] == row["tokens"] + blocks == 15
+      assert row["sequences"] == -(-(16 + 2 * 16 * (blocks - 1) + 2 * 10) // 16) == 11
+    elif compare.is_exact_one_token(row["sampler"]):
+      assert row["nfe"] == 10  # first-hitting: one whole-sequence call per token
