@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU measurements BENCHMARKS.md lacks, in one run of about 6 minutes on one H100/H200:
+# The GPU measurements BENCHMARKS.md lacks, in one run of about 6 minutes on one H100/H200
+# (measured with one comparison model; the second adds its training and rows, unmeasured):
 #   rounds   one FeF round at 1.3B width, L=1024, batch 1, bf16 (whole, block-local, head)
 #   loop     a sampler step or round against a bare call of the same rows, batch 1 and 64
-#   compare  the sampler comparison on a freshly trained PairSum model, batch 1 and 256
+#   compare  the sampler comparison on two freshly trained PairSum models (bidirectional;
+#            block-causal with a head, over the exact cache), batch 1 and 256
 #   train    training throughput and MFU of experiments/configs/gpu.py (200 steps)
 #   breakdown  where a training step of gpu.py goes (startup phases, compile, device step,
 #            host batch, prefetch, checkpoint, MFU; experiments.benchmark_train)
@@ -52,7 +54,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
            --config.sample.every=0 --config.model.num_layers=1 --config.model.d_model=32
            --config.model.mlp_dim=64 --config.data.num_examples=500
            --config.eval_batch_size=32 --config.compare.num_prompts=8
-           "--config.compare.batch_sizes=(1, 8)"
+           "--config.compare.batch_sizes=(1, 8)" "--config.compare.models=('bidirectional',)"
            "--config.compare.samplers=('first_hitting', 'fef:steps=1,window=2')")
   train=(--config.optimizer.total_steps=4 --config.optimizer.warmup_steps=1
          --config.log_every=2 --config.eval_every=4 --config.checkpoint.every=4

@@ -22,6 +22,7 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
   assert json.loads((tmp_path / "loop" / "loop_cost.json").read_text())["rows"]
   rows = json.loads((tmp_path / "compare" / "comparison.json").read_text())["rows"]
   assert sorted({r["batch_size"] for r in rows}) == [1, 8]
+  assert {r["model"] for r in rows} == {"bidirectional"}  # the smoke trains one model
   assert "tokens_per_second" in (tmp_path / "train.log").read_text()
   breakdown = json.loads((tmp_path / "breakdown" / "benchmark_train.json").read_text())
   assert breakdown["rows"][0]["pipelined_step_s"] > 0
