@@ -1,4 +1,5 @@
-"""The sampler comparison: Pareto front logic, and the experiment end to end on a tiny model."""
+"""The sampler comparison: grids, configs, Pareto front logic, and the experiment end to end on
+tiny models (bidirectional; block-causal with a head over the exact cache)."""
 import itertools
 import json
 import os
