@@ -611,20 +611,34 @@ class BlockCausal:
                    start_N: jax.Array) -> jax.Array:
     """float32[N, C, S, V]: the span `[start, start + S)` of `C` copies of each state.
 
-    Copy `c` of row `n` is `cache_NxL[n]` with the span set to `tokens_NxCxS[n, c]`
-    and everything after it masked; equal to `__call__` on that copy, at the
-    span, when `start` is a multiple of `block_length` and `S` of it.
+    Copy `c` of row `n` is `cache_NxL[n]` with the span set to `tokens_NxCxS[n, c]`;
+    each piece of `block_length` positions of the span sees the copy with every
+    position after the piece masked. Equal to `__call__` on that copy, at the
+    span, when `start` and `S` are multiples of `block_length`.
     `start + S <= L` is required and not checked.
     """
     batch, copies, span = tokens_NxCxS.shape
     position_L = jnp.arange(self.length)
-    end_Nx1x1 = (start_N + span)[:, None, None]
     copies_NxCxL = jax.vmap(lambda row_L, window_CxS, start: jax.lax.dynamic_update_slice(
         jnp.broadcast_to(row_L, (copies, self.length)), window_CxS, (0, start)))(
             cache_NxL, tokens_NxCxS, start_N)
-    copies_NxCxL = jnp.where(position_L < end_Nx1x1, copies_NxCxL, self.mask_id)
-    logits_NxCxLxV = self.oracle.logits_fn(
-        copies_NxCxL.reshape(batch * copies, self.length)).reshape(
-            batch, copies, self.length, -1)
-    return jax.vmap(lambda logits_CxLxV, start: jax.lax.dynamic_slice_in_dim(
-        logits_CxLxV, start, span, axis=1))(logits_NxCxLxV, start_N)
+    pieces = []
+    for offset in range(0, span, self.block_length):
+      size = min(self.block_length, span - offset)
+      end_Nx1x1 = (start_N + offset + size)[:, None, None]
+      visible_NxCxL = jnp.where(position_L < end_Nx1x1, copies_NxCxL, self.mask_id)
+      logits_NxCxLxV = self.oracle.logits_fn(
+          visible_NxCxL.reshape(batch * copies, self.length)).reshape(
+              batch, copies, self.length, -1)
+      pieces.append(jax.vmap(lambda logits_CxLxV, start: jax.lax.dynamic_slice_in_dim(
+          logits_CxLxV, start, size, axis=1))(logits_NxCxLxV, start_N + offset))
+    return jnp.concatenate(pieces, axis=2)
+
+  def extend(self, cache_NxL: jax.Array, tokens_NxCxS: jax.Array,
+             start_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(`block_logits`, the cache with the span set to copy 0's tokens): the cache
+    of the states with the span replaced by copy 0's (see `fef_jax.samplers.cache`)."""
+    states_NxL = jax.vmap(lambda row_L, span_S, start: jax.lax.dynamic_update_slice_in_dim(
+        row_L, span_S, start, axis=0))(cache_NxL, tokens_NxCxS[:, 0].astype(cache_NxL.dtype),
+                                       start_N)
+    return self.block_logits(cache_NxL, tokens_NxCxS, start_N), states_NxL

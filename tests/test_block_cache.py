@@ -152,6 +152,37 @@ def test_block_hidden_gives_the_full_pass_hidden_states_and_logits_at_the_span()
                              roundoff.two_pass_bound(chain, want), f"{name}, row {b}")
 
 
+def test_extend_writes_the_full_pass_keys_and_values_of_copy_zero():
+  # What moves the exact cache to the next window: after `extend` over [4, 12) the cache
+  # equals the encoding of the state with that span replaced by copy 0, before 12
+  # (block-causal keys and values of a block depend on blocks up to it only).
+  tokens, valid = _tokens_and_valid(6)
+  start_B = jnp.asarray([4, 4, 0], jnp.int32)
+  _, cache = _call(BLOCK_CAUSAL, "encode", tokens, valid)
+  span = jnp.asarray(np.random.default_rng(7).integers(0, VOCAB + 1, (3, 2, 2 * SPAN)),
+                     jnp.int32)
+  logits, extended = _call(BLOCK_CAUSAL, "extend", cache, span, start_B)
+  chain = roundoff.fef_chain(BLOCK_CAUSAL, LENGTH)
+  block = _call(BLOCK_CAUSAL, "block_logits", cache, span, start_B)
+  span_valid = np.stack([np.asarray(valid[b, s:s + 2 * SPAN]) for b, s in enumerate(start_B)])
+  where = span_valid[:, None, :, None]
+  roundoff.assert_within(np.where(where, logits, 0), np.where(where, block, 0),
+                         roundoff.two_pass_bound(chain, block), "logits")
+  np.testing.assert_array_equal(extended.valid_NxL, cache.valid_NxL)
+  for b, start in enumerate(np.asarray(start_B)):
+    state = tokens[b].at[start:start + 2 * SPAN].set(span[b, 0])
+    _, want = _call(BLOCK_CAUSAL, "encode", state[None], valid[b][None])
+    end = start + 2 * SPAN
+    for name in ("keys_NxYxLxHxK", "values_NxYxLxHxK"):
+      got_BxL, want_BxL = getattr(extended, name)[b, :, :end], getattr(want, name)[0, :, :end]
+      where = np.asarray(valid[b, :end])[None, :, None, None]
+      roundoff.assert_within(np.where(where, got_BxL, 0), np.where(where, want_BxL, 0),
+                             roundoff.two_pass_bound(chain, want_BxL), f"{name}, row {b}")
+    # Positions after the span keep the old cache's entries.
+    np.testing.assert_array_equal(extended.keys_NxYxLxHxK[b, :, end:],
+                                  cache.keys_NxYxLxHxK[b, :, end:])
+
+
 def test_config_checks_and_backward_compatible_repr():
   with pytest.raises(ValueError, match="attention"):
     dataclasses.replace(BIDIRECTIONAL, attention="causal")
@@ -191,6 +222,10 @@ class _NeverPad:
   def block_logits(self, cache, tokens_NxCxS, start_N):
     return self._hide_pad(self.denoiser.block_logits(cache, tokens_NxCxS, start_N))
 
+  def extend(self, cache, tokens_NxCxS, start_N):
+    logits, cache = self.denoiser.extend(cache, tokens_NxCxS, start_N)
+    return self._hide_pad(logits), cache
+
 
 @functools.lru_cache(maxsize=None)
 def _sampler_denoiser():
@@ -198,24 +233,29 @@ def _sampler_denoiser():
                                    valid_fn=lambda x: x != PAD_ID))
 
 
-def _prompts(batch):
-  """One prompt block per row; rows of odd index end with a block of padding."""
+def _prompts(batch, gap=False):
+  """One prompt block per row; rows of odd index end with a block of padding. With
+  `gap`, every row's third attention block is revealed too (an infilling prompt), so
+  the window jumps from the second block to the fourth."""
   rng = np.random.default_rng(5)
   tokens = np.full((batch, LENGTH), MASK_ID)
   tokens[:, :SPAN] = rng.integers(1, VOCAB, (batch, SPAN))
-  tokens[1::2, -SPAN:] = PAD_ID
+  if gap:
+    tokens[:, 2 * SPAN:3 * SPAN] = rng.integers(1, VOCAB, (batch, SPAN))
+  else:
+    tokens[1::2, -SPAN:] = PAD_ID
   return jnp.asarray(tokens, jnp.int32)
 
 
-
-
-@pytest.mark.parametrize("options", [
+@pytest.mark.parametrize("options, gap", [
     # Two generation blocks per attention block; random order and a warp.
-    dict(block_length=2, window=3, steps=6, order="random", top_k=5),
-    dict(block_length=4, window=4, steps=4, mode="joint_then_remask", order="confidence"),
+    (dict(block_length=2, window=3, steps=6, order="random", top_k=5), False),
+    (dict(block_length=4, window=4, steps=4, mode="joint_then_remask", order="confidence"),
+     False),
+    (dict(block_length=4, window=3), True),
 ])
-def test_cached_fef_makes_the_uncached_decisions(options):
-  tokens = _prompts(16)
+def test_cached_fef_makes_the_uncached_decisions(options, gap):
+  tokens = _prompts(16, gap)
   run = functools.partial(fj.sample, _sampler_denoiser(), tokens, jax.random.key(3), "fef",
                           mask_id=MASK_ID, **options)
   plain, cached = run(), run(cache="exact")
@@ -227,9 +267,12 @@ def test_cached_fef_makes_the_uncached_decisions(options):
   masked = np.asarray(tokens) == MASK_ID
   refreshes = np.array([len(set(np.flatnonzero(row) // SPAN)) - 1 for row in masked])
   np.testing.assert_array_equal(cached.stats.nfe, np.asarray(plain.stats.nfe) + refreshes)
-  # Sequences: the first call, two per refresh, W * S / L per round; rounded up.
+  # Sequences: the first call; per refresh into the next attention block two spans of 2S
+  # positions (`extend`), per refresh that skips a block two whole rows; W * S / L per
+  # round; rounded up.
   rounds = np.asarray(cached.stats.rounds)
-  expected = np.ceil(1 + 2 * refreshes + rounds * options["window"] * SPAN / LENGTH)
+  per_refresh = 2 if gap else 2 * 2 * SPAN / LENGTH
+  expected = np.ceil(1 + per_refresh * refreshes + rounds * options["window"] * SPAN / LENGTH)
   np.testing.assert_array_equal(cached.stats.sequences, expected)
   assert np.all(expected < np.asarray(plain.stats.sequences))
 
@@ -340,6 +383,18 @@ def test_block_causal_oracle_interface_is_consistent():
     want = oracle(copies)[:, s:s + 2]
     roundoff.assert_within(got[b], want, roundoff.two_pass_log_prob_bound(want, depth),
                            f"row {b}")
+  # A span of two attention blocks is block-causal inside too; `extend` also returns the
+  # states with the span set to copy 0's (the oracle's cache is the state).
+  start = jnp.asarray([0, 2, 2, 0, 2], jnp.int32)
+  span = jnp.asarray(rng.integers(0, 4, (5, 2, 4)), jnp.int32)
+  got, extended = oracle.extend(cache, span, start)
+  for b in range(5):
+    s = int(start[b])
+    copies = jnp.broadcast_to(tokens[b], (2, 6)).at[:, s:s + 4].set(span[b])
+    want = oracle(copies)[:, s:s + 4]
+    roundoff.assert_within(got[b], want, roundoff.two_pass_log_prob_bound(want, depth),
+                           f"two-block span, row {b}")
+    np.testing.assert_array_equal(extended[b], copies[0])
 
 
 NUM_SAMPLES = 20_000

@@ -491,14 +491,15 @@ def test_head_drafts_over_the_exact_cache_make_the_uncached_decisions(options):
   for name in ("rounds", "tokens", "drafts_examined", "drafts_accepted"):
     np.testing.assert_array_equal(getattr(stats, name)[same], getattr(plain_stats, name)[same])
   # Calls: the first one (its cache serves the first answer block) and a refresh entering
-  # the second, beside the uncached path's. Layer-positions: those two encode 1 + 2
-  # sequences (L * num_layers each); a step's block-local pass S * num_layers (whole:
-  # L * num_layers); a round's copies W * S * num_layers (whole: W * L * num_layers).
+  # the second, beside the uncached path's. Layer-positions: the first call encodes one
+  # sequence (L * num_layers), the refresh two spans of 2S (`extend`); a step's
+  # block-local pass S * num_layers (whole: L * num_layers); a round's copies
+  # W * S * num_layers (whole: W * L * num_layers).
   np.testing.assert_array_equal(stats.nfe[same], plain_stats.nfe[same] + 2)
   window, span, length, layers = options["window"], 2, 6, CONFIG.num_layers
   items = options["block_length"]
   steps = stats.nfe - 2 - stats.rounds * (1 + window)
-  units = ((1 + 2) * length * layers + steps * span * layers
+  units = ((length + 2 * 2 * span) * layers + steps * span * layers
            + stats.rounds * window * (span * layers + items * CONFIG.head_layers))
   np.testing.assert_array_equal(stats.sequences, -(-units // (length * layers)))
   assert np.all(stats.sequences < plain_stats.sequences)

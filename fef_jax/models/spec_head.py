@@ -146,9 +146,9 @@ class SpecHead(nn.Module):
 class SpecHeadTransformer(nn.Module):
   """Backbone `Transformer` plus `SpecHead`; parameters `{"backbone": ..., "head": ...}`.
 
-  `__call__`, `encode`, `block_logits`, `block_hidden` and `hidden` are the backbone's (so
-  `Denoiser` and every sampler work unchanged); `head_logits` runs the head on
-  backbone hidden states; `with_head` is the training forward: one backbone
+  `__call__`, `encode`, `block_logits`, `block_hidden`, `extend` and `hidden` are the
+  backbone's (so `Denoiser` and every sampler work unchanged); `head_logits` runs the
+  head on backbone hidden states; `with_head` is the training forward: one backbone
   pass and the head over teacher-forced items.
   """
   config: SpecHeadConfig
@@ -168,6 +168,9 @@ class SpecHeadTransformer(nn.Module):
 
   def block_hidden(self, cache, tokens_BxCxS, start_B):
     return self.backbone.block_hidden(cache, tokens_BxCxS, start_B)
+
+  def extend(self, cache, tokens_BxCxS, start_B):
+    return self.backbone.extend(cache, tokens_BxCxS, start_B)
 
   def hidden(self, tokens_BxL, valid_BxL=None, t_B=None):
     return self.backbone.hidden(tokens_BxL, valid_BxL, t_B)

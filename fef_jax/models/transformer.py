@@ -791,17 +791,53 @@ class Transformer(nn.Module):
     """
     return self._span_forward(cache, tokens_BxCxS, start_B)
 
+  def extend(self, cache: KVCache, tokens_BxCxS: jax.Array,
+             start_B: jax.Array) -> tuple[jax.Array, KVCache]:
+    """`block_logits`, and the cache with the span's keys and values set to copy 0's.
+
+    What moving a block-causal cache forward needs: with the span starting at
+    the previous window and ending with the next one, copy 0 (the finished
+    state) brings the cache up to date before the next window, at `C * S`
+    positions instead of re-encoding whole sequences.
+
+    Args:
+      cache, tokens_BxCxS, start_B: as for `block_logits`.
+
+    Returns:
+      (float32[B, C, S, vocab_size] logits, as `block_logits`; the `KVCache`
+      with positions `[start_b, start_b + S)` of row `b` holding copy 0's keys
+      and values, the rest unchanged). For a block-causal model and `start` a
+      multiple of `block_length`, the written keys and values are the full
+      pass's of the cached state with the span replaced by copy 0.
+
+    Raises:
+      ValueError: bad inputs as for `block_logits`.
+    """
+    logits_BxCxSxV, keys_values, _ = self._span_pass(cache, tokens_BxCxS, start_B)
+    keys_BxYxSxHxK = jnp.stack([k[:, 0] for k, _ in keys_values], axis=1)
+    values_BxYxSxHxK = jnp.stack([v[:, 0] for _, v in keys_values], axis=1)
+    write = jax.vmap(lambda old, new, start: jax.lax.dynamic_update_slice_in_dim(
+        old, new.astype(old.dtype), start, axis=1))
+    return logits_BxCxSxV, KVCache(
+        keys_NxYxLxHxK=write(cache.keys_NxYxLxHxK, keys_BxYxSxHxK, start_B),
+        values_NxYxLxHxK=write(cache.values_NxYxLxHxK, values_BxYxSxHxK, start_B),
+        valid_NxL=cache.valid_NxL)
+
   def _span_forward(self, cache: KVCache, tokens_BxCxS: jax.Array,
                     start_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits_BxCxSxV, _, hidden_BxCxSxD = self._span_pass(cache, tokens_BxCxS, start_B)
+    return logits_BxCxSxV, hidden_BxCxSxD
+
+  def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array
+                 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]], jax.Array]:
     cfg = self.config
     _check_cacheable(cfg)
     check_span_inputs(cache.valid_NxL, tokens_BxCxS, start_B)
     positions_BxS, span_mask_BxSxS, context_mask_BxL = _span_masks(
         cfg, cache, start_B, tokens_BxCxS.shape[2])
-    logits_BxCxSxV, _, hidden_BxCxSxD = self._forward(
+    return self._forward(
         tokens_BxCxS, None, positions_BxS[:, None, :], span_mask_BxSxS,
         (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
-    return logits_BxCxSxV, hidden_BxCxSxD
 
   @nn.compact
   def _forward(self, tokens: jax.Array, t_B: jax.Array | None, positions: jax.Array,
@@ -931,3 +967,10 @@ class Denoiser:
     `Transformer.block_hidden` with these parameters."""
     return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
                             method="block_hidden")
+
+  def extend(self, cache: KVCache, tokens_NxCxS: jax.Array,
+             start_N: jax.Array) -> tuple[jax.Array, KVCache]:
+    """(float32[N, C, S, vocab_size] logits, the cache with the span set to copy 0's):
+    `Transformer.extend` with these parameters."""
+    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
+                            method="extend")

@@ -36,14 +36,23 @@ How the sampler uses it (`fef_jax.samplers.loop`):
 - The cache (a `Context`: the denoiser's cache, the window start, and the
   rounds run against it) is computed by the initial call (`encode` of the
   prompts, which also gives the first drafts), and whenever a row's window
-  moves (`refresh`), by one batched `encode`. Exact mode encodes `2B` rows:
-  the current states, whose keys and values outside the window stay valid for
-  every round of the block, and the inputs of the current draft logits (the
-  previous round's accepted-prefix copy), whose logits become the drafts of the
-  new block; those are the drafts the uncached path would use, so both paths
-  make the same decisions (up to float round-off). Approximate mode encodes the
-  `B` current states only, and their logits are the new drafts (any function
-  of revealed tokens is a valid draft source).
+  moves (`refresh`). Exact mode needs the current states' keys and values
+  before the new window (they stay valid for every round of the block) and, as
+  the new block's drafts, the logits of the inputs of the current draft logits
+  (the previous round's accepted-prefix copy): the drafts the uncached path
+  would use, so both paths make the same decisions (up to float round-off).
+  When the window moves to the next attention block (the usual case) and the
+  denoiser offers `extend`, one block-local call does both: two copies of the
+  span from the old window's start to the new window's end (`2S` positions),
+  the state's (whose keys and values of the old window are written into the
+  cache; the cache before it was already the state's, since a block-causal
+  position depends on earlier blocks only and those are decided) and the
+  drafts' input's (whose logits at the new window are the drafts): `4S`
+  positions per row instead of `2L`. Otherwise (a window that skips a fully
+  revealed attention block, or no `extend`) it re-encodes `2B` whole rows, the
+  states and the drafts' inputs. Approximate mode encodes the `B` current
+  states only, and their logits are the new drafts (any function of revealed
+  tokens is a valid draft source).
 - Rounds (`evaluator`): one `block_logits` call of the `W` copies' windows
   against the cache; its logits overwrite the window of the draft logits.
 - Statistics: `nfe` counts every batched call (a refresh is one call, so a
@@ -91,6 +100,11 @@ class BlockLocalDenoiser(Protocol):
                    start_N: jax.Array) -> jax.Array:
     """float[N, C, S, V]: logits of positions `start .. start + S - 1` of `C` copies of
     each cached state, the copies holding `tokens_NxCxS` there."""
+
+  def extend(self, cache: Any, tokens_NxCxS: jax.Array,
+             start_N: jax.Array) -> tuple[jax.Array, Any]:
+    """Optional (exact mode): (`block_logits`, the cache with the span's entries set
+    to copy 0's), so that a refresh runs two spans instead of two whole rows."""
 
 
 @flax.struct.dataclass
@@ -242,8 +256,9 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
 
   Returns:
     (draft logits, `Context` with the rounds reset, stats, NaN/+inf flags),
-    changed in the refreshed rows only. The call evaluates `2B` rows in exact
-    mode and `B` in approximate mode.
+    changed in the refreshed rows only. The call evaluates `2B` whole rows in
+    exact mode (or, moving to the next attention block with `extend`, `2B`
+    spans of `2S` positions) and `B` whole rows in approximate mode.
   """
   batch, length = tokens_BxL.shape
   inputs_NxL = (tokens_BxL if draft_tokens_BxL is None
@@ -253,18 +268,46 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
   def pick(new, old):
     return jnp.where(refresh_B.reshape((batch,) + (1,) * (old.ndim - 1)), new[:batch], old)
 
-  def run(draft_logits_BxLxV, context, stats, bad_logits_B):
-    logits_NxLxV, cache_N, bad_N = speculative.call_with_extras(denoiser.encode, inputs_NxL,
-                                                                config.mask_id)
-    # The cache comes from the current states (rows :B), the drafts from the last B rows.
-    new_context = Context(jax.tree.map(pick, cache_N, context.cache),
+  def finish(draft_logits_BxLxV, cache, context, stats, bad_B, units):
+    new_context = Context(jax.tree.map(pick, cache, context.cache),
                           jnp.where(refresh_B, start_B, context.start_B),
                           jnp.where(refresh_B, 0, context.rounds_B))
     one = refresh_B.astype(jnp.int32)
-    stats = stats.replace(nfe=stats.nfe + one,
-                          sequences=stats.sequences + one * units_per_row)
-    return (jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
-            new_context, stats, bad_logits_B | (bad_N[-batch:] & refresh_B))
+    stats = stats.replace(nfe=stats.nfe + one, sequences=stats.sequences + one * units)
+    return draft_logits_BxLxV, new_context, stats, bad_B
+
+  def encode_rows(draft_logits_BxLxV, context, stats, bad_logits_B):
+    logits_NxLxV, cache_N, bad_N = speculative.call_with_extras(denoiser.encode, inputs_NxL,
+                                                                config.mask_id)
+    # The cache comes from the current states (rows :B), the drafts from the last B rows.
+    return finish(
+        jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
+        cache_N, context, stats, bad_logits_B | (bad_N[-batch:] & refresh_B), units_per_row)
+
+  span = window_length(config, denoiser)
+  if draft_tokens_BxL is None or not hasattr(denoiser, "extend") or 2 * span > length:
+    run = encode_rows
+  else:
+    def extend_spans(draft_logits_BxLxV, context, stats, bad_logits_B):
+      old_start_B = context.start_B
+      inputs_Bx2xL = jnp.stack([tokens_BxL, draft_tokens_BxL], axis=1)
+      span_Bx2x2S = posterior.span_of(inputs_Bx2xL, old_start_B, 2 * span)
+      logits_Bx2x2SxV, cache = denoiser.extend(context.cache, span_Bx2x2S, old_start_B)
+      drafts_BxSxV = logits_Bx2x2SxV[:, 1, span:].astype(jnp.float32)
+      bad_B = jnp.any(speculative.bad_masked(drafts_BxSxV, span_Bx2x2S[:, 1, span:],
+                                             config.mask_id), axis=-1)
+      return finish(
+          jnp.where(refresh_B[:, None, None],
+                    posterior.write_span(draft_logits_BxLxV, drafts_BxSxV, start_B),
+                    draft_logits_BxLxV),
+          cache, context, stats, bad_logits_B | (bad_B & refresh_B),
+          2 * 2 * span * units_per_position)
+
+    def run(draft_logits_BxLxV, context, stats, bad_logits_B):
+      # The span holds both windows only when the new one follows the old one.
+      adjacent = jnp.all(~refresh_B | (start_B == context.start_B + span))
+      return jax.lax.cond(adjacent, extend_spans, encode_rows,
+                          draft_logits_BxLxV, context, stats, bad_logits_B)
 
   return jax.lax.cond(jnp.any(refresh_B), run, lambda *carry: carry,
                       draft_logits_BxLxV, context, stats, bad_logits_B)
