@@ -85,8 +85,9 @@ class CopyEvaluator:
   Attributes:
     evaluate: (copies int32[B, W, L], the carried `context`) -> (logits
       float[B, W, S, V] of the span of positions `offset_b .. offset_b + S - 1`
-      of every copy, offset int32[B]). The span must hold every target of the
-      round (every undecided set position).
+      of every copy, offset int32[B], the context for the next rounds: the
+      carried one, or one the call updated, e.g. a cache it extended). The span
+      must hold every target of the round (every undecided set position).
     units_per_copy: what one evaluated copy adds to `stats.sequences` (1 when
       that counts whole sequences).
     prepare: optional `(state, active_B) -> state`, run at the start of every
@@ -121,10 +122,10 @@ class HeadEvaluator:
 
 def whole_sequences(logits_fn: LogitsFn) -> CopyEvaluator:
   """The default evaluator: the denoiser on the `B * W` whole copies (`S = L`, offset 0)."""
-  def evaluate(copies_BxWxL: jax.Array, context: Any) -> tuple[jax.Array, jax.Array]:
-    del context  # the whole copies need no context
+  def evaluate(copies_BxWxL: jax.Array, context: Any) -> tuple[jax.Array, jax.Array, Any]:
+    # The whole copies need no context; it is carried unchanged.
     return (posterior.evaluate_copies(logits_fn, copies_BxWxL),
-            jnp.zeros(copies_BxWxL.shape[:1], jnp.int32))
+            jnp.zeros(copies_BxWxL.shape[:1], jnp.int32), context)
   return CopyEvaluator(evaluate)
 
 
@@ -181,11 +182,12 @@ def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL:
   Returns:
     (target logits float32[B, W, V], bool[B] NaN/+inf-in-a-span flags,
     `next_drafts(pivot_B, active_B) -> (draft logits, draft tokens)`: the span of
-    the pivot copy, whose revealed prefix was accepted, written into the drafts).
+    the pivot copy, whose revealed prefix was accepted, written into the drafts;
+    the evaluator's context after the call).
   """
   copies_BxWxL = posterior.prefix_revealed_copies(
       state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window)
-  span_logits_BxWxSxV, offset_B = evaluator.evaluate(copies_BxWxL, state.context)
+  span_logits_BxWxSxV, offset_B, context = evaluator.evaluate(copies_BxWxL, state.context)
   span_logits_BxWxSxV = span_logits_BxWxSxV.astype(jnp.float32)
   span = span_logits_BxWxSxV.shape[2]
   bad_BxWxS = bad_masked(span_logits_BxWxSxV,
@@ -207,7 +209,7 @@ def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL:
       draft_tokens_BxL = jnp.where(active_B[:, None], pivot_copy_BxL, draft_tokens_BxL)
     return draft_logits_BxLxV, draft_tokens_BxL
 
-  return target_logits_BxWxV, jnp.any(bad_BxWxS, axis=(1, 2)), next_drafts
+  return target_logits_BxWxV, jnp.any(bad_BxWxS, axis=(1, 2)), next_drafts, context
 
 
 def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
@@ -323,12 +325,17 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   if isinstance(denoiser, HeadEvaluator):
     target_logits_BxWxV, bad_B, next_drafts = _head_targets(
         denoiser, state, drafts_BxL, rank_BxL, count_B, valid_BxW, window)
-    units = denoiser.units_per_pass
+    units, context = denoiser.units_per_pass, state.context
   else:
     evaluator = denoiser if isinstance(denoiser, CopyEvaluator) else whole_sequences(denoiser)
-    target_logits_BxWxV, bad_B, next_drafts = _copy_targets(
+    target_logits_BxWxV, bad_B, next_drafts, context = _copy_targets(
         evaluator, state, drafts_BxL, rank_BxL, positions_BxW, window, mask_id)
     units = window * evaluator.units_per_copy
+    if context is not state.context:
+      # Rows without targets keep their context.
+      context = jax.tree.map(
+          lambda new, old: jnp.where(active_B.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
+          context, state.context)
 
   logp_BxWxV = warp_fn(target_logits_BxWxV)
   draft_BxW = jnp.take_along_axis(drafts_BxL, positions_BxW, axis=1)
@@ -368,7 +375,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=state.start_B + num_committed_B, round_B=state.round_B + active,
       stats=stats, bad_logits_B=state.bad_logits_B | ((bad_B | draft_bad_B) & active_B),
-      draft_tokens_BxL=draft_tokens_BxL, context=state.context)
+      draft_tokens_BxL=draft_tokens_BxL, context=context)
 
 
 def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn: WarpFn,

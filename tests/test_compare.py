@@ -167,13 +167,12 @@ def test_compare_experiment_runs_end_to_end_with_every_sampler_row(tmp_path):
   for row in rows:
     if row["sampler"] == "fef:block_length=2,cache=exact,window=1":
       # One initial call (it also caches the prompt for the first block's window),
-      # then one block-local round per token (window 1) and one refresh on entering
-      # each later block: 1 + 10 + 4 calls. In sequences: the initial L positions,
-      # per refresh two spans of 2S (the states' and the drafts' inputs', from the old
-      # block to the new one) and S = 2 per round, rounded up.
-      blocks = 10 // 2
+      # then one block-local round per token (window 1); each round evaluates the span
+      # [previous block, window, next block] (3S = 6 positions) and so also moves the
+      # cache into the next block: no refresh calls. In sequences: the initial L
+      # positions and 3S per round, rounded up.
       assert row["rounds"] == 10
-      assert row["nfe"] == row["tokens"] + blocks == 15
-      assert row["sequences"] == -(-(16 + 2 * 2 * 2 * (blocks - 1) + 2 * 10) // 16) == 5
+      assert row["nfe"] == row["tokens"] + 1 == 11
+      assert row["sequences"] == -(-(16 + 3 * 2 * 10) // 16) == 5
     elif compare.is_exact_one_token(row["sampler"]):
       assert row["nfe"] == 10  # first-hitting: one whole-sequence call per token

@@ -7,7 +7,11 @@ and `cache="exact"` (`fef_jax.samplers.cache`) it is `B W` copies of one block o
 sampler's refresh once per block: one block-local call (`extend`) of two copies
 of the `2S` positions from the old block to the new one (the current state's,
 whose keys and values of the old block go into the cache, and the drafts'
-input's, for the new block's drafts).
+input's, for the new block's drafts). With marginal drafts and `L >= 3S` the
+sampler fuses that refresh into its rounds (`fef_jax.samplers.cache.fused_rounds`):
+each round evaluates the `W` copies over `3S` positions (the block before the
+window, the window, the block after it) with `extend`, and no refresh call runs;
+the exact round is then that call (`fused W×3S`).
 With a bidirectional model and `cache="approximate"` (the dual cache, refreshed
 once per block) the block call does the same work (only its attention mask
 differs) and the refresh encodes the `B` states only.
@@ -16,8 +20,9 @@ Every time is the median of `repeats` warm calls of a jit-compiled function
 (`block_until_ready`), reported in units of one call of the `B` whole
 sequences: the cost of decoding one token per call. With `tau` tokens per round
 (at most `W`) a block takes about `S / tau` rounds, so a cached round costs
-`block + refresh tau / S` on average (exact: `refresh` of `2B` spans of `2S`
-positions, approximate: of `B` whole rows), and the speed-up over one token per call is
+`block + refresh tau / S` on average (exact without fusing: `refresh` of `2B`
+spans of `2S` positions; approximate: of `B` whole rows), and the speed-up over one
+token per call is
 `tau / (round cost)`.
 
 (c) The single-pass speculative head (`verifier="head"`,
@@ -109,10 +114,16 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     span_BxWxS = jax.random.randint(window_key, (batch, window, span), 0, vocab_size + 1)
     whole_s = timing.median_seconds(call, params, copies_NxL, repeats=repeats)
     block_s = timing.median_seconds(block, params, cache, span_BxWxS, start_B, repeats=repeats)
+    fused = 3 * span <= length
+    if fused:
+      fused_s = timing.median_seconds(
+          extend, params, cache, jnp.tile(span_BxWxS, (1, 1, 3)),
+          jnp.clip(start_B - span, 0, length - 3 * span), repeats=repeats)
     tau = min(float(tokens_per_round), float(window))
     whole_units, block_units = whole_s / single_s, block_s / single_s
     refresh_units, approx_refresh_units = refresh_s / single_s, approx_refresh_s / single_s
-    cached_units = block_units + refresh_units * tau / span
+    fused_units = fused_s / single_s if fused else None  # (L < 3S: never fused)
+    cached_units = fused_units if fused else block_units + refresh_units * tau / span
     approx_units = block_units + approx_refresh_units * tau / span
     queries_BxW = jnp.broadcast_to(jnp.arange(window) % span, (batch, window))
     head_s = timing.median_seconds(head, hidden_BxLxD, items_BxS, values_BxS,
@@ -125,7 +136,8 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
         "single_ms": 1e3 * single_s, "whole_ms": 1e3 * whole_s, "block_ms": 1e3 * block_s,
         "refresh_ms": 1e3 * refresh_s, "whole_units": whole_units,
         "block_units": block_units, "ideal_block_units": window * span / length,
-        "refresh_units": refresh_units, "cached_round_units": cached_units,
+        "refresh_units": refresh_units, "fused_units": fused_units,
+        "cached_round_units": cached_units,
         "speedup_whole": tau / whole_units, "speedup_cached": tau / cached_units,
         "approx_refresh_units": approx_refresh_units, "approx_round_units": approx_units,
         "speedup_approx": tau / approx_units,
@@ -145,7 +157,7 @@ def run_grid(d_models: Sequence[int], lengths: Sequence[int], span: int,
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table; costs in units of one whole-sequence call of the batch."""
   header = ["d_model", "L", "S", "W", "1 call (ms)", "whole W×L", "block W×S", "ideal W·S/L",
-            "refresh 2×2S", "exact round", "approx. round", "head pass", "head round",
+            "refresh 2×2S", "fused W×3S", "exact round", "approx. round", "head pass", "head round",
             "tok/round", "speed-up whole", "speed-up exact", "speed-up approx.",
             "speed-up head"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -153,6 +165,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     cells = [r["d_model"], r["length"], r["span"], r["window"], f"{r['single_ms']:.2f}",
              f"{r['whole_units']:.2f}", f"{r['block_units']:.2f}",
              f"{r['ideal_block_units']:.2f}", f"{r['refresh_units']:.2f}",
+             "-" if r["fused_units"] is None else f"{r['fused_units']:.2f}",
              f"{r['cached_round_units']:.2f}", f"{r['approx_round_units']:.2f}",
              f"{r['head_units']:.2f}", f"{r['head_round_units']:.2f}",
              f"{r['tokens_per_round']:.1f}", f"{r['speedup_whole']:.2f}x",

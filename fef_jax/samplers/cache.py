@@ -54,7 +54,12 @@ How the sampler uses it (`fef_jax.samplers.loop`):
   states only, and their logits are the new drafts (any function of revealed
   tokens is a valid draft source).
 - Rounds (`evaluator`): one `block_logits` call of the `W` copies' windows
-  against the cache; its logits overwrite the window of the draft logits.
+  against the cache; its logits overwrite the window of the draft logits. In
+  exact mode with marginal drafts (`fused_rounds`) a round instead runs
+  `extend` over `[start - S, start + 2S)`: the decided block before the window
+  goes into the cache and the block after it gets the pivot copy's logits, the
+  next block's drafts, so moving to the next block needs no refresh call (one
+  call per round and none per block, for three times a window's positions).
 - Statistics: `nfe` counts every batched call (a refresh is one call, so a
   round that refreshes costs two sequential calls). `sequences` counts
   whole-sequence equivalents: the loop adds up the token positions the
@@ -268,12 +273,12 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
   def pick(new, old):
     return jnp.where(refresh_B.reshape((batch,) + (1,) * (old.ndim - 1)), new[:batch], old)
 
-  def finish(draft_logits_BxLxV, cache, context, stats, bad_B, units):
+  def finish(draft_logits_BxLxV, cache, context, stats, bad_B, units, calls=1):
     new_context = Context(jax.tree.map(pick, cache, context.cache),
                           jnp.where(refresh_B, start_B, context.start_B),
                           jnp.where(refresh_B, 0, context.rounds_B))
     one = refresh_B.astype(jnp.int32)
-    stats = stats.replace(nfe=stats.nfe + one, sequences=stats.sequences + one * units)
+    stats = stats.replace(nfe=stats.nfe + one * calls, sequences=stats.sequences + one * units)
     return draft_logits_BxLxV, new_context, stats, bad_B
 
   def encode_rows(draft_logits_BxLxV, context, stats, bad_logits_B):
@@ -288,6 +293,12 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
   if draft_tokens_BxL is None or not hasattr(denoiser, "extend") or 2 * span > length:
     run = encode_rows
   else:
+    def follow(draft_logits_BxLxV, context, stats, bad_logits_B):
+      # Fused rounds (`fused_rounds`) already wrote the old window's keys and values
+      # and drafted the new window: the window just moves, no call.
+      return finish(draft_logits_BxLxV, context.cache, context, stats, bad_logits_B, 0,
+                    calls=0)
+
     def extend_spans(draft_logits_BxLxV, context, stats, bad_logits_B):
       old_start_B = context.start_B
       inputs_Bx2xL = jnp.stack([tokens_BxL, draft_tokens_BxL], axis=1)
@@ -306,29 +317,55 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
     def run(draft_logits_BxLxV, context, stats, bad_logits_B):
       # The span holds both windows only when the new one follows the old one.
       adjacent = jnp.all(~refresh_B | (start_B == context.start_B + span))
-      return jax.lax.cond(adjacent, extend_spans, encode_rows,
+      local = follow if fused_rounds(config, denoiser, length) else extend_spans
+      return jax.lax.cond(adjacent, local, encode_rows,
                           draft_logits_BxLxV, context, stats, bad_logits_B)
 
   return jax.lax.cond(jnp.any(refresh_B), run, lambda *carry: carry,
                       draft_logits_BxLxV, context, stats, bad_logits_B)
 
 
-def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig,
+def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: int) -> bool:
+  """Whether exact-cache rounds also move the cache forward, so that entering the next
+  attention block needs no refresh call.
+
+  Such a round evaluates its copies over the span `[start - S, start + 2S)`
+  (moved inside `[0, L)` at the ends) with `extend`: the block before the
+  window (decided: its keys and values, the state's, go into the cache), the
+  window (the targets) and the block after it (masked: the pivot copy's logits
+  there are the next block's drafts, the uncached path's). Three times the
+  positions of a window round, one call fewer per block. Used in exact mode
+  with marginal drafts when the denoiser offers `extend` and `L >= 3S`; head
+  drafts read the cache before their rounds, so they keep the refresh.
+  """
+  return (config.cache == "exact" and config.drafter == "marginals"
+          and hasattr(denoiser, "extend") and 3 * window_length(config, denoiser) <= length)
+
+
+def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
               units_per_position: int = 1) -> speculative.CopyEvaluator:
-  """A round's evaluation of the copies' window `[start, start + S)` against the context.
+  """A round's evaluation of the copies' window `[start, start + S)` against the context
+  (of `[start - S, start + 2S)` with `fused_rounds`, which also extends the cache).
 
   Each copy counts `S * units_per_position` units (token positions, or
-  layer-positions) towards `stats.sequences`. With
+  layer-positions; `3S` fused) towards `stats.sequences`. With
   `cache="approximate"` and `refresh_every=r > 0`, a round of a row that has
   run `r` rounds against its context first re-encodes its state (one more
   call, `L` units), and the state's logits become the round's drafts.
   """
   span = window_length(config, denoiser)
+  fused = fused_rounds(config, denoiser, length)
 
-  def evaluate(copies_BxWxL: jax.Array, context: Context) -> tuple[jax.Array, jax.Array]:
+  def evaluate(copies_BxWxL: jax.Array,
+               context: Context) -> tuple[jax.Array, jax.Array, Context]:
+    if fused:
+      start_B = jnp.clip(context.start_B - span, 0, length - 3 * span)
+      logits_BxWxSxV, cache = denoiser.extend(
+          context.cache, posterior.span_of(copies_BxWxL, start_B, 3 * span), start_B)
+      return logits_BxWxSxV, start_B, context.replace(cache=cache)
     window_BxWxS = posterior.span_of(copies_BxWxL, context.start_B, span)
     return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B),
-            context.start_B)
+            context.start_B, context)
 
   def prepare(state: speculative.SpeculativeState,
               active_B: jax.Array) -> speculative.SpeculativeState:
@@ -342,5 +379,6 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig,
                          bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0
-  return speculative.CopyEvaluator(evaluate, units_per_copy=span * units_per_position,
+  return speculative.CopyEvaluator(evaluate,
+                                   units_per_copy=(3 if fused else 1) * span * units_per_position,
                                    prepare=prepare if refreshing else None)

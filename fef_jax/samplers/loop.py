@@ -209,7 +209,7 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
     # Before the drafts are read: a new window's drafts come from the refresh.
     state = _enter_window(logits_fn, config, state, block_BxL == state.cur_block_B[:, None],
                           active_B, units_per_position)
-    denoiser = cache.evaluator(logits_fn, config, units_per_position)
+    denoiser = cache.evaluator(logits_fn, config, state.tokens_BxL.shape[1], units_per_position)
   if _uses_head(config):
     # A set lies in one generation block, so block_length items hold any set.
     length = state.tokens_BxL.shape[1]
