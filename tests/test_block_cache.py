@@ -263,15 +263,42 @@ def test_cached_fef_makes_the_uncached_decisions(options, gap):
   assert agreement >= 0.999, agreement
   for name in ("rounds", "tokens", "drafts_examined", "drafts_accepted"):
     np.testing.assert_array_equal(getattr(cached.stats, name), getattr(plain.stats, name))
-  # Rounds over [start - S, start + 2S) move the cache into the next attention block, so
-  # only a window that skips a (revealed) block re-encodes: one call of two whole rows.
-  refreshes = np.ones(16, int) if gap else np.zeros(16, int)
+  # One refresh call per attention block entered after the first: 2 or 3 blocks to fill
+  # (blocks of 4: rounds do not move the cache themselves, see the fused test below).
+  masked = np.asarray(tokens) == MASK_ID
+  refreshes = np.array([len(set(np.flatnonzero(row) // SPAN)) - 1 for row in masked])
   np.testing.assert_array_equal(cached.stats.nfe, np.asarray(plain.stats.nfe) + refreshes)
-  # Sequences: the first call, two per refresh, W * 3S / L per round; rounded up.
+  # Sequences: the first call; per refresh into the next attention block two spans of 2S
+  # positions (`extend`), per refresh that skips a block two whole rows; W * S / L per
+  # round; rounded up.
   rounds = np.asarray(cached.stats.rounds)
-  expected = np.ceil(1 + 2 * refreshes + rounds * options["window"] * 3 * SPAN / LENGTH)
+  per_refresh = 2 if gap else 2 * 2 * SPAN / LENGTH
+  expected = np.ceil(1 + per_refresh * refreshes + rounds * options["window"] * SPAN / LENGTH)
   np.testing.assert_array_equal(cached.stats.sequences, expected)
   assert np.all(expected < np.asarray(plain.stats.sequences))
+
+
+@pytest.mark.parametrize("options", [dict(block_length=2, window=2),
+                                     dict(block_length=2, window=1),
+                                     dict(block_length=1, window=2, order="random")])
+def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options):
+  # Attention blocks of 2: each round runs over [previous block, window, next block] and
+  # so moves the cache forward itself (`cache.fused_rounds`).
+  config = dataclasses.replace(BIDIRECTIONAL, attention="block_causal", block_length=2)
+  denoiser = models.Denoiser(models.Transformer(config), _params())
+  rng = np.random.default_rng(8)
+  tokens = np.full((16, LENGTH), MASK_ID, np.int32)
+  tokens[:, :4] = rng.integers(0, VOCAB, (16, 4))
+  run = functools.partial(fj.sample, denoiser, jnp.asarray(tokens), jax.random.key(4), "fef",
+                          mask_id=MASK_ID, **options)
+  plain, cached = run(), run(cache="exact")
+  agreement = np.mean(np.asarray(plain.tokens) == np.asarray(cached.tokens))
+  assert agreement >= 0.999, agreement
+  for name in ("rounds", "tokens", "drafts_examined", "drafts_accepted", "nfe"):
+    np.testing.assert_array_equal(getattr(cached.stats, name), getattr(plain.stats, name))
+  # Sequences: the first call and W * 3S / L per round, rounded up.
+  expected = np.ceil(1 + np.asarray(cached.stats.rounds) * options["window"] * 3 * 2 / LENGTH)
+  np.testing.assert_array_equal(cached.stats.sequences, expected)
 
 
 def test_block_causal_model_trains_with_the_usual_step_prompts_and_padding():

@@ -167,10 +167,10 @@ def test_compare_experiment_runs_end_to_end_with_every_sampler_row(tmp_path):
   for row in rows:
     if row["sampler"] == "fef:block_length=2,cache=exact,window=1":
       # One initial call (it also caches the prompt for the first block's window),
-      # then one block-local round per token (window 1); each round evaluates the span
-      # [previous block, window, next block] (3S = 6 positions) and so also moves the
-      # cache into the next block: no refresh calls. In sequences: the initial L
-      # positions and 3S per round, rounded up.
+      # then one block-local round per token (window 1); at blocks of 2 each round
+      # evaluates the span [previous block, window, next block] (3S = 6 positions) and
+      # so also moves the cache into the next block (`cache.fused_rounds`): no refresh
+      # calls. In sequences: the initial L positions and 3S per round, rounded up.
       assert row["rounds"] == 10
       assert row["nfe"] == row["tokens"] + 1 == 11
       assert row["sequences"] == -(-(16 + 3 * 2 * 10) // 16) == 5

@@ -114,7 +114,8 @@ def cached_samplers(answer_length: int, block_length: int) -> tuple[str, ...]:
   and left to right); LLaDA low-confidence at one token per step; uncached FeF
   (one step, window 2) with marginal and with the head's drafts; the exact
   one-token decoder over the exact cache (FeF with `window=1`: one block-local
-  call per token, plus a refresh per new block); and FeF over the exact cache,
+  call per token, which also moves the cache into the next block, see
+  `fef_jax.samplers.cache.fused_rounds`); and FeF over the exact cache,
   blocks of `K` answer positions, with marginal and with the head's drafts, for
   the windows 2, 4, 8 that fit in a block (`w <= K`).
   """

@@ -7,11 +7,13 @@ and `cache="exact"` (`fef_jax.samplers.cache`) it is `B W` copies of one block o
 sampler's refresh once per block: one block-local call (`extend`) of two copies
 of the `2S` positions from the old block to the new one (the current state's,
 whose keys and values of the old block go into the cache, and the drafts'
-input's, for the new block's drafts). With marginal drafts and `L >= 3S` the
+input's, for the new block's drafts). With marginal drafts and tiny blocks the
 sampler fuses that refresh into its rounds (`fef_jax.samplers.cache.fused_rounds`):
 each round evaluates the `W` copies over `3S` positions (the block before the
 window, the window, the block after it) with `extend`, and no refresh call runs;
-the exact round is then that call (`fused W×3S`).
+the exact round is then that call (`fused W×3S`, timed wherever `L >= 3S`; the
+sampler fuses only where it costs no more positions than the refresh, blocks of
+1 or 2 positions).
 With a bidirectional model and `cache="approximate"` (the dual cache, refreshed
 once per block) the block call does the same work (only its attention mask
 differs) and the refresh encodes the `B` states only.
@@ -114,6 +116,8 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     span_BxWxS = jax.random.randint(window_key, (batch, window, span), 0, vocab_size + 1)
     whole_s = timing.median_seconds(call, params, copies_NxL, repeats=repeats)
     block_s = timing.median_seconds(block, params, cache, span_BxWxS, start_B, repeats=repeats)
+    # The sampler fuses the refresh into its rounds where that costs no more positions
+    # (`fef_jax.samplers.cache.fused_rounds`); the fused call is timed wherever it fits.
     fused = 3 * span <= length
     if fused:
       fused_s = timing.median_seconds(
@@ -123,7 +127,8 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     whole_units, block_units = whole_s / single_s, block_s / single_s
     refresh_units, approx_refresh_units = refresh_s / single_s, approx_refresh_s / single_s
     fused_units = fused_s / single_s if fused else None  # (L < 3S: never fused)
-    cached_units = fused_units if fused else block_units + refresh_units * tau / span
+    sampler_fuses = fused and window * -(-span // window) <= 2
+    cached_units = fused_units if sampler_fuses else block_units + refresh_units * tau / span
     approx_units = block_units + approx_refresh_units * tau / span
     queries_BxW = jnp.broadcast_to(jnp.arange(window) % span, (batch, window))
     head_s = timing.median_seconds(head, hidden_BxLxD, items_BxS, values_BxS,

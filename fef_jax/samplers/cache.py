@@ -59,7 +59,8 @@ How the sampler uses it (`fef_jax.samplers.loop`):
   `extend` over `[start - S, start + 2S)`: the decided block before the window
   goes into the cache and the block after it gets the pivot copy's logits, the
   next block's drafts, so moving to the next block needs no refresh call (one
-  call per round and none per block, for three times a window's positions).
+  call per round and none per block, for three times a window's positions;
+  used for blocks of 1-2 positions, where it costs no more positions).
 - Statistics: `nfe` counts every batched call (a refresh is one call, so a
   round that refreshes costs two sequential calls). `sequences` counts
   whole-sequence equivalents: the loop adds up the token positions the
@@ -333,13 +334,18 @@ def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: in
   (moved inside `[0, L)` at the ends) with `extend`: the block before the
   window (decided: its keys and values, the state's, go into the cache), the
   window (the targets) and the block after it (masked: the pivot copy's logits
-  there are the next block's drafts, the uncached path's). Three times the
-  positions of a window round, one call fewer per block. Used in exact mode
-  with marginal drafts when the denoiser offers `extend` and `L >= 3S`; head
-  drafts read the cache before their rounds, so they keep the refresh.
+  there are the next block's drafts, the uncached path's): one call fewer per
+  block, for `2 W S` more positions per round. A block takes at least
+  `ceil(S / W)` rounds and the refresh it saves evaluates `4S` positions, so
+  it is used where that costs no more positions (`W ceil(S / W) <= 2`: blocks of
+  1 or 2 positions, where a refresh per block would double the calls), in exact
+  mode with marginal drafts, when the denoiser offers `extend` and `L >= 3S`.
+  Head drafts read the cache before their rounds, so they keep the refresh.
   """
+  span = window_length(config, denoiser)
   return (config.cache == "exact" and config.drafter == "marginals"
-          and hasattr(denoiser, "extend") and 3 * window_length(config, denoiser) <= length)
+          and hasattr(denoiser, "extend") and 3 * span <= length
+          and config.window * -(-span // config.window) <= 2)
 
 
 def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
