@@ -398,27 +398,30 @@ def test_block_causal_oracle_interface_is_consistent():
   first = table.logits_fn(tokens.at[:, 2:].set(3))[:, :2]
   roundoff.assert_within(logits[:, :2], first, roundoff.two_pass_log_prob_bound(first, depth),
                          "first block")
+
+  def check_spans(got, span, start, label):
+    """`got[b]` is the oracle's output on each copy of row b, at its span; returns the copies."""
+    copies, width = span.shape[1:]
+    all_copies = []
+    for b in range(5):
+      s = int(start[b])
+      copies_CxL = jnp.broadcast_to(tokens[b], (copies, 6)).at[:, s:s + width].set(span[b])
+      want = oracle(copies_CxL)[:, s:s + width]
+      roundoff.assert_within(got[b], want, roundoff.two_pass_log_prob_bound(want, depth),
+                             f"{label}, row {b}")
+      all_copies.append(copies_CxL)
+    return all_copies
+
   start = jnp.asarray([0, 2, 4, 2, 0], jnp.int32)
   span = jnp.asarray(rng.integers(0, 4, (5, 3, 2)), jnp.int32)
-  got = oracle.block_logits(cache, span, start)
-  for b in range(5):
-    s = int(start[b])
-    copies = jnp.broadcast_to(tokens[b], (3, 6)).at[:, s:s + 2].set(span[b])
-    want = oracle(copies)[:, s:s + 2]
-    roundoff.assert_within(got[b], want, roundoff.two_pass_log_prob_bound(want, depth),
-                           f"row {b}")
+  check_spans(oracle.block_logits(cache, span, start), span, start, "one block")
   # A span of two attention blocks is block-causal inside too; `extend` also returns the
   # states with the span set to copy 0's (the oracle's cache is the state).
   start = jnp.asarray([0, 2, 2, 0, 2], jnp.int32)
   span = jnp.asarray(rng.integers(0, 4, (5, 2, 4)), jnp.int32)
   got, extended = oracle.extend(cache, span, start)
-  for b in range(5):
-    s = int(start[b])
-    copies = jnp.broadcast_to(tokens[b], (2, 6)).at[:, s:s + 4].set(span[b])
-    want = oracle(copies)[:, s:s + 4]
-    roundoff.assert_within(got[b], want, roundoff.two_pass_log_prob_bound(want, depth),
-                           f"two-block span, row {b}")
-    np.testing.assert_array_equal(extended[b], copies[0])
+  for b, copies_CxL in enumerate(check_spans(got, span, start, "two-block span")):
+    np.testing.assert_array_equal(extended[b], copies_CxL[0])
 
 
 NUM_SAMPLES = 20_000

@@ -432,11 +432,12 @@ def test_head_drafts_scored_with_the_backbone_marginals_are_rejected(monkeypatch
   assert _gof(result.tokens, _dependent_joint()) < 1e-6
 
 
-def test_head_drafter_jit_equals_eager_rows_independent_prompt_kept():
-  denoiser = _denoiser(4.0)
-  tokens = _prompts()
+def _check_jit_eager_rows_prompt(denoiser, tokens, options):
+  """FeF with `options`: jit == eager (tokens and statistics), no mask left, the prompt
+  kept, and row 0 unchanged when the other rows' prompts change. Returns the jitted
+  result."""
   run_it = lambda t: fj.sample(denoiser, jnp.asarray(t), jax.random.key(2), "fef",
-                               mask_id=MASK_ID, **DRAFTER_OPTIONS)
+                               mask_id=MASK_ID, **options)
   jitted = run_it(tokens)
   with jax.disable_jit():
     eager = run_it(tokens)
@@ -451,6 +452,11 @@ def test_head_drafter_jit_equals_eager_rows_independent_prompt_kept():
   changed = run_it(other)
   np.testing.assert_array_equal(changed.tokens[0], jitted.tokens[0])
   np.testing.assert_array_equal(changed.stats.nfe[0], jitted.stats.nfe[0])
+  return jitted
+
+
+def test_head_drafter_jit_equals_eager_rows_independent_prompt_kept():
+  jitted = _check_jit_eager_rows_prompt(_denoiser(4.0), _prompts(), DRAFTER_OPTIONS)
   # Statistics: per step a backbone pass (L * num_layers layer-positions), per round
   # the copies (window * L * num_layers) and `window` head passes (K * head_layers).
   stats = jax.device_get(jitted.stats)
@@ -506,25 +512,9 @@ def test_head_drafts_over_the_exact_cache_make_the_uncached_decisions(options):
 
 
 def test_head_drafts_over_the_exact_cache_jit_equals_eager_rows_independent():
-  denoiser = _block_causal_denoiser()
   tokens = np.full((3, 6), MASK_ID, np.int32)
   tokens[:, :2] = [[0, 1], [2, 2], [1, 0]]
-  run_it = lambda t: fj.sample(denoiser, jnp.asarray(t), jax.random.key(2), "fef",
-                               mask_id=MASK_ID, **CACHED_DRAFTER_OPTIONS)
-  jitted = run_it(tokens)
-  with jax.disable_jit():
-    eager = run_it(tokens)
-  np.testing.assert_array_equal(jitted.tokens, eager.tokens)
-  for name in ("nfe", "sequences", "rounds", "drafts_examined", "drafts_accepted"):
-    np.testing.assert_array_equal(getattr(jitted.stats, name), getattr(eager.stats, name))
-  out = np.asarray(jitted.tokens)
-  assert not (out == MASK_ID).any()
-  np.testing.assert_array_equal(out[:, :2], tokens[:, :2])
-  other = tokens.copy()
-  other[1:, 0] = (other[1:, 0] + 1) % VOCAB
-  changed = run_it(other)
-  np.testing.assert_array_equal(changed.tokens[0], jitted.tokens[0])
-  np.testing.assert_array_equal(changed.stats.nfe[0], jitted.stats.nfe[0])
+  _check_jit_eager_rows_prompt(_block_causal_denoiser(), tokens, CACHED_DRAFTER_OPTIONS)
 
 
 class _Without:

@@ -240,7 +240,9 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
             ) -> tuple[jax.Array, Context, SampleStats, jax.Array]:
   """Re-encodes the rows of `refresh_B` for windows starting at `start_B`, in one call.
 
-  The call is skipped (`lax.cond`) when no row needs it.
+  The call is skipped (`lax.cond`) when no row needs it, and when every such row
+  moves to the next attention block with `fused_rounds`, whose rounds already
+  moved the cache and drafted the new window (the window just moves).
 
   Args:
     denoiser: the block-local denoiser.
