@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from fef_jax import models
 from fef_jax.eval import timing
 from fef_jax.models import spec_head
+from fef_jax.samplers import cache as sampler_cache
 
 
 def model_config(d_model: int, length: int, span: int, num_layers: int,
@@ -127,7 +128,7 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     whole_units, block_units = whole_s / single_s, block_s / single_s
     refresh_units, approx_refresh_units = refresh_s / single_s, approx_refresh_s / single_s
     fused_units = fused_s / single_s if fused else None  # (L < 3S: never fused)
-    sampler_fuses = fused and window * -(-span // window) <= 2
+    sampler_fuses = fused and sampler_cache.fusing_pays(window, span)
     cached_units = fused_units if sampler_fuses else block_units + refresh_units * tau / span
     approx_units = block_units + approx_refresh_units * tau / span
     queries_BxW = jnp.broadcast_to(jnp.arange(window) % span, (batch, window))

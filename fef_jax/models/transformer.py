@@ -771,7 +771,7 @@ class Transformer(nn.Module):
       ValueError: tokens not an integer [B, C, S] array, a batch that is not
         the cache's, `S > L`, `start_B` not int[B], or a time-conditioned model.
     """
-    logits_BxCxSxV, _ = self._span_forward(cache, tokens_BxCxS, start_B)
+    logits_BxCxSxV, _, _ = self._span_pass(cache, tokens_BxCxS, start_B)
     return logits_BxCxSxV
 
   def block_hidden(self, cache: KVCache, tokens_BxCxS: jax.Array,
@@ -789,7 +789,8 @@ class Transformer(nn.Module):
     Raises:
       ValueError: bad inputs as for `block_logits`.
     """
-    return self._span_forward(cache, tokens_BxCxS, start_B)
+    logits_BxCxSxV, _, hidden_BxCxSxD = self._span_pass(cache, tokens_BxCxS, start_B)
+    return logits_BxCxSxV, hidden_BxCxSxD
 
   def extend(self, cache: KVCache, tokens_BxCxS: jax.Array,
              start_B: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -822,11 +823,6 @@ class Transformer(nn.Module):
         keys_NxYxLxHxK=write(cache.keys_NxYxLxHxK, keys_BxYxSxHxK, start_B),
         values_NxYxLxHxK=write(cache.values_NxYxLxHxK, values_BxYxSxHxK, start_B),
         valid_NxL=cache.valid_NxL)
-
-  def _span_forward(self, cache: KVCache, tokens_BxCxS: jax.Array,
-                    start_B: jax.Array) -> tuple[jax.Array, jax.Array]:
-    logits_BxCxSxV, _, hidden_BxCxSxD = self._span_pass(cache, tokens_BxCxS, start_B)
-    return logits_BxCxSxV, hidden_BxCxSxD
 
   def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array
                  ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]], jax.Array]:

@@ -347,7 +347,13 @@ def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: in
   span = window_length(config, denoiser)
   return (config.cache == "exact" and config.drafter == "marginals"
           and hasattr(denoiser, "extend") and 3 * span <= length
-          and config.window * -(-span // config.window) <= 2)
+          and fusing_pays(config.window, span))
+
+
+def fusing_pays(window: int, span: int) -> bool:
+  """Whether fused rounds of `window` copies over blocks of `span` positions cost no
+  more positions than the refresh they save (see `fused_rounds`)."""
+  return window * -(-span // window) <= 2
 
 
 def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,

@@ -41,7 +41,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import jax
-
 import jax.numpy as jnp
 
 from fef_jax import posterior
