@@ -44,6 +44,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from fef_jax import noise
 from fef_jax import posterior
 from fef_jax.types import SampleStats
 
@@ -169,12 +170,6 @@ def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
                    logp_BxV)
 
 
-def _row_keys(step_keys_B: jax.Array, round_B: jax.Array) -> tuple[jax.Array, ...]:
-  keys_B = jax.vmap(jax.random.fold_in)(step_keys_B, round_B)
-  keys_Bx3 = jax.vmap(lambda k: jax.random.split(k, 3))(keys_B)
-  return keys_Bx3[:, 0], keys_Bx3[:, 1], keys_Bx3[:, 2]
-
-
 def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
                   rank_BxL: jax.Array, positions_BxW: jax.Array, window: int, mask_id: int):
   """Targets from `W` prefix-revealed copies evaluated in one call.
@@ -237,10 +232,10 @@ def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL:
 
 
 def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeState,
-                 rank_BxL: jax.Array, count_B: jax.Array, draft_key_B: jax.Array,
+                 rank_BxL: jax.Array, count_B: jax.Array, uniform_BxWxV: jax.Array,
                  window: int) -> tuple[jax.Array, jax.Array]:
   """The round's `W` drafts, each from the head given the committed values and the
-  drafts before it (`W` head passes).
+  drafts before it (`W` head passes; draft `c` reads the uniforms `uniform_BxWxV[:, c]`).
 
   Returns:
     (int32[B, L] drafts, at the set positions of ranks `start .. start + W - 1`;
@@ -252,14 +247,13 @@ def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeStat
   # Committed values at ranks < start; masks (never read: the head is causal) after.
   values_BxK = jnp.take_along_axis(state.tokens_BxL, positions_BxK, axis=1)
   valid_BxK = jnp.arange(num_items)[None, :] < count_B[:, None]
-  keys_BxW = jax.vmap(lambda k: jax.random.split(k, window))(draft_key_B)
 
   def draft_one(c, carry):
     values_BxK, logq_BxWxV = carry
     item_B = jnp.minimum(state.start_B + c, num_items - 1)
     logits_BxV = drafter.evaluate(positions_BxK, values_BxK, valid_BxK, item_B[:, None])[:, 0]
     logq_BxV = warp_fn(logits_BxV.astype(jnp.float32))
-    draft_B = jax.vmap(jax.random.categorical)(keys_BxW[:, c], logq_BxV).astype(jnp.int32)
+    draft_B = noise.categorical(logq_BxV, uniform_BxWxV[:, c])
     # Past the set's end the clipped item may be the set's last one: keep its draft.
     write_BxK = ((jnp.arange(num_items)[None, :] == item_B[:, None])
                  & (state.start_B + c < count_B)[:, None])
@@ -305,7 +299,12 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   active_B = state.start_B < count_B
   if isinstance(denoiser, CopyEvaluator) and denoiser.prepare is not None:
     state = denoiser.prepare(state, active_B)
-  draft_key_B, accept_key_B, residual_key_B = _row_keys(step_keys_B, state.round_B)
+  batch, length, vocab_size = state.draft_logits_BxLxV.shape
+  drafted = length if drafter is None else window
+  # One draw per round for the drafts, the acceptance tests and the residual.
+  draft_uniform_BxN, accept_uniform_BxW, residual_uniform_BxV = noise.uniforms(
+      jax.vmap(jax.random.fold_in)(step_keys_B, state.round_B),
+      (drafted * vocab_size, window, vocab_size))
 
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
@@ -314,12 +313,13 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
       jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
   if drafter is None:
     logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
-    drafts_BxL = jax.vmap(jax.random.categorical)(draft_key_B, logq_BxLxV).astype(jnp.int32)
+    drafts_BxL = noise.categorical(logq_BxLxV, draft_uniform_BxN.reshape(logq_BxLxV.shape))
     logq_BxWxV = jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
     draft_units = 0
   else:
     drafts_BxL, logq_BxWxV = _head_drafts(drafter, warp_fn, state, rank_BxL, count_B,
-                                          draft_key_B, window)
+                                          draft_uniform_BxN.reshape(batch, window, vocab_size),
+                                          window)
     draft_units = window * drafter.units_per_pass
   draft_bad_B = jnp.any(jnp.isnan(logq_BxWxV).any(axis=-1) & valid_BxW, axis=1)
   if isinstance(denoiser, HeadEvaluator):
@@ -341,8 +341,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   draft_BxW = jnp.take_along_axis(drafts_BxL, positions_BxW, axis=1)
   log_ratio_BxW = (jnp.take_along_axis(logp_BxWxV, draft_BxW[..., None], axis=-1)
                    - jnp.take_along_axis(logq_BxWxV, draft_BxW[..., None], axis=-1))[..., 0]
-  uniform_BxW = jax.vmap(lambda k: jax.random.uniform(k, (window,)))(accept_key_B)
-  accept_BxW = valid_BxW & (jnp.log(uniform_BxW) < log_ratio_BxW)
+  accept_BxW = valid_BxW & (jnp.log(accept_uniform_BxW) < log_ratio_BxW)
   num_accepted_B = jnp.sum(jnp.cumprod(accept_BxW, axis=1), axis=1).astype(jnp.int32)
   num_valid_B = jnp.sum(valid_BxW, axis=1).astype(jnp.int32)
   rejected_B = num_accepted_B < num_valid_B
@@ -352,8 +351,8 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   pivot_B = jnp.minimum(num_accepted_B, window - 1)
   pivot_logp_BxV = jnp.take_along_axis(logp_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
   pivot_logq_BxV = jnp.take_along_axis(logq_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
-  residual_B = jax.vmap(jax.random.categorical)(
-      residual_key_B, _residual_log_probs(pivot_logp_BxV, pivot_logq_BxV)).astype(jnp.int32)
+  residual_B = noise.categorical(_residual_log_probs(pivot_logp_BxV, pivot_logq_BxV),
+                                 residual_uniform_BxV)
 
   offset_BxL = rank_BxL - state.start_B[:, None]
   take_draft_BxL = (offset_BxL >= 0) & (offset_BxL < num_accepted_B[:, None])

@@ -24,5 +24,4 @@ def plan(config: SamplerConfig, ctx: StepContext) -> jax.Array:
   reveal_B = jnp.where(ctx.steps_left_B <= 1, 1.0,
                        (alpha_s - alpha_t) / jnp.maximum(1.0 - alpha_t, 1e-12))
   length = ctx.eligible_BxL.shape[1]
-  uniform_BxL = jax.vmap(lambda k: jax.random.uniform(k, (length,)))(ctx.keys_B)
-  return ctx.eligible_BxL & (uniform_BxL < reveal_B[:, None])
+  return ctx.eligible_BxL & (ctx.uniform_BxN[:, :length] < reveal_B[:, None])

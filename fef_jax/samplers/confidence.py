@@ -15,6 +15,6 @@ from fef_jax.samplers.loop import StepContext
 
 def plan(config: SamplerConfig, ctx: StepContext) -> jax.Array:
   """bool[B, L]: the best-scoring `ceil(remaining / steps_left)` eligible positions."""
-  score_BxL = selection.scores(config.select, ctx.log_probs_BxLxV, ctx.x0_BxL, ctx.keys_B)
+  score_BxL = selection.scores(config.select, ctx.log_probs_BxLxV, ctx.x0_BxL, ctx.uniform_BxN)
   count_B = selection.commit_count(ctx.remaining_B, ctx.steps_left_B)
   return selection.top_k(score_BxL, ctx.eligible_BxL, count_B)

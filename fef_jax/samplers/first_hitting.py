@@ -21,5 +21,5 @@ from fef_jax.samplers.loop import StepContext
 
 def plan(config: SamplerConfig, ctx: StepContext) -> jax.Array:
   """bool[B, L]: the single best-scoring eligible position of each row."""
-  score_BxL = selection.scores(config.select, ctx.log_probs_BxLxV, ctx.x0_BxL, ctx.keys_B)
+  score_BxL = selection.scores(config.select, ctx.log_probs_BxLxV, ctx.x0_BxL, ctx.uniform_BxN)
   return selection.top_k(score_BxL, ctx.eligible_BxL, jnp.ones_like(ctx.remaining_B))

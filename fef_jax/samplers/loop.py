@@ -14,12 +14,13 @@ result does not depend on the other rows of the batch.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from fef_jax import noise
 from fef_jax import posterior
 from fef_jax import speculative
 from fef_jax import warp
@@ -45,7 +46,8 @@ class StepContext:
     log_probs_BxLxV: warped predictive log-probabilities at this step.
     x0_BxL: one proposal per position drawn from `log_probs` (the values that
       the independent decider commits; a scoring aid for FeF).
-    keys_B: per-row PRNG keys reserved for the plan.
+    uniform_BxN: per-row uniforms in `(0, 1)` reserved for the plan, `N = L + 1`
+      (e.g. random scores, then a random size).
   """
   eligible_BxL: jax.Array
   remaining_B: jax.Array
@@ -53,7 +55,7 @@ class StepContext:
   steps_per_block_B: jax.Array
   log_probs_BxLxV: jax.Array
   x0_BxL: jax.Array
-  keys_B: jax.Array
+  uniform_BxN: jax.Array
 
 
 Plan = Callable[[SamplerConfig, StepContext], jax.Array]
@@ -79,35 +81,35 @@ def _split_rows(keys_B: jax.Array, num: int) -> list[jax.Array]:
   return [keys_BxN[:, i] for i in range(num)]
 
 
-def _propose(log_probs_BxLxV: jax.Array, keys_B: jax.Array) -> jax.Array:
-  return jax.vmap(jax.random.categorical)(keys_B, log_probs_BxLxV).astype(jnp.int32)
-
-
 def _eligible(config: SamplerConfig, state: LoopState, block_BxL) -> jax.Array:
   """bool[B, L]: the masked positions of each row's current block."""
   return (state.tokens_BxL == config.mask_id) & (block_BxL == state.cur_block_B[:, None])
 
 
 def _context(state: LoopState, eligible_BxL, steps_per_block_B, log_probs_BxLxV,
-             x0_keys_B, plan_keys_B) -> StepContext:
+             keys_B) -> StepContext:
+  """The plan's view of the step; its randomness (the proposals `x0` and the plan's
+  uniforms) is one draw from `keys_B` (`fef_jax.noise`)."""
+  batch, length, vocab_size = log_probs_BxLxV.shape
+  x0_uniform_BxN, plan_uniform_BxN = noise.uniforms(keys_B, (length * vocab_size, length + 1))
   return StepContext(
       eligible_BxL=eligible_BxL,
       remaining_B=jnp.sum(eligible_BxL, axis=1).astype(jnp.int32),
       steps_left_B=jnp.maximum(steps_per_block_B - state.block_step_B, 1),
       steps_per_block_B=steps_per_block_B,
       log_probs_BxLxV=log_probs_BxLxV,
-      x0_BxL=_propose(log_probs_BxLxV, x0_keys_B),
-      keys_B=plan_keys_B)
+      x0_BxL=noise.categorical(log_probs_BxLxV,
+                               x0_uniform_BxN.reshape(batch, length, vocab_size)),
+      uniform_BxN=plan_uniform_BxN)
 
 
 def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
                      state: LoopState, block_BxL, steps_per_block_B, step_keys_B,
                      active_B) -> LoopState:
   """Commits the plan's positions, each drawn from its marginal at the current state."""
-  x0_keys_B, plan_keys_B = _split_rows(step_keys_B, 2)
   logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, state.tokens_BxL, config.mask_id)
   ctx = _context(state, _eligible(config, state, block_BxL), steps_per_block_B,
-                 warp_fn(logits_BxLxV), x0_keys_B, plan_keys_B)
+                 warp_fn(logits_BxLxV), step_keys_B)
   commit_BxL = plan(config, ctx) & ctx.eligible_BxL
   one = active_B.astype(jnp.int32)
   stats = state.stats.replace(nfe=state.stats.nfe + one,
@@ -200,7 +202,7 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   the head drafts each round's targets, which the copies verify (the set is
   drawn from the backbone's prefix factorization).
   """
-  x0_keys_B, plan_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 5)
+  context_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 4)
   eligible_BxL = _eligible(config, state, block_BxL)
   denoiser, drafter = logits_fn, None
   # With a head, `stats.sequences` counts layer-positions (see `run`).
@@ -224,12 +226,20 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
                                              units_per_copy=length * logits_fn.num_layers)
       drafter = head_evaluator
   ctx = _context(state, eligible_BxL, steps_per_block_B, warp_fn(state.logits_BxLxV),
-                 x0_keys_B, plan_keys_B)
-  chosen_BxL = plan(config, ctx) & ctx.eligible_BxL
+                 context_keys_B)
+  if config.steps is None:
+    # One step per block: the plan would choose every eligible position, so its
+    # scores (and the proposals `x0` they may read) need not be drawn; on CPU a
+    # draw costs as much as a round's other small ops.
+    chosen_BxL = ctx.eligible_BxL
+  else:
+    chosen_BxL = plan(config, ctx) & ctx.eligible_BxL
   decide_BxL = ctx.eligible_BxL if config.mode == "joint_then_remask" else chosen_BxL
   order_rule = "position" if config.order == "left_to_right" else config.order
+  length = eligible_BxL.shape[1]
   rank_BxL = selection.rank_by_score(
-      selection.scores(order_rule, ctx.log_probs_BxLxV, ctx.x0_BxL, order_keys_B), decide_BxL)
+      selection.scores(order_rule, ctx.log_probs_BxLxV, ctx.x0_BxL,
+                       noise.uniforms(order_keys_B, (length,))[0]), decide_BxL)
   decided = speculative.decide_set(
       denoiser, warp_fn, state.tokens_BxL, state.logits_BxLxV, rank_BxL,
       jnp.sum(decide_BxL, axis=1).astype(jnp.int32), spec_keys_B, state.stats,
@@ -238,7 +248,8 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   tokens_BxL = decided.tokens_BxL
   if config.mode == "joint_then_remask":
     keep_BxL = selection.top_k(
-        selection.scores("random", ctx.log_probs_BxLxV, ctx.x0_BxL, keep_keys_B),
+        selection.scores("random", ctx.log_probs_BxLxV, ctx.x0_BxL,
+                         noise.uniforms(keep_keys_B, (length,))[0]),
         decide_BxL, jnp.sum(chosen_BxL, axis=1))
     tokens_BxL = jnp.where(decide_BxL & ~keep_BxL, config.mask_id, tokens_BxL)
   return state.replace(tokens_BxL=tokens_BxL, logits_BxLxV=decided.draft_logits_BxLxV,

@@ -16,10 +16,12 @@ from fef_jax.samplers.loop import StepContext
 
 def plan(config: SamplerConfig, ctx: StepContext) -> jax.Array:
   """bool[B, L]: a random number of the best-scoring eligible positions."""
-  score_keys_B, size_keys_B = jnp.moveaxis(
-      jax.vmap(lambda k: jax.random.split(k, 2))(ctx.keys_B), 1, 0)
-  score_BxL = selection.scores(config.select, ctx.log_probs_BxLxV, ctx.x0_BxL, score_keys_B)
+  length = ctx.eligible_BxL.shape[1]
+  score_BxL = selection.scores(config.select, ctx.log_probs_BxLxV, ctx.x0_BxL,
+                               ctx.uniform_BxN[:, :length])
   mean_B = selection.commit_count(ctx.remaining_B, ctx.steps_left_B)
-  size_B = jax.vmap(lambda k, hi: jax.random.randint(k, (), 1, hi))(size_keys_B, 2 * mean_B)
+  # Uniform on {1, ..., 2m - 1} from the last uniform (the clip guards float round-up).
+  size_B = jnp.minimum(1 + jnp.floor(ctx.uniform_BxN[:, length] * (2 * mean_B - 1)),
+                       2 * mean_B - 1).astype(jnp.int32)
   size_B = jnp.where(ctx.steps_left_B <= 1, ctx.remaining_B, jnp.minimum(size_B, ctx.remaining_B))
   return selection.top_k(score_BxL, ctx.eligible_BxL, size_B)

@@ -36,7 +36,7 @@ def commit_count(remaining_B: jax.Array, steps_left_B: jax.Array) -> jax.Array:
 
 
 def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
-           keys_B: jax.Array) -> jax.Array:
+           uniform_BxL: jax.Array) -> jax.Array:
   """float32[B, L]: higher scores are committed (and ordered) first.
 
   Rules:
@@ -44,8 +44,8 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
       re-masking keeps the low ones masked).
     entropy: negative entropy of the predictive distribution.
     position: leftmost first.
-    random: uniformly random order (`keys_B`, one PRNG key per row, is used
-      only here, so that rows stay independent).
+    random: uniformly random order: the uniforms `uniform_BxL[:, :L]` (drawn per
+      row, so that rows stay independent; read only here) are the scores.
   """
   batch, length = x0_BxL.shape
   if rule == "confidence":
@@ -55,7 +55,7 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
   if rule == "position":
     return -jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32), (batch, length))
   if rule == "random":
-    return jax.vmap(lambda k: jax.random.uniform(k, (length,)))(keys_B)
+    return uniform_BxL[:, :length]
   raise ValueError(f"unknown score rule {rule!r}; expected one of {SCORE_RULES}")
 
 

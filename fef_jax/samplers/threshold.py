@@ -18,7 +18,7 @@ from fef_jax.samplers.loop import StepContext
 
 def plan(config: SamplerConfig, ctx: StepContext) -> jax.Array:
   """bool[B, L]: the positions the threshold (or factor) rule commits."""
-  confidence_BxL = selection.scores("confidence", ctx.log_probs_BxLxV, ctx.x0_BxL, ctx.keys_B)
+  confidence_BxL = selection.scores("confidence", ctx.log_probs_BxLxV, ctx.x0_BxL, ctx.uniform_BxN)
   if config.factor is None:
     count_B = jnp.sum(ctx.eligible_BxL & (confidence_BxL > config.threshold), axis=1)
   else:
