@@ -240,9 +240,9 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
             ) -> tuple[jax.Array, Context, SampleStats, jax.Array]:
   """Re-encodes the rows of `refresh_B` for windows starting at `start_B`, in one call.
 
-  The call is skipped (`lax.cond`) when no row needs it, and when every such row
-  moves to the next attention block with `fused_rounds`, whose rounds already
-  moved the cache and drafted the new window (the window just moves).
+  The call is skipped (`lax.cond`) when no row needs it. With `fused_rounds` a
+  row that moves to the next attention block needs none: its rounds already
+  moved the cache and drafted the new window, so only its window start moves.
 
   Args:
     denoiser: the block-local denoiser.
@@ -269,6 +269,16 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
     spans of `2S` positions) and `B` whole rows in approximate mode.
   """
   batch, length = tokens_BxL.shape
+  span = window_length(config, denoiser)
+  fused = fused_rounds(config, denoiser, length)
+  if fused:
+    # Fused rounds already wrote the old window's keys and values and drafted the new
+    # window: a row entering the next attention block only moves its window (no call,
+    # and no `lax.cond`, whose operands, the cache among them, would be copied).
+    follows_B = refresh_B & (start_B == context.start_B + span)
+    context = context.replace(start_B=jnp.where(follows_B, start_B, context.start_B),
+                              rounds_B=jnp.where(follows_B, 0, context.rounds_B))
+    refresh_B = refresh_B & ~follows_B
   inputs_NxL = (tokens_BxL if draft_tokens_BxL is None
                 else jnp.concatenate([tokens_BxL, draft_tokens_BxL]))
   units_per_row = inputs_NxL.shape[0] // batch * length * units_per_position
@@ -276,12 +286,12 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
   def pick(new, old):
     return jnp.where(refresh_B.reshape((batch,) + (1,) * (old.ndim - 1)), new[:batch], old)
 
-  def finish(draft_logits_BxLxV, cache, context, stats, bad_B, units, calls=1):
+  def finish(draft_logits_BxLxV, cache, context, stats, bad_B, units):
     new_context = Context(jax.tree.map(pick, cache, context.cache),
                           jnp.where(refresh_B, start_B, context.start_B),
                           jnp.where(refresh_B, 0, context.rounds_B))
     one = refresh_B.astype(jnp.int32)
-    stats = stats.replace(nfe=stats.nfe + one * calls, sequences=stats.sequences + one * units)
+    stats = stats.replace(nfe=stats.nfe + one, sequences=stats.sequences + one * units)
     return draft_logits_BxLxV, new_context, stats, bad_B
 
   def encode_rows(draft_logits_BxLxV, context, stats, bad_logits_B):
@@ -292,16 +302,10 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
         jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
         cache_N, context, stats, bad_logits_B | (bad_N[-batch:] & refresh_B), units_per_row)
 
-  span = window_length(config, denoiser)
-  if draft_tokens_BxL is None or not hasattr(denoiser, "extend") or 2 * span > length:
+  if (fused or draft_tokens_BxL is None or not hasattr(denoiser, "extend")
+      or 2 * span > length):
     run = encode_rows
   else:
-    def follow(draft_logits_BxLxV, context, stats, bad_logits_B):
-      # Fused rounds (`fused_rounds`) already wrote the old window's keys and values
-      # and drafted the new window: the window just moves, no call.
-      return finish(draft_logits_BxLxV, context.cache, context, stats, bad_logits_B, 0,
-                    calls=0)
-
     def extend_spans(draft_logits_BxLxV, context, stats, bad_logits_B):
       old_start_B = context.start_B
       inputs_Bx2xL = jnp.stack([tokens_BxL, draft_tokens_BxL], axis=1)
@@ -320,8 +324,7 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
     def run(draft_logits_BxLxV, context, stats, bad_logits_B):
       # The span holds both windows only when the new one follows the old one.
       adjacent = jnp.all(~refresh_B | (start_B == context.start_B + span))
-      local = follow if fused_rounds(config, denoiser, length) else extend_spans
-      return jax.lax.cond(adjacent, local, encode_rows,
+      return jax.lax.cond(adjacent, extend_spans, encode_rows,
                           draft_logits_BxLxV, context, stats, bad_logits_B)
 
   return jax.lax.cond(jnp.any(refresh_B), run, lambda *carry: carry,
