@@ -53,7 +53,7 @@ def main(argv):
     for batch_size in config.compare.batch_sizes:
       rows += [{"model": name, **row} for row in compare.compare(
           logits_fn, task, prompts, specs, jax.random.key(config.seed), batch_size=batch_size,
-          progress=True)]
+          parts=config.compare.parts, progress=True)]
     models[name] = {"attention": model_config.model.attention,
                     "block_length": model_config.model.block_length,
                     "head_layers": model_config.model.head_layers,

@@ -106,12 +106,20 @@ class Generation:
 
 def sample_in_batches(logits_fn: LogitsFn, tokens_NxL: np.ndarray, key: jax.Array, *,
                       method: str, mask_id: int, batch_size: int, progress: bool = False,
+                      first_batch: int = 0, timings: list[float] | None = None,
                       **options: Any) -> tuple[np.ndarray, SampleStats]:
   """`fef_jax.sample` over all rows, `batch_size` rows per call.
 
   Every call has `batch_size` rows (the last batch is filled up with copies of
   its first row, whose outputs are dropped), so the sampler compiles once.
-  Batch `i` uses `fold_in(key, i)`. Returns when every batch is done.
+  Batch `i` uses `fold_in(key, first_batch + i)`, so that sampling the rows in
+  parts, each given the index of its first batch, gives the same results as one
+  call. Returns when every batch is done.
+
+  Args:
+    timings: optional list to which each batch's sampling wall-clock in seconds
+      is appended: from the `fef_jax.sample` call until its results are ready,
+      without the key derivation and the transfer of the results to the host.
 
   Returns:
     (int32[N, L] filled tokens as numpy, per-row `SampleStats` of the N rows).
@@ -128,10 +136,13 @@ def sample_in_batches(logits_fn: LogitsFn, tokens_NxL: np.ndarray, key: jax.Arra
     real = batch.shape[0]
     if real < batch_size:
       batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
-    result = fj.sample(logits_fn, batch, jax.random.fold_in(key, index), method,
-                       mask_id=mask_id, **options)
-    # One transfer of tokens and statistics; it waits for the device, so timings
-    # around this are complete.
+    batch_key = jax.random.fold_in(key, first_batch + index)
+    start = time.perf_counter()
+    result = jax.block_until_ready(
+        fj.sample(logits_fn, batch, batch_key, method, mask_id=mask_id, **options))
+    if timings is not None:
+      timings.append(time.perf_counter() - start)
+    # One transfer of tokens and statistics.
     result = jax.device_get(result)
     outputs.append(result.tokens[:real])
     stats.append(jax.tree.map(lambda x, n=real: x[:n], result.stats))

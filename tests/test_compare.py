@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -102,6 +104,27 @@ def test_comparison_needs_the_reference():
   with pytest.raises(ValueError, match="reference"):
     compare.compare(lambda x: x, task, np.zeros((1, 2), np.int32),
                     ["fef", "first_hitting:select=confidence"], None)
+
+
+def test_samples_and_stats_do_not_depend_on_how_the_samplers_take_turns():
+  task = synthetic.PairSum(pairs=2)
+  prompts, _ = task.sample(np.random.default_rng(0), 7)
+  # A denoiser whose logits depend on the tokens, so that samples depend on the keys.
+  table = jax.random.normal(jax.random.key(0), (task.vocab_size + 1, task.vocab_size))
+
+  def logits_fn(tokens_NxL):
+    return jnp.cumsum(table[tokens_NxL], axis=1)
+
+  specs = ["first_hitting", "fef:window=2"]
+  runs = [compare.compare(logits_fn, task, prompts, specs, jax.random.key(1), batch_size=2,
+                          parts=parts) for parts in (1, 3)]
+  for one, three in zip(*runs):
+    assert one["sampler"] == three["sampler"]
+    for field in ("accuracy", "nfe", "sequences", "rounds", "drafts_accepted"):
+      assert one[field] == three[field], field
+    assert three["seconds"] > 0
+  with pytest.raises(ValueError, match="parts"):
+    compare.compare(logits_fn, task, prompts, specs, jax.random.key(1), parts=0)
 
 
 # The block-causal model's rows in the end-to-end test: the exact one-token references

@@ -74,3 +74,22 @@ def test_text_generate_fn_returns_one_completion_per_prompt_and_records_stats():
   assert len(first) == 3 and all(isinstance(t, str) for t in first)
   assert len(complete.stats) == 2 and complete.stats[0].nfe.shape == (3,)
   assert first != second  # each call draws fresh samples
+
+
+def test_sample_in_batches_in_parts_equals_one_call_and_times_every_batch():
+  tokens = np.full((5, 8), TOKENIZER.mask_id, np.int32)
+  tokens[:, :2] = np.arange(10).reshape(5, 2) + 65
+  kwargs = dict(method="first_hitting", mask_id=TOKENIZER.mask_id, batch_size=2)
+  whole, whole_stats = gen.sample_in_batches(DENOISER, tokens, jax.random.key(4), **kwargs)
+  timings = []
+  head, head_stats = gen.sample_in_batches(DENOISER, tokens[:2], jax.random.key(4),
+                                           timings=timings, **kwargs)
+  tail, tail_stats = gen.sample_in_batches(DENOISER, tokens[2:], jax.random.key(4),
+                                           first_batch=1, timings=timings, **kwargs)
+  np.testing.assert_array_equal(np.concatenate([head, tail]), whole)
+  np.testing.assert_array_equal(np.concatenate([head_stats.nfe, tail_stats.nfe]),
+                                whole_stats.nfe)
+  assert len(timings) == 3 and all(t > 0 for t in timings)
+  # A different first batch is a different key: the test above can fail.
+  shifted, _ = gen.sample_in_batches(DENOISER, tokens[2:], jax.random.key(4), **kwargs)
+  assert not np.array_equal(shifted, whole[2:])

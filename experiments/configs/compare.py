@@ -42,7 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   # model's, empty for fef_jax.eval.compare.cached_samplers.
   # `batch_sizes`: 1 is the latency regime (where speculation can pay), 256 the
   # throughput regime (where exact copy verification cannot); each gets its table.
+  # `parts`: the samplers take turns over this many parts of the prompts, so that a
+  # slow spell of a shared machine slows every sampler alike (see
+  # fef_jax.eval.compare.compare).
   config.compare = ml_collections.ConfigDict(dict(
       models=("bidirectional", "block_causal_head"), block_length=2, head_layers=1,
-      num_prompts=1024, batch_sizes=(1, 8, 256), samplers=(), cached_samplers=()))
+      num_prompts=1024, batch_sizes=(1, 8, 256), samplers=(), cached_samplers=(), parts=8))
   return config

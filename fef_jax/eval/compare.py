@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -206,13 +205,20 @@ def bare_call_seconds(logits_fn: Callable[[jax.Array], jax.Array], tokens_BxL: n
 
 def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
             prompts_NxP: np.ndarray, specs: Sequence[str], key: jax.Array, *,
-            batch_size: int = 256, progress: bool = False) -> list[dict[str, Any]]:
+            batch_size: int = 256, parts: int = 8,
+            progress: bool = False) -> list[dict[str, Any]]:
   """One row per sampler spec: accuracy, costs and wall-clock on `prompts_NxP`.
 
-  Each spec is first run once on one batch to compile (not timed), then timed
-  on all prompts with the same `key`, `batch_size` rows per call. At least one
-  spec must be an exact one-token decoder (`is_exact_one_token`); speed-ups
-  are relative to the fastest of them.
+  Each spec is first run once on one batch to compile (not timed). Then the
+  batches are split into `parts` consecutive parts (fewer when there are fewer
+  batches), and every spec samples each part in turn, the specs' order rotating
+  from part to part: a slow spell of a shared machine then falls on every spec
+  alike instead of on whichever ran during it. A spec's wall-clock is the sum of
+  its `fef_jax.sample` calls, each until its results are ready (no key derivation
+  or transfers; `generate.sample_in_batches`). Every spec uses the same `key`,
+  and its samples do not depend on `parts`. At least one spec must be an exact
+  one-token decoder (`is_exact_one_token`); speed-ups are relative to the
+  fastest of them.
 
   Returns:
     Dicts with `sampler, accuracy, accuracy_low, accuracy_high, n, batch_size,
@@ -224,24 +230,41 @@ def compare(logits_fn: Callable[[jax.Array], jax.Array], task: synthetic.Task,
 
   Raises:
     ValueError: `specs` without an exact one-token decoder, an unknown sampler or
-      option, prompts that do not fit the task.
+      option, prompts that do not fit the task, `parts < 1`.
   """
   if not any(is_exact_one_token(spec) for spec in specs):
     raise ValueError(f"the comparison needs an exact one-token-per-call reference (e.g. "
                      f"{REFERENCE!r}) among the specs to compute speed-ups; got {list(specs)}")
+  if parts < 1:
+    raise ValueError(f"parts must be >= 1, got {parts}")
   num, _ = prompts_NxP.shape
   batch_size = min(batch_size, num)
   tokens_NxL = np.concatenate(
       [prompts_NxP, np.full((num, task.answer_length), task.mask_id)], axis=1).astype(np.int32)
   bare_ms = 1e3 * bare_call_seconds(logits_fn, tokens_NxL[:batch_size])
-  rows = []
-  for spec in tqdm.tqdm(specs, desc=f"samplers (batch {batch_size})", disable=not progress):
+  commons = []
+  for spec in specs:
     method, options = parse_sampler(spec)
-    common = dict(method=method, mask_id=task.mask_id, batch_size=batch_size, **options)
-    generate.sample_in_batches(logits_fn, tokens_NxL[:batch_size], key, **common)
-    start = time.perf_counter()
-    filled, stats = generate.sample_in_batches(logits_fn, tokens_NxL, key, **common)
-    seconds = time.perf_counter() - start
+    commons.append(dict(method=method, mask_id=task.mask_id, batch_size=batch_size,
+                        **options))
+    generate.sample_in_batches(logits_fn, tokens_NxL[:batch_size], key, **commons[-1])
+  num_batches = -(-num // batch_size)
+  bounds = np.linspace(0, num_batches, min(parts, num_batches) + 1).astype(int)
+  timings = [[] for _ in specs]
+  outputs = [[] for _ in specs]
+  with tqdm.tqdm(total=len(specs) * (len(bounds) - 1), disable=not progress,
+                 desc=f"samplers (batch {batch_size})") as bar:
+    for part, (first, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+      for i in np.roll(np.arange(len(specs)), -part):
+        outputs[i].append(generate.sample_in_batches(
+            logits_fn, tokens_NxL[first * batch_size:end * batch_size], key,
+            first_batch=int(first), timings=timings[i], **commons[i]))
+        bar.update()
+  rows = []
+  for spec, spec_outputs, spec_timings in zip(specs, outputs, timings):
+    filled = np.concatenate([out[0] for out in spec_outputs])
+    stats = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[out[1] for out in spec_outputs])
+    seconds = float(np.sum(spec_timings))
     valid = task.check(prompts_NxP, filled[:, prompts_NxP.shape[1]:])
     low, high = metrics.wilson_interval(int(valid.sum()), num)
     summary = stats.summary()
