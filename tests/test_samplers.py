@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 import fef_jax as fj
+from fef_jax import noise
+from fef_jax.samplers import random_sizes
+from fef_jax.samplers.loop import StepContext
 
 CONFIGS = [
     ("ancestral", dict(steps=3)),
@@ -283,3 +286,20 @@ def test_repeated_calls_do_not_trace_the_denoiser_again(method, options):
                   logits_fn=counting, **options)
   assert counting.traces > traced
   assert not np.any(np.asarray(wider.tokens) == _hmm().mask_id)
+
+
+def test_random_sizes_draws_the_step_size_uniformly_from_one_to_twice_the_even_split():
+  num, length, vocab_size = 14_000, 8, 3
+  # 8 masks left, 2 steps left: the even split is m = 4, so k ~ Uniform{1, ..., 7}.
+  (uniform_NxN,) = noise.uniforms(jax.random.split(jax.random.key(0), num), (length + 1,))
+  ctx = StepContext(
+      eligible_BxL=jnp.ones((num, length), bool), remaining_B=jnp.full((num,), 8),
+      steps_left_B=jnp.full((num,), 2), steps_per_block_B=jnp.full((num,), 2),
+      log_probs_BxLxV=jnp.zeros((num, length, vocab_size)),
+      x0_BxL=jnp.zeros((num, length), jnp.int32), uniform_BxN=uniform_NxN)
+  config = fj.samplers.make_config("random_sizes", vocab_size, steps=2)
+  sizes = np.asarray(jnp.sum(random_sizes.plan(config, ctx), axis=1))
+  assert sizes.min() == 1 and sizes.max() == 7
+  _, _, p_value = fj.stats.chi_square_gof(np.bincount(sizes, minlength=8)[1:],
+                                          np.full(7, 1 / 7))
+  assert p_value > 1e-3
