@@ -4,14 +4,14 @@
         [--vocab_size=32] [--batches=1,64] [--samplers=first_hitting,...] [--workdir=runs/loop]
 
 Prints a Markdown table and writes loop_cost.json and loop_cost.md (see
-fef_jax.eval.loop_cost): per sampler, the wall-clock of one more step or round,
+fef_jax.bench.loop_cost): per sampler, the wall-clock of one more step or round,
 the same rows' denoiser call inside a loop, their ratio (the target is <= 1.3), and
 the fixed cost of one `fj.sample` call.
 """
 from absl import app
 from absl import flags
 
-from fef_jax.eval import loop_cost
+from fef_jax.bench import loop_cost
 
 _D_MODELS = flags.DEFINE_list("d_models", ["96", "256"], "Model widths.")
 _LAYERS = flags.DEFINE_integer("num_layers", 3, "Transformer layers.")

@@ -9,12 +9,12 @@ The 1.3B-width bf16 row of BENCHMARKS.md (on a GPU):
         --batch=1 --dtype=bfloat16
 
 Prints a Markdown table (costs in units of one whole-sequence call) and writes
-round_cost.json, round_cost.md and round_cost.png (see fef_jax.eval.round_cost).
+round_cost.json, round_cost.md and round_cost.png (see fef_jax.bench.round_cost).
 """
 from absl import app
 from absl import flags
 
-from fef_jax.eval import round_cost
+from fef_jax.bench import round_cost
 
 _D_MODELS = flags.DEFINE_list("d_models", ["128", "256"], "Model widths.")
 _LENGTHS = flags.DEFINE_list("lengths", ["128", "256"], "Sequence lengths L.")

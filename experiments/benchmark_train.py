@@ -5,7 +5,7 @@ checkpoints, tokens/s, TFLOP/s and MFU.
         [--steps=10] [--workdir=runs/benchmark_train]
 
 Writes `benchmark_train.json` and `benchmark_train.md` into --workdir (and a scratch
-training run under it). See `fef_jax.eval.train_cost` for what each number means.
+training run under it). See `fef_jax.bench.train_cost` for what each number means.
 """
 import time
 
@@ -20,8 +20,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from fef_jax.eval import timing
-from fef_jax.eval import train_cost
+from fef_jax.bench import timing
+from fef_jax.bench import train_cost
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/shakespeare.py",
                                           "Training config to measure.")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fef_jax.eval import round_cost
+from fef_jax.bench import round_cost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

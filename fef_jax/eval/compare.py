@@ -34,7 +34,7 @@ import tqdm
 from fef_jax import generate
 from fef_jax.data import synthetic
 from fef_jax.eval import metrics
-from fef_jax.eval import timing
+from fef_jax.bench import timing
 from fef_jax.eval.exactness import parse_sampler
 from fef_jax.train import data_source
 

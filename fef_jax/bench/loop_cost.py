@@ -25,7 +25,7 @@ import numpy as np
 
 import fef_jax as fj
 from fef_jax import models
-from fef_jax.eval import timing
+from fef_jax.bench import timing
 from fef_jax.eval.exactness import parse_sampler
 
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from fef_jax import models
-from fef_jax.eval import timing
+from fef_jax.bench import timing
 from fef_jax.models import spec_head
 from fef_jax.samplers import cache as sampler_cache
 
