@@ -364,12 +364,11 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   draft_logits_BxLxV, draft_tokens_BxL = next_drafts(pivot_B, active_B)
   active = active_B.astype(jnp.int32)
   draft_calls = 0 if drafter is None else window
-  stats = state.stats.replace(
-      nfe=state.stats.nfe + active * (1 + draft_calls),
-      sequences=state.stats.sequences + active * (units + draft_units),
-      rounds=state.stats.rounds + active,
-      drafts_examined=state.stats.drafts_examined + num_committed_B,
-      drafts_accepted=state.stats.drafts_accepted + num_accepted_B)
+  stats = state.stats.add_calls(active_B, calls=1 + draft_calls, units=units + draft_units)
+  stats = stats.replace(
+      rounds=stats.rounds + active,
+      drafts_examined=stats.drafts_examined + num_committed_B,
+      drafts_accepted=stats.drafts_accepted + num_accepted_B)
   return SpeculativeState(
       tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
       start_B=state.start_B + num_committed_B, round_B=state.round_B + active,

@@ -37,6 +37,14 @@ class SampleStats:
     return cls(nfe=zero_B, sequences=zero_B, rounds=zero_B, tokens=zero_B,
                drafts_examined=zero_B, drafts_accepted=zero_B)
 
+  def add_calls(self, rows_B: jax.Array, calls: int | jax.Array = 1,
+                units: int | jax.Array = 1) -> "SampleStats":
+    """These statistics with `calls` sequential calls added to `nfe` and `units` to
+    `sequences` (in whatever unit the loop counts them) for the rows where the bool
+    `rows_B` holds."""
+    rows = rows_B.astype(jnp.int32)
+    return self.replace(nfe=self.nfe + rows * calls, sequences=self.sequences + rows * units)
+
   @property
   def tokens_per_round(self) -> jax.Array:
     """float32[B]: generated tokens per commit round."""

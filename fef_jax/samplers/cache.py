@@ -290,9 +290,7 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
     new_context = Context(jax.tree.map(pick, cache, context.cache),
                           jnp.where(refresh_B, start_B, context.start_B),
                           jnp.where(refresh_B, 0, context.rounds_B))
-    one = refresh_B.astype(jnp.int32)
-    stats = stats.replace(nfe=stats.nfe + one, sequences=stats.sequences + one * units)
-    return draft_logits_BxLxV, new_context, stats, bad_B
+    return draft_logits_BxLxV, new_context, stats.add_calls(refresh_B, units=units), bad_B
 
   def encode_rows(draft_logits_BxLxV, context, stats, bad_logits_B):
     logits_NxLxV, cache_N, bad_N = speculative.call_with_extras(denoiser.encode, inputs_NxL,

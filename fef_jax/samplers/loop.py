@@ -111,10 +111,8 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
   ctx = _context(state, _eligible(config, state, block_BxL), steps_per_block_B,
                  warp_fn(logits_BxLxV), step_keys_B)
   commit_BxL = plan(config, ctx) & ctx.eligible_BxL
-  one = active_B.astype(jnp.int32)
-  stats = state.stats.replace(nfe=state.stats.nfe + one,
-                              sequences=state.stats.sequences + one,
-                              rounds=state.stats.rounds + one)
+  stats = state.stats.add_calls(active_B)
+  stats = stats.replace(rounds=stats.rounds + active_B.astype(jnp.int32))
   return state.replace(tokens_BxL=jnp.where(commit_BxL, ctx.x0_BxL, state.tokens_BxL),
                        stats=stats, bad_logits_B=state.bad_logits_B | (bad_B & active_B))
 
@@ -146,10 +144,8 @@ def _head_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig, state: Lo
   returns the rounds' head evaluator. Counts one call and `L * num_layers` units
   (one whole sequence, `stats.sequences` being in layer-positions, see `run`)."""
   logits_BxLxV, hidden, bad_B = head.backbone(denoiser, state.tokens_BxL, config.mask_id)
-  one = active_B.astype(jnp.int32)
-  units = state.tokens_BxL.shape[1] * denoiser.num_layers
-  stats = state.stats.replace(nfe=state.stats.nfe + one,
-                              sequences=state.stats.sequences + one * units)
+  stats = state.stats.add_calls(active_B,
+                                units=state.tokens_BxL.shape[1] * denoiser.num_layers)
   state = state.replace(logits_BxLxV=logits_BxLxV, stats=stats,
                         bad_logits_B=state.bad_logits_B | (bad_B & active_B))
   return state, head.evaluator(denoiser, hidden, num_items)
@@ -171,10 +167,7 @@ def _head_window_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig,
       active_B[:, None, None],
       posterior.write_span(state.logits_BxLxV, logits_BxSxV, state.context.start_B),
       state.logits_BxLxV)
-  one = active_B.astype(jnp.int32)
-  stats = state.stats.replace(nfe=state.stats.nfe + one,
-                              sequences=state.stats.sequences
-                              + one * span * denoiser.num_layers)
+  stats = state.stats.add_calls(active_B, units=span * denoiser.num_layers)
   state = state.replace(
       logits_BxLxV=logits_BxLxV, stats=stats,
       draft_tokens_BxL=jnp.where(active_B[:, None], state.tokens_BxL, state.draft_tokens_BxL),
@@ -324,7 +317,7 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
         draft_tokens_BxL = tokens_BxL
     else:
       logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, tokens_BxL, config.mask_id)
-    stats = stats.replace(nfe=stats.nfe + 1, sequences=stats.sequences + unit)
+    stats = stats.add_calls(jnp.ones((batch,), bool), units=unit)
 
   def body(state: LoopState) -> LoopState:
     masked_BxL = state.tokens_BxL == config.mask_id
