@@ -122,7 +122,16 @@ def test_samples_and_stats_do_not_depend_on_how_the_samplers_take_turns():
     assert one["sampler"] == three["sampler"]
     for field in ("accuracy", "nfe", "sequences", "rounds", "drafts_accepted"):
       assert one[field] == three[field], field
-    assert three["seconds"] > 0
+    assert three["seconds"] > 0 and len(three["part_seconds"]) == 3
+    # The whole run's speed-up is a weighted mean of the parts' speed-ups.
+    assert three["speedup_low"] <= three["speedup"] * (1 + 1e-9)
+    assert three["speedup"] <= three["speedup_high"] * (1 + 1e-9)
+    assert one["speedup_low"] == pytest.approx(one["speedup"]) == one["speedup_high"]
+  reference = next(r for r in runs[1] if r["sampler"] == r["reference"])
+  assert reference["speedup_low"] == reference["speedup_high"] == 1.0
+  table = compare.format_table(runs[1])
+  assert f"({reference['speedup_low']:.2f}-{reference['speedup_high']:.2f})" in table
+  assert "(" not in compare.format_table(runs[0]).split("\n")[-1].split("|")[-2]
   with pytest.raises(ValueError, match="parts"):
     compare.compare(logits_fn, task, prompts, specs, jax.random.key(1), parts=0)
 
