@@ -133,7 +133,7 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     approx_units = block_units + approx_refresh_units * tau / span
     queries_BxW = jnp.broadcast_to(jnp.arange(window) % span, (batch, window))
     head_s = timing.median_seconds(head, hidden_BxLxD, items_BxS, values_BxS,
-                            jnp.ones((batch, span), bool), queries_BxW, repeats=repeats)
+                                   jnp.ones((batch, span), bool), queries_BxW, repeats=repeats)
     head_units, backbone_units = head_s / single_s, backbone_s / single_s
     head_round_units = head_units + backbone_units * tau / span
     rows.append({
