@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fef_jax.models import host_init
 from fef_jax.models.transformer import _EMBED_INIT
 from fef_jax.models.transformer import Block
 from fef_jax.models.transformer import Denoiser
@@ -206,9 +207,14 @@ class SpecHeadTransformer(nn.Module):
                                                        values_BxK, items_valid_BxK)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def init_params(config: SpecHeadConfig, key: jax.Array) -> Any:
-  """Freshly initialized float32 parameters of `SpecHeadTransformer(config)`."""
+  """Freshly initialized float32 parameters of `SpecHeadTransformer(config)`, on the
+  default device (computed on the host's CPU, as `transformer.init_params`)."""
+  return host_init.computed_on_host(functools.partial(_init_params, config), key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(config: SpecHeadConfig, key: jax.Array) -> Any:
   tokens_1x1 = jnp.full((1, 1), config.mask_id, jnp.int32)
   t_1 = jnp.ones((1,), jnp.float32) if config.time_conditioning else None
   items_1x1 = jnp.zeros((1, 1), jnp.int32)
