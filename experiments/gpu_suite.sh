@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# The GPU measurements BENCHMARKS.md lacks, in one run of about 6 minutes on one H100/H200
-# (measured with one comparison model; the second adds its training and rows, unmeasured):
+# The GPU measurements BENCHMARKS.md lacks, in one run on one H100/H200. Not yet run to
+# the end: on an H100 (2026-11-28, limits of 60-160 s per stage) no stage finished. Compiles
+# dominate there: the parameter init took 68.6 s for gpu.py (it now runs on the host, see
+# fef_jax.models.host_init) and each sampler 1.5-6 s, per batch size. Give each stage a
+# limit (STAGES below) and put first what matters most.
 #   rounds   one FeF round at 1.3B width, L=1024, batch 1, bf16 (whole, block-local, head)
 #   loop     a sampler step or round against a bare call of the same rows, batch 1 and 64
 #   compare  the sampler comparison on two freshly trained PairSum models (bidirectional;
-#            block-causal with a head, over the exact cache), batch 1 and 256
+#            block-causal with a head, over the exact cache), batch 1, 8 and 256
 #   train    training throughput and MFU of experiments/configs/gpu.py (200 steps)
 #   breakdown  where a training step of gpu.py goes (startup phases, compile, device step,
 #            host batch, prefetch, checkpoint, MFU; experiments.benchmark_train)
+#   breakdown_350m  the same for gpu_350m.py (not in the smoke run's default stages)
 # Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
 # OUT/<stage>/ and reports its wall-clock.
 #
 #   bash experiments/gpu_suite.sh [OUT]            # default OUT: runs/gpu_suite
 #   SMOKE=1 bash experiments/gpu_suite.sh OUT      # tiny sizes, any machine (a CPU check)
+#   STAGES="compare:150 breakdown:100" bash experiments/gpu_suite.sh OUT
+# STAGES picks the stages and their order; `name:S` stops that stage after S seconds (its
+# log keeps what it printed), so a lease's time is spent on the stages that matter most.
+# COMPARE_MODELS overrides compare.models, e.g. "('block_causal_head',)". A model already
+# trained in OUT/compare/<model> (a carried checkpoint) is not trained again.
 #
 # The device machine has no network and lacks ml-collections and tensorboardX, and
 # ../shared does not travel. Before the run, in the repository root (see the device
@@ -35,14 +44,24 @@ fi
 mkdir -p "$out"
 "$py" -c "import jax; print('devices:', jax.devices())" | tee "$out/devices.log"
 
-stage() {  # stage NAME COMMAND...: runs it, keeps its log (progress bars dropped)
-  local name=$1 start=$SECONDS
-  shift
+stage() {  # stage NAME SECONDS COMMAND...: runs it (stopped after SECONDS unless 0), keeps
+           # its log (progress bars dropped)
+  local name=$1 limit=$2 start=$SECONDS rc=0
+  shift 2
   echo "== $name"
-  "$@" 2>&1 | sed -e 's/\r/\n/g' | sed -e '/it\/s/d' -e '/s\/it/d' > "$out/$name.log"
+  timeout -k 10 "$limit" "$@" 2>&1 | sed -e 's/\r/\n/g' | sed -e '/it\/s/d' -e '/s\/it/d' \
+    > "$out/$name.log" || rc=$?
   tail -n 30 "$out/$name.log"
-  echo "== $name: $((SECONDS - start)) s"
+  if [ "$rc" = 0 ]; then
+    echo "== $name: $((SECONDS - start)) s"
+  elif [ "$rc" = 124 ]; then
+    echo "== $name: $((SECONDS - start)) s (stopped at its limit of $limit s)"
+  else
+    echo "== $name: $((SECONDS - start)) s (FAILED, exit $rc)"
+    failed=1
+  fi
 }
+failed=0
 
 if [ "${SMOKE:-0}" = 1 ]; then
   rounds=(--d_models=32 --lengths=32 --span=8 --windows=2,4 --batch=1 --num_layers=1
@@ -62,21 +81,46 @@ if [ "${SMOKE:-0}" = 1 ]; then
          --config.model.mlp_dim=128 --config.batch_size=4 --config.data.length=32
          --config.eval_batch_size=4 --config.sample.every=0)
   breakdown=("${train[@]}" --steps=2)
+  stages=${STAGES:-rounds loop compare train breakdown}
 else
   rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
           --vocab_size=256 --dtype=bfloat16 --repeats=7)
   loop=(--d_models=96,768 --length=256 --vocab_size=256 --batches=1,64 --repeats=9)
-  compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 256)")
+  compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8, 256)")
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
   breakdown=(--config.sample.every=0 --steps=10)
+  stages=${STAGES:-rounds loop compare train breakdown breakdown_350m}
+fi
+if [ -n "${COMPARE_MODELS:-}" ]; then
+  compare+=("--config.compare.models=$COMPARE_MODELS")
 fi
 
-stage rounds "$py" -m experiments.benchmark_rounds "${rounds[@]}" --workdir="$out/rounds"
-stage loop "$py" -m experiments.benchmark_loop "${loop[@]}" --workdir="$out/loop"
-stage compare "$py" -m experiments.compare --config=experiments/configs/compare.py \
-  --workdir="$out/compare" "${compare[@]}"
-stage train "$py" -m experiments.train --config=experiments/configs/gpu.py \
-  --config.data.path="$data" --workdir="$out/train" "${train[@]}"
-stage breakdown "$py" -m experiments.benchmark_train --config=experiments/configs/gpu.py \
-  --config.data.path="$data" --workdir="$out/breakdown" "${breakdown[@]}"
+run_stage() {  # run_stage NAME SECONDS
+  case $1 in
+    rounds) stage "$@" "$py" -m experiments.benchmark_rounds "${rounds[@]}" \
+      --workdir="$out/rounds" ;;
+    loop) stage "$@" "$py" -m experiments.benchmark_loop "${loop[@]}" --workdir="$out/loop" ;;
+    compare) stage "$@" "$py" -m experiments.compare --config=experiments/configs/compare.py \
+      --workdir="$out/compare" "${compare[@]}" ;;
+    train) stage "$@" "$py" -m experiments.train --config=experiments/configs/gpu.py \
+      --config.data.path="$data" --workdir="$out/train" "${train[@]}" ;;
+    breakdown) stage "$@" "$py" -m experiments.benchmark_train \
+      --config=experiments/configs/gpu.py --config.data.path="$data" \
+      --workdir="$out/breakdown" "${breakdown[@]}" ;;
+    breakdown_350m) stage "$@" "$py" -m experiments.benchmark_train \
+      --config=experiments/configs/gpu_350m.py --config.data.path="$data" \
+      --workdir="$out/breakdown_350m" "${breakdown[@]}" --steps=5 ;;
+  esac
+}
+
+for entry in $stages; do  # every name checked before any stage spends the lease's time
+  case ${entry%%:*} in
+    rounds|loop|compare|train|breakdown|breakdown_350m) ;;
+    *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
+  esac
+done
+for entry in $stages; do
+  run_stage "${entry%%:*}" "$([[ $entry == *:* ]] && echo "${entry#*:}" || echo 0)"
+done
+exit $failed

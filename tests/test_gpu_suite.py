@@ -26,3 +26,24 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
   assert "tokens_per_second" in (tmp_path / "train.log").read_text()
   breakdown = json.loads((tmp_path / "breakdown" / "benchmark_train.json").read_text())
   assert breakdown["rows"][0]["pipelined_step_s"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_the_chosen_stages_in_order_within_their_limits(tmp_path):
+  env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, STAGES="loop rounds:1")
+  done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+  assert done.stdout.index("== loop: ") < done.stdout.index("== rounds: ")
+  assert "== rounds: 1 s (stopped at its limit of 1 s)" in done.stdout
+  assert "== compare" not in done.stdout and not (tmp_path / "compare.log").exists()
+  assert json.loads((tmp_path / "loop" / "loop_cost.json").read_text())["rows"]
+
+
+def test_gpu_suite_rejects_an_unknown_stage(tmp_path):
+  env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, STAGES="loop:5 bogus")
+  done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2
+  assert "unknown stage: bogus" in done.stderr
+  assert "== loop" not in done.stdout  # nothing ran
