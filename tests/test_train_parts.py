@@ -325,3 +325,18 @@ def test_a_checkpoint_that_cannot_be_written_is_a_clear_error_and_the_last_one_s
   checkpoint.save(manager, 3, state, {"position": 3}, "fp")
   checkpoint.wait(manager)
   assert manager.latest_step() == 3
+
+
+def test_a_bad_optimizer_config_fails_before_the_parameters_are_initialized(monkeypatch):
+  from experiments.configs import tiny  # pylint: disable=import-outside-toplevel
+  from fef_jax.train import run  # pylint: disable=import-outside-toplevel
+  config = tiny.get_config()
+  config.optimizer.update(total_steps=10, warmup_steps=100)
+  config.data.num_examples = 100
+
+  def no_init(*args):
+    raise AssertionError(f"initialized before checking the optimizer config: {args[0]}")
+
+  monkeypatch.setattr(run, "build_model", no_init)
+  with pytest.raises(ValueError, match="warmup_steps=100, total_steps=10"):
+    run.setup(config)

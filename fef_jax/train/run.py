@@ -76,10 +76,11 @@ def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None,
   if loss_cfg.head_weight and not isinstance(model_cfg, spec_head.SpecHeadConfig):
     raise ValueError(f"config.loss.head_weight={loss_cfg.head_weight} trains a speculative "
                      f"head: set config.model.head_layers >= 1")
+  # Before the init, so that a bad optimizer config fails at once.
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
   init_key, state_key = jax.random.split(jax.random.key(config.seed))
   with timed("init"):
     model, params = build_model(model_cfg, init_key)
-    optimizer = optim.make_optimizer(optim.OptimizerConfig(**dict(config.optimizer)))
     state = train_lib.create_train_state(params, optimizer, state_key)
   return source, model, optimizer, loss_cfg, state
 
