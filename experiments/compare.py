@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fef_jax import compile_cache
 from fef_jax.eval import compare
 from fef_jax.models import spec_head
 from fef_jax.train import run
@@ -34,6 +35,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/compare", "Checkpoints and resul
 
 def main(argv):
   del argv
+  compile_cache.enable()
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   try:

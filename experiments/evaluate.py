@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from fef_jax import compile_cache
 from fef_jax.eval import benchmarks
 from fef_jax.eval import completion
 from fef_jax.eval.exactness import parse_sampler
@@ -61,6 +62,7 @@ def _completion_fn(options):
 
 def main(argv):
   del argv
+  compile_cache.enable()
   _, options = parse_sampler(f"{_METHOD.value}:{_OPTIONS.value}" if _OPTIONS.value
                              else _METHOD.value)
   complete = _completion_fn(options)

@@ -9,6 +9,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from fef_jax import compile_cache
 from fef_jax.eval import exactness
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -18,6 +19,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/exactness", "Where results are w
 
 def main(argv):
   del argv
+  compile_cache.enable()
   config = _CONFIG.value
   rows = exactness.run_grid(config.oracles, config.samplers, config.num_samples, config.seed)
   print(exactness.format_table(rows))

@@ -17,6 +17,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from fef_jax import compile_cache
 from fef_jax.eval import completion
 from fef_jax.eval.exactness import parse_sampler
 from fef_jax.models import hf
@@ -37,6 +38,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
 
 def main(argv):
   del argv
+  compile_cache.enable()
   _, options = parse_sampler(f"{_METHOD.value}:{_OPTIONS.value}" if _OPTIONS.value
                              else _METHOD.value)
   mesh = sharding.make_mesh(data=1, fsdp=-1) if jax.device_count() > 1 else None

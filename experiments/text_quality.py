@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fef_jax import compile_cache
 from fef_jax.eval import text_experiment
 from fef_jax.eval import text_quality
 
@@ -24,6 +25,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/text_quality",
 
 def main(argv):
   del argv
+  compile_cache.enable()
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   rows, info = text_experiment.run(_CONFIG.value, _WORKDIR.value)
   paths = text_quality.write(rows, _WORKDIR.value, info)

@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fef_jax import compile_cache
 from fef_jax.eval import task_sampling
 from fef_jax.models import spec_head
 from fef_jax.train import checkpoint
@@ -37,6 +38,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "Checkpoints, metrics and
 
 def main(argv):
   del argv
+  compile_cache.enable()
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
   config = _CONFIG.value
   try:
