@@ -6,6 +6,8 @@
 # limit (STAGES below) and put first what matters most.
 #   rounds   one FeF round at 1.3B width, L=1024, batch 1, bf16 (whole, block-local, head)
 #   loop     a sampler step or round against a bare call of the same rows, batch 1 and 64
+#   profile  op by op (jax.profiler): the kernels a step or cached FeF round launches and
+#            their time, on the comparison's block-causal backbone at batch 1
 #   compare  the sampler comparison on two freshly trained PairSum models (bidirectional;
 #            block-causal with a head, over the exact cache), batch 1, 8 and 256
 #   train    training throughput and MFU of experiments/configs/gpu.py (200 steps)
@@ -22,6 +24,11 @@
 # log keeps what it printed), so a lease's time is spent on the stages that matter most.
 # COMPARE_MODELS overrides compare.models, e.g. "('block_causal_head',)". A model already
 # trained in OUT/compare/<model> (a carried checkpoint) is not trained again.
+# A 15-minute lease leaves about 12 minutes of commands; with the comparison's trained
+# block-causal model carried (copy runs/<compare>/block_causal_head into an ignored
+# folder, carry it, and copy it to OUT/compare/ first):
+#   STAGES="profile:90 compare:200 breakdown:150 rounds:90 loop:90" \
+#   COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt bash experiments/gpu_suite.sh OUT
 #
 # The device machine has no network and lacks ml-collections and tensorboardX, and
 # ../shared does not travel. Before the run, in the repository root (see the device
@@ -81,7 +88,9 @@ if [ "${SMOKE:-0}" = 1 ]; then
          --config.model.mlp_dim=128 --config.batch_size=4 --config.data.length=32
          --config.eval_batch_size=4 --config.sample.every=0)
   breakdown=("${train[@]}" --steps=2)
-  stages=${STAGES:-rounds loop compare train breakdown}
+  profile=(--d_model=16 --num_layers=1 --length=8 --masked=4 --vocab_size=8 --runs=2
+           --samplers=first_hitting)
+  stages=${STAGES:-rounds loop profile compare train breakdown}
 else
   rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
           --vocab_size=256 --dtype=bfloat16 --repeats=7)
@@ -90,7 +99,8 @@ else
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
   breakdown=(--config.sample.every=0 --steps=10)
-  stages=${STAGES:-rounds loop compare train breakdown breakdown_350m}
+  profile=(--runs=20)
+  stages=${STAGES:-profile compare breakdown rounds loop train breakdown_350m}
 fi
 if [ -n "${COMPARE_MODELS:-}" ]; then
   compare+=("--config.compare.models=$COMPARE_MODELS")
@@ -101,6 +111,8 @@ run_stage() {  # run_stage NAME SECONDS
     rounds) stage "$@" "$py" -m experiments.benchmark_rounds "${rounds[@]}" \
       --workdir="$out/rounds" ;;
     loop) stage "$@" "$py" -m experiments.benchmark_loop "${loop[@]}" --workdir="$out/loop" ;;
+    profile) stage "$@" "$py" -m experiments.benchmark_profile "${profile[@]}" \
+      --workdir="$out/profile" ;;
     compare) stage "$@" "$py" -m experiments.compare --config=experiments/configs/compare.py \
       --workdir="$out/compare" "${compare[@]}" ;;
     train) stage "$@" "$py" -m experiments.train --config=experiments/configs/gpu.py \
@@ -116,7 +128,7 @@ run_stage() {  # run_stage NAME SECONDS
 
 for entry in $stages; do  # every name checked before any stage spends the lease's time
   case ${entry%%:*} in
-    rounds|loop|compare|train|breakdown|breakdown_350m) ;;
+    rounds|loop|profile|compare|train|breakdown|breakdown_350m) ;;
     *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
   esac
 done

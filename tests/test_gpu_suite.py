@@ -15,11 +15,12 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
   done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
-  for stage in ("rounds", "loop", "compare", "train", "breakdown"):
+  for stage in ("rounds", "loop", "profile", "compare", "train", "breakdown"):
     assert f"== {stage}: " in done.stdout
     assert (tmp_path / f"{stage}.log").stat().st_size > 0
   assert json.loads((tmp_path / "rounds" / "round_cost.json").read_text())["rows"]
   assert json.loads((tmp_path / "loop" / "loop_cost.json").read_text())["rows"]
+  assert json.loads((tmp_path / "profile" / "op_profile.json").read_text())["rows"]
   rows = json.loads((tmp_path / "compare" / "comparison.json").read_text())["rows"]
   assert sorted({r["batch_size"] for r in rows}) == [1, 8]
   assert {r["model"] for r in rows} == {"bidirectional"}  # the smoke trains one model
