@@ -27,8 +27,9 @@
 # A 15-minute lease leaves about 12 minutes of commands; with the comparison's trained
 # block-causal model carried (copy runs/<compare>/block_causal_head into an ignored
 # folder, carry it, and copy it to OUT/compare/ first):
-#   STAGES="profile:90 compare:200 breakdown:150 rounds:90 loop:90" \
+#   STAGES="profile:90 compare:200 breakdown:150 rounds:90 loop:90" TAR=$OUT/suite.tgz \
 #   COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt bash experiments/gpu_suite.sh OUT
+# TAR=<file> packs OUT's logs, tables and JSON (not checkpoints) into one file at the end.
 #
 # The device machine has no network and lacks ml-collections and tensorboardX, and
 # ../shared does not travel. Before the run, in the repository root (see the device
@@ -135,4 +136,9 @@ done
 for entry in $stages; do
   run_stage "${entry%%:*}" "$([[ $entry == *:* ]] && echo "${entry#*:}" || echo 0)"
 done
+if [ -n "${TAR:-}" ]; then  # one file to bring back (the device tool returns at most 8)
+  tar czf "$TAR" -C "$out" --exclude='./compare/*/checkpoints' --exclude='./compare/*/best' \
+    --exclude='scratch' --exclude='*/tensorboard' .
+  echo "wrote $TAR"
+fi
 exit $failed

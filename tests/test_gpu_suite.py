@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -31,14 +32,19 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_suite_runs_the_chosen_stages_in_order_within_their_limits(tmp_path):
-  env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, STAGES="loop rounds:1")
-  done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,
+  out, packed = tmp_path / "out", tmp_path / "suite.tgz"
+  env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, STAGES="loop rounds:1",
+             TAR=str(packed))
+  done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(out)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
   assert done.stdout.index("== loop: ") < done.stdout.index("== rounds: ")
   assert "== rounds: 1 s (stopped at its limit of 1 s)" in done.stdout
-  assert "== compare" not in done.stdout and not (tmp_path / "compare.log").exists()
-  assert json.loads((tmp_path / "loop" / "loop_cost.json").read_text())["rows"]
+  assert "== compare" not in done.stdout and not (out / "compare.log").exists()
+  assert json.loads((out / "loop" / "loop_cost.json").read_text())["rows"]
+  with tarfile.open(packed) as tar:
+    names = set(tar.getnames())
+  assert {"./loop.log", "./rounds.log", "./loop/loop_cost.json"} <= names
 
 
 def test_gpu_suite_rejects_an_unknown_stage(tmp_path):
