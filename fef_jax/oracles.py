@@ -642,3 +642,13 @@ class BlockCausal:
         row_L, span_S, start, axis=0))(cache_NxL, tokens_NxCxS[:, 0].astype(cache_NxL.dtype),
                                        start_N)
     return self.block_logits(cache_NxL, tokens_NxCxS, start_N), states_NxL
+
+  def extend_shared(self, cache_NxL: jax.Array, shared_NxP: jax.Array,
+                    tokens_NxCxT: jax.Array, shared_start_N: jax.Array,
+                    start_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`extend` of copies that also hold `shared_NxP` at `[shared_start, shared_start + P)`
+    (see `fef_jax.models.Transformer.extend_shared`): the states get both."""
+    shared_states_NxL = jax.vmap(lambda row_L, piece_P, start: jax.lax.dynamic_update_slice_in_dim(
+        row_L, piece_P, start, axis=0))(cache_NxL, shared_NxP.astype(cache_NxL.dtype),
+                                        shared_start_N)
+    return self.extend(shared_states_NxL, tokens_NxCxT, start_N)

@@ -91,12 +91,15 @@ class CopyEvaluator:
       must hold every target of the round (every undecided set position).
     units_per_copy: what one evaluated copy adds to `stats.sequences` (1 when
       that counts whole sequences).
+    units_per_round: what a round adds besides its copies (positions the copies
+      share, evaluated once).
     prepare: optional `(state, active_B) -> state`, run at the start of every
       round before the drafts are drawn: may refresh `state.context` and the
       draft logits (and must count what it calls in `state.stats`).
   """
   evaluate: Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]
   units_per_copy: int = 1
+  units_per_round: int = 0
   prepare: Optional[Callable[["SpeculativeState", jax.Array], "SpeculativeState"]] = None
 
 
@@ -330,7 +333,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     evaluator = denoiser if isinstance(denoiser, CopyEvaluator) else whole_sequences(denoiser)
     target_logits_BxWxV, bad_B, next_drafts, context = _copy_targets(
         evaluator, state, drafts_BxL, rank_BxL, positions_BxW, window, mask_id)
-    units = window * evaluator.units_per_copy
+    units = window * evaluator.units_per_copy + evaluator.units_per_round
     if context is not state.context:
       # Rows without targets keep their context.
       context = jax.tree.map(

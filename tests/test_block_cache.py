@@ -183,6 +183,54 @@ def test_extend_writes_the_full_pass_keys_and_values_of_copy_zero():
                                   cache.keys_NxYxLxHxK[b, :, end:])
 
 
+@pytest.mark.parametrize("layout", ["shared_before", "shared_after"])
+def test_extend_shared_equals_the_full_pass_of_every_copy(layout):
+  # A fused FeF round: the copies share the decided block before their window (or, at
+  # the sequence's start, a later block none of them sees), computed once.
+  tokens, valid = _tokens_and_valid(3)
+  rng = np.random.default_rng(11)
+  shared = jnp.asarray(rng.integers(0, VOCAB + 1, (3, SPAN)), jnp.int32)
+  copies = jnp.asarray(rng.integers(0, VOCAB + 1, (3, 3, 2 * SPAN)), jnp.int32)
+  if layout == "shared_before":
+    shared_start, start = np.array([0, 4, 4]), np.array([4, 8, 8])
+  else:
+    shared_start, start = np.array([8, 8, 12]), np.array([0, 0, 4])
+  _, cache = _call(BLOCK_CAUSAL, "encode", tokens, valid)
+  logits, extended = _call(BLOCK_CAUSAL, "extend_shared", cache, shared, copies,
+                           jnp.asarray(shared_start, jnp.int32), jnp.asarray(start, jnp.int32))
+  assert logits.shape == (3, 3, 2 * SPAN, VOCAB)
+  chain = roundoff.fef_chain(BLOCK_CAUSAL, LENGTH)
+  for b in range(3):
+    base = tokens[b].at[shared_start[b]:shared_start[b] + SPAN].set(shared[b])
+    span = slice(start[b], start[b] + 2 * SPAN)
+    where = np.asarray(valid[b, span])[:, None]
+    for c in range(3):
+      want, want_cache = _call(BLOCK_CAUSAL, "encode", base.at[span].set(copies[b, c])[None],
+                               valid[b][None])
+      roundoff.assert_within(np.where(where, logits[b, c], 0), np.where(where, want[0, span], 0),
+                             roundoff.two_pass_bound(chain, want[0, span]), f"row {b}, copy {c}")
+      if c:
+        continue
+      # The cache holds copy 0's state wherever it was written or is still valid.
+      end = max(start[b] + 2 * SPAN, shared_start[b] + SPAN)
+      for name in ("keys_NxYxLxHxK", "values_NxYxLxHxK"):
+        got_L, want_L = getattr(extended, name)[b, :, :end], getattr(want_cache, name)[0, :, :end]
+        written = np.asarray(valid[b, :end])[None, :, None, None]
+        roundoff.assert_within(np.where(written, got_L, 0), np.where(written, want_L, 0),
+                               roundoff.two_pass_bound(chain, want_L), f"{name}, row {b}")
+        np.testing.assert_array_equal(getattr(extended, name)[b, :, end:],
+                                      getattr(cache, name)[b, :, end:])
+
+
+def test_extend_shared_refuses_a_bidirectional_model():
+  tokens, valid = _tokens_and_valid(2)
+  _, cache = _call(BIDIRECTIONAL, "encode", tokens, valid)
+  with pytest.raises(ValueError, match="block-causal"):
+    _call(BIDIRECTIONAL, "extend_shared", cache, jnp.zeros((2, SPAN), jnp.int32),
+          jnp.zeros((2, 2, SPAN), jnp.int32), jnp.zeros(2, jnp.int32),
+          jnp.full(2, SPAN, jnp.int32))
+
+
 def test_config_checks_and_backward_compatible_repr():
   with pytest.raises(ValueError, match="attention"):
     dataclasses.replace(BIDIRECTIONAL, attention="causal")
@@ -278,17 +326,21 @@ def test_cached_fef_makes_the_uncached_decisions(options, gap):
   assert np.all(expected < np.asarray(plain.stats.sequences))
 
 
-@pytest.mark.parametrize("options", [dict(block_length=2, window=2),
-                                     dict(block_length=2, window=1),
-                                     dict(block_length=1, window=2, order="random")])
-def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options):
+@pytest.mark.parametrize("options, prompt", [(dict(block_length=2, window=2), 4),
+                                             (dict(block_length=2, window=1), 4),
+                                             (dict(block_length=1, window=2, order="random"), 4),
+                                             (dict(block_length=2, window=2), 0),
+                                             (dict(block_length=1, window=2), 1)])
+def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options, prompt):
   # Attention blocks of 2: each round runs over [previous block, window, next block] and
-  # so moves the cache forward itself (`cache.fused_rounds`).
+  # so moves the cache forward itself (`cache.fused_rounds`), the previous block once
+  # for all copies (`extend_shared`). An empty prompt, or one of one token, starts in
+  # the first block, which has no block before it.
   config = dataclasses.replace(BIDIRECTIONAL, attention="block_causal", block_length=2)
   denoiser = models.Denoiser(models.Transformer(config), _params())
   rng = np.random.default_rng(8)
   tokens = np.full((16, LENGTH), MASK_ID, np.int32)
-  tokens[:, :4] = rng.integers(0, VOCAB, (16, 4))
+  tokens[:, :prompt] = rng.integers(0, VOCAB, (16, prompt))
   run = functools.partial(fj.sample, denoiser, jnp.asarray(tokens), jax.random.key(4), "fef",
                           mask_id=MASK_ID, **options)
   plain, cached = run(), run(cache="exact")
@@ -296,8 +348,9 @@ def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options)
   assert agreement >= 0.999, agreement
   for name in ("rounds", "tokens", "drafts_examined", "drafts_accepted", "nfe"):
     np.testing.assert_array_equal(getattr(cached.stats, name), getattr(plain.stats, name))
-  # Sequences: the first call and W * 3S / L per round, rounded up.
-  expected = np.ceil(1 + np.asarray(cached.stats.rounds) * options["window"] * 3 * 2 / LENGTH)
+  # Sequences: the first call and (S + W * 2S) / L per round, rounded up.
+  expected = np.ceil(1 + np.asarray(cached.stats.rounds) * (2 + options["window"] * 2 * 2)
+                     / LENGTH)
   np.testing.assert_array_equal(cached.stats.sequences, expected)
 
 

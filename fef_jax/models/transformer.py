@@ -49,6 +49,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fef_jax.models import host_init
 
@@ -826,6 +827,81 @@ class Transformer(nn.Module):
         values_NxYxLxHxK=write(cache.values_NxYxLxHxK, values_BxYxSxHxK, start_B),
         valid_NxL=cache.valid_NxL)
 
+  def extend_shared(self, cache: KVCache, shared_BxP: jax.Array, tokens_BxCxT: jax.Array,
+                    shared_start_B: jax.Array, start_B: jax.Array) -> tuple[jax.Array, KVCache]:
+    """`extend` of `C` copies that agree on `P` positions, those computed once.
+
+    Copy `c` of row `b` is the cached state with positions `[shared_start_b,
+    shared_start_b + P)` set to `shared_BxP[b]` and `[start_b, start_b + T)` to
+    `tokens_BxCxT[b, c]`. One pass over `P + C T` positions gives each copy's
+    logits at its `T` positions, as `extend` of the copies over a span holding
+    both ranges would (up to float round-off), without evaluating the shared
+    positions `C` times: what a fused FeF round needs, whose copies share the
+    decided block before their window (`fef_jax.samplers.cache`).
+
+    Block-causal models only. The shared range must end where the copies' begins
+    (`shared_start + P == start`) or begin where it ends (`start + T ==
+    shared_start`, blocks no copy sees); cached keys are seen before
+    `min(shared_start, start)` only. The shared positions' keys and values are
+    those of copy 0's state.
+
+    Args:
+      cache: a `KVCache` of `B` states of length `L`.
+      shared_BxP: int[B, P] the shared positions' tokens.
+      tokens_BxCxT: int[B, C, T] each copy's tokens.
+      shared_start_B, start_B: int[B] where they go (traced; not checked against
+        each other, `+ P` and `+ T` must be `<= L`).
+
+    Returns:
+      (float32[B, C, T, vocab_size] logits; the `KVCache` with the shared
+      positions' keys and values and copy 0's written, the rest unchanged).
+
+    Raises:
+      ValueError: bad inputs as for `block_logits`, or a bidirectional model.
+    """
+    cfg = self.config
+    _check_cacheable(cfg)
+    if cfg.attention != "block_causal":
+      raise ValueError("extend_shared needs a block-causal model (its copies must not "
+                       f"see later positions), got attention={cfg.attention!r}")
+    check_span_inputs(cache.valid_NxL, tokens_BxCxT, start_B)
+    check_span_inputs(cache.valid_NxL, shared_BxP[:, None, :], shared_start_B)
+    batch, copies, length_t = tokens_BxCxT.shape
+    length_p = shared_BxP.shape[1]
+    packed_BxN = jnp.concatenate(
+        [shared_BxP, tokens_BxCxT.reshape(batch, copies * length_t)], axis=1)
+    positions_BxN = jnp.concatenate(
+        [shared_start_B[:, None] + jnp.arange(length_p),
+         jnp.tile(start_B[:, None] + jnp.arange(length_t), (1, copies))], axis=1
+    ).astype(jnp.int32)
+    # Segment 0 is shared: every query sees it; a copy's queries see their own segment,
+    # and the shared queries copy 0's (the state whose keys and values are written).
+    segment_N = np.concatenate([np.zeros(length_p, np.int32),
+                                np.repeat(np.arange(1, copies + 1, dtype=np.int32), length_t)])
+    seen_NxN = ((segment_N[None, :] == 0) | (segment_N[None, :] == segment_N[:, None])
+                | ((segment_N[:, None] == 0) & (segment_N[None, :] == 1)))
+    block_BxN = positions_BxN // cfg.block_length
+    mask_BxNxN = (jnp.take_along_axis(cache.valid_NxL, positions_BxN, axis=1)[:, None, :]
+                  & seen_NxN[None] & (block_BxN[:, None, :] <= block_BxN[:, :, None]))
+    context_mask_BxL = context_mask(cfg.attention, cache.valid_NxL,
+                                    jnp.minimum(shared_start_B, start_B), 0)
+    logits_Bx1xNxV, keys_values, _ = self._forward(
+        packed_BxN[:, None, :], None, positions_BxN[:, None, :], mask_BxNxN,
+        (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
+    logits_BxCxTxV = logits_Bx1xNxV[:, 0, length_p:].reshape(batch, copies, length_t, -1)
+    write = jax.vmap(lambda old, new, start: jax.lax.dynamic_update_slice_in_dim(
+        old, new.astype(old.dtype), start, axis=1))
+
+    def written(cache_NxYxLxHxK, layers):
+      new_BxYxNxHxK = jnp.stack([entry[:, 0] for entry in layers], axis=1)
+      shared_done = write(cache_NxYxLxHxK, new_BxYxNxHxK[:, :, :length_p], shared_start_B)
+      return write(shared_done, new_BxYxNxHxK[:, :, length_p:length_p + length_t], start_B)
+
+    return logits_BxCxTxV, KVCache(
+        keys_NxYxLxHxK=written(cache.keys_NxYxLxHxK, [k for k, _ in keys_values]),
+        values_NxYxLxHxK=written(cache.values_NxYxLxHxK, [v for _, v in keys_values]),
+        valid_NxL=cache.valid_NxL)
+
   def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array
                  ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]], jax.Array]:
     cfg = self.config
@@ -981,3 +1057,10 @@ class Denoiser:
     `Transformer.extend` with these parameters."""
     return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
                             method="extend")
+
+  def extend_shared(self, cache: KVCache, shared_NxP: jax.Array, tokens_NxCxT: jax.Array,
+                    shared_start_N: jax.Array, start_N: jax.Array) -> tuple[jax.Array, KVCache]:
+    """(float32[N, C, T, vocab_size] logits, the cache with the shared positions and
+    copy 0's written): `Transformer.extend_shared` with these parameters."""
+    return self.model.apply({"params": self.params}, cache, shared_NxP, tokens_NxCxT,
+                            shared_start_N, start_N, method="extend_shared")

@@ -60,7 +60,10 @@ How the sampler uses it (`fef_jax.samplers.loop`):
   goes into the cache and the block after it gets the pivot copy's logits, the
   next block's drafts, so moving to the next block needs no refresh call (one
   call per round and none per block, for three times a window's positions;
-  used for blocks of 1-2 positions, where it costs no more positions).
+  used for blocks of 1-2 positions, where it costs no more positions). The
+  block before the window is the same in every copy, so with `extend_shared`
+  (our transformer, the oracle) it is evaluated once per round: `S + 2 W S`
+  positions instead of `3 W S`.
 - Statistics: `nfe` counts every batched call (a refresh is one call, so a
   round that refreshes costs two sequential calls). `sequences` counts
   whole-sequence equivalents: the loop adds up the token positions the
@@ -111,6 +114,14 @@ class BlockLocalDenoiser(Protocol):
              start_N: jax.Array) -> tuple[jax.Array, Any]:
     """Optional (exact mode): (`block_logits`, the cache with the span's entries set
     to copy 0's), so that a refresh runs two spans instead of two whole rows."""
+
+  def extend_shared(self, cache: Any, shared_NxP: jax.Array, tokens_NxCxT: jax.Array,
+                    shared_start_N: jax.Array, start_N: jax.Array) -> tuple[jax.Array, Any]:
+    """Optional (exact mode): `extend` of copies that all hold `shared_NxP` at
+    `[shared_start, shared_start + P)`, evaluated once (float[N, C, T, V] logits of
+    the copies' `T` positions, the cache with both ranges set to copy 0's), so that
+    a fused round evaluates the decided block before its window once, not per copy
+    (see `fef_jax.models.Transformer.extend_shared`)."""
 
 
 @flax.struct.dataclass
@@ -338,7 +349,10 @@ def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: in
   window (decided: its keys and values, the state's, go into the cache), the
   window (the targets) and the block after it (masked: the pivot copy's logits
   there are the next block's drafts, the uncached path's): one call fewer per
-  block, for `2 W S` more positions per round. A block takes at least
+  block, for `2 W S` more positions per round (`S + W S` where the denoiser
+  offers `extend_shared`, which evaluates the decided block once for all
+  copies; a window in the first block shares the block after the next one
+  instead, which no copy sees). A block takes at least
   `ceil(S / W)` rounds and the refresh it saves evaluates `4S` positions, so
   it is used where that costs no more positions (`W ceil(S / W) <= 2`: blocks of
   1 or 2 positions, where a refresh per block would double the calls), in exact
@@ -363,16 +377,28 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
   (of `[start - S, start + 2S)` with `fused_rounds`, which also extends the cache).
 
   Each copy counts `S * units_per_position` units (token positions, or
-  layer-positions; `3S` fused) towards `stats.sequences`. With
+  layer-positions; `3S` fused, or `2S` plus `S` per round with `extend_shared`)
+  towards `stats.sequences`. With
   `cache="approximate"` and `refresh_every=r > 0`, a round of a row that has
   run `r` rounds against its context first re-encodes its state (one more
   call, `L` units), and the state's logits become the round's drafts.
   """
   span = window_length(config, denoiser)
   fused = fused_rounds(config, denoiser, length)
+  shared = fused and hasattr(denoiser, "extend_shared")
 
   def evaluate(copies_BxWxL: jax.Array,
                context: Context) -> tuple[jax.Array, jax.Array, Context]:
+    if shared:
+      # The copies' [window, next block], after the block before it, which every copy
+      # holds decided and so is evaluated once; a window in the first block has none
+      # before it, and shares the block after the next one, which no copy sees.
+      start_B = jnp.minimum(context.start_B, length - 2 * span)
+      shared_start_B = jnp.where(start_B >= span, start_B - span, start_B + 2 * span)
+      logits_BxWxSxV, cache = denoiser.extend_shared(
+          context.cache, posterior.span_of(copies_BxWxL[:, :1], shared_start_B, span)[:, 0],
+          posterior.span_of(copies_BxWxL, start_B, 2 * span), shared_start_B, start_B)
+      return logits_BxWxSxV, start_B, context.replace(cache=cache)
     if fused:
       start_B = jnp.clip(context.start_B - span, 0, length - 3 * span)
       logits_BxWxSxV, cache = denoiser.extend(
@@ -394,6 +420,8 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
                          bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0
+  copy_blocks, round_blocks = (2, 1) if shared else (3, 0) if fused else (1, 0)
   return speculative.CopyEvaluator(evaluate,
-                                   units_per_copy=(3 if fused else 1) * span * units_per_position,
+                                   units_per_copy=copy_blocks * span * units_per_position,
+                                   units_per_round=round_blocks * span * units_per_position,
                                    prepare=prepare if refreshing else None)
