@@ -9,11 +9,10 @@ of the `2S` positions from the old block to the new one (the current state's,
 whose keys and values of the old block go into the cache, and the drafts'
 input's, for the new block's drafts). With marginal drafts and tiny blocks the
 sampler fuses that refresh into its rounds (`fef_jax.samplers.cache.fused_rounds`):
-each round evaluates the `W` copies over `3S` positions (the block before the
-window, the window, the block after it) with `extend`, and no refresh call runs;
-the exact round is then that call (`fused W×3S`, timed wherever `L >= 3S`; the
-sampler fuses only where it costs no more positions than the refresh, blocks of
-1 or 2 positions).
+each round evaluates the block before the window once and the `W` copies over the
+window and the block after it (`S + 2 W S` positions) with `extend_shared`, and no
+refresh call runs; the exact round is then that call (`fused`, timed wherever
+`L >= 3S`; the sampler fuses only for blocks of 1 or 2 positions).
 With a bidirectional model and `cache="approximate"` (the dual cache, refreshed
 once per block) the block call does the same work (only its attention mask
 differs) and the refresh encodes the `B` states only.
@@ -84,6 +83,8 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
   block = jax.jit(lambda p, c, t, s: model.apply({"params": p}, c, t, s,
                                                  method="block_logits"))
   extend = jax.jit(lambda p, c, t, s: model.apply({"params": p}, c, t, s, method="extend"))
+  extend_shared = jax.jit(lambda p, c, shared, t, shared_start, s: model.apply(
+      {"params": p}, c, shared, t, shared_start, s, method="extend_shared"))
   tokens_BxL = jnp.where(jax.random.bernoulli(mask_key, 0.5, (batch, length)), config.mask_id,
                          jax.random.randint(tokens_key, (batch, length), 0, vocab_size))
   single_s = timing.median_seconds(call, params, tokens_BxL, repeats=repeats)
@@ -117,13 +118,14 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     span_BxWxS = jax.random.randint(window_key, (batch, window, span), 0, vocab_size + 1)
     whole_s = timing.median_seconds(call, params, copies_NxL, repeats=repeats)
     block_s = timing.median_seconds(block, params, cache, span_BxWxS, start_B, repeats=repeats)
-    # The sampler fuses the refresh into its rounds where that costs no more positions
+    # The sampler fuses the refresh into its rounds for blocks of 1 or 2 positions
     # (`fef_jax.samplers.cache.fused_rounds`); the fused call is timed wherever it fits.
     fused = 3 * span <= length
     if fused:
+      window_start_B = jnp.clip(start_B, span, length - 2 * span)
       fused_s = timing.median_seconds(
-          extend, params, cache, jnp.tile(span_BxWxS, (1, 1, 3)),
-          jnp.clip(start_B - span, 0, length - 3 * span), repeats=repeats)
+          extend_shared, params, cache, span_BxWxS[:, 0], jnp.tile(span_BxWxS, (1, 1, 2)),
+          window_start_B - span, window_start_B, repeats=repeats)
     tau = min(float(tokens_per_round), float(window))
     whole_units, block_units = whole_s / single_s, block_s / single_s
     refresh_units, approx_refresh_units = refresh_s / single_s, approx_refresh_s / single_s
@@ -163,7 +165,7 @@ def run_grid(d_models: Sequence[int], lengths: Sequence[int], span: int,
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table; costs in units of one whole-sequence call of the batch."""
   header = ["d_model", "L", "S", "W", "1 call (ms)", "whole W×L", "block W×S", "ideal W·S/L",
-            "refresh 2×2S", "fused W×3S", "exact round", "approx. round", "head pass", "head round",
+            "refresh 2×2S", "fused S+W×2S", "exact round", "approx. round", "head pass", "head round",
             "tok/round", "speed-up whole", "speed-up exact", "speed-up approx.",
             "speed-up head"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

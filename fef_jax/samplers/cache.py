@@ -55,15 +55,14 @@ How the sampler uses it (`fef_jax.samplers.loop`):
   tokens is a valid draft source).
 - Rounds (`evaluator`): one `block_logits` call of the `W` copies' windows
   against the cache; its logits overwrite the window of the draft logits. In
-  exact mode with marginal drafts (`fused_rounds`) a round instead runs
-  `extend` over `[start - S, start + 2S)`: the decided block before the window
+  exact mode with marginal drafts (`fused_rounds`) a round instead evaluates
+  `[start - S, start + 2S)`: the decided block before the window
   goes into the cache and the block after it gets the pivot copy's logits, the
   next block's drafts, so moving to the next block needs no refresh call (one
-  call per round and none per block, for three times a window's positions;
-  used for blocks of 1-2 positions, where it costs no more positions). The
-  block before the window is the same in every copy, so with `extend_shared`
-  (our transformer, the oracle) it is evaluated once per round: `S + 2 W S`
-  positions instead of `3 W S`.
+  call per round and none per block; used for blocks of 1-2 positions, where
+  it costs no more positions). The block before the window is the same in
+  every copy, so the round runs `extend_shared`, which evaluates it once
+  beside each copy's window and next block: `S + 2 W S` positions.
 - Statistics: `nfe` counts every batched call (a refresh is one call, so a
   round that refreshes costs two sequential calls). `sequences` counts
   whole-sequence equivalents: the loop adds up the token positions the
@@ -344,52 +343,53 @@ def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: in
   """Whether exact-cache rounds also move the cache forward, so that entering the next
   attention block needs no refresh call.
 
-  Such a round evaluates its copies over the span `[start - S, start + 2S)`
-  (moved inside `[0, L)` at the ends) with `extend`: the block before the
-  window (decided: its keys and values, the state's, go into the cache), the
-  window (the targets) and the block after it (masked: the pivot copy's logits
-  there are the next block's drafts, the uncached path's): one call fewer per
-  block, for `2 W S` more positions per round (`S + W S` where the denoiser
-  offers `extend_shared`, which evaluates the decided block once for all
-  copies; a window in the first block shares the block after the next one
-  instead, which no copy sees). A block takes at least
-  `ceil(S / W)` rounds and the refresh it saves evaluates `4S` positions, so
-  it is used where that costs no more positions (`W ceil(S / W) <= 2`: blocks of
-  1 or 2 positions, where a refresh per block would double the calls), in exact
-  mode with marginal drafts, when the denoiser offers `extend` and `L >= 3S`.
+  Such a round evaluates its copies over `[start - S, start + 2S)` (moved
+  inside `[0, L)` at the ends) with `extend_shared`: the block before the
+  window (decided, the same in every copy, so evaluated once: its keys and
+  values, the state's, go into the cache), and each copy's window (the
+  targets) and the block after it (masked: the pivot copy's logits there are
+  the next block's drafts, the uncached path's). A window in the first block
+  has no block before it and shares the block after the next one instead,
+  which no copy sees. One call fewer per block, for `S + W S` more positions
+  per round. A block takes at least
+  `ceil(S / W)` rounds and the refresh it saves evaluates `4S` positions. It is
+  used for `W ceil(S / W) <= 2` (blocks of 1 or 2 positions, where a refresh per
+  block would double the calls), where a block's rounds add at most the `4S`
+  positions the refresh would evaluate, in exact mode with marginal drafts,
+  when the denoiser offers `extend_shared` and `L >= 3S`.
   Head drafts read the cache before their rounds, so they keep the refresh.
   """
   span = window_length(config, denoiser)
   return (config.cache == "exact" and config.drafter == "marginals"
-          and hasattr(denoiser, "extend") and 3 * span <= length
+          and hasattr(denoiser, "extend_shared") and 3 * span <= length
           and fusing_pays(config.window, span))
 
 
 def fusing_pays(window: int, span: int) -> bool:
-  """Whether fused rounds of `window` copies over blocks of `span` positions cost no
-  more positions than the refresh they save (see `fused_rounds`)."""
+  """Whether exact-cache rounds of `window` copies over blocks of `span` positions are
+  fused (see `fused_rounds`): `window * ceil(span / window) <= 2`."""
   return window * -(-span // window) <= 2
 
 
 def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
               units_per_position: int = 1) -> speculative.CopyEvaluator:
   """A round's evaluation of the copies' window `[start, start + S)` against the context
-  (of `[start - S, start + 2S)` with `fused_rounds`, which also extends the cache).
+  (of `[start - S, start + 2S)` with `fused_rounds`, which also extends the cache,
+  the block before the window once for all copies).
 
   Each copy counts `S * units_per_position` units (token positions, or
-  layer-positions; `3S` fused, or `2S` plus `S` per round with `extend_shared`)
-  towards `stats.sequences`. With
+  layer-positions; fused: `2S` per copy and `S` per round) towards
+  `stats.sequences`. With
   `cache="approximate"` and `refresh_every=r > 0`, a round of a row that has
   run `r` rounds against its context first re-encodes its state (one more
   call, `L` units), and the state's logits become the round's drafts.
   """
   span = window_length(config, denoiser)
   fused = fused_rounds(config, denoiser, length)
-  shared = fused and hasattr(denoiser, "extend_shared")
 
   def evaluate(copies_BxWxL: jax.Array,
                context: Context) -> tuple[jax.Array, jax.Array, Context]:
-    if shared:
+    if fused:
       # The copies' [window, next block], after the block before it, which every copy
       # holds decided and so is evaluated once; a window in the first block has none
       # before it, and shares the block after the next one, which no copy sees.
@@ -398,11 +398,6 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
       logits_BxWxSxV, cache = denoiser.extend_shared(
           context.cache, posterior.span_of(copies_BxWxL[:, :1], shared_start_B, span)[:, 0],
           posterior.span_of(copies_BxWxL, start_B, 2 * span), shared_start_B, start_B)
-      return logits_BxWxSxV, start_B, context.replace(cache=cache)
-    if fused:
-      start_B = jnp.clip(context.start_B - span, 0, length - 3 * span)
-      logits_BxWxSxV, cache = denoiser.extend(
-          context.cache, posterior.span_of(copies_BxWxL, start_B, 3 * span), start_B)
       return logits_BxWxSxV, start_B, context.replace(cache=cache)
     window_BxWxS = posterior.span_of(copies_BxWxL, context.start_B, span)
     return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B),
@@ -420,7 +415,7 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
                          bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0
-  copy_blocks, round_blocks = (2, 1) if shared else (3, 0) if fused else (1, 0)
+  copy_blocks, round_blocks = (2, 1) if fused else (1, 0)
   return speculative.CopyEvaluator(evaluate,
                                    units_per_copy=copy_blocks * span * units_per_position,
                                    units_per_round=round_blocks * span * units_per_position,
