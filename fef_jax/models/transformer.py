@@ -613,6 +613,27 @@ def _span_masks(config: TransformerConfig, cache: KVCache, start_B: jax.Array,
                                                       start_B, span)
 
 
+def _written(cache: KVCache, keys_values: list[tuple[jax.Array, jax.Array]],
+             pieces: tuple[tuple[int, int, jax.Array], ...]) -> KVCache:
+  """`cache` with copy 0's keys and values of a span pass written in.
+
+  `keys_values` holds every layer's (keys, values) `[B, C, N, ...]` of the pass;
+  each of `pieces`, `(offset, size, start_B)`, writes copy 0's positions
+  `[offset, offset + size)` to `[start_b, start_b + size)` of row `b`, in order.
+  """
+  def write(cache_NxYxLxHxK, layers):
+    new_BxYxNxHxK = jnp.stack([entry[:, 0] for entry in layers], axis=1)
+    for offset, size, start_B in pieces:
+      cache_NxYxLxHxK = jax.vmap(lambda old, new, start: jax.lax.dynamic_update_slice_in_dim(
+          old, new.astype(old.dtype), start, axis=1))(
+              cache_NxYxLxHxK, new_BxYxNxHxK[:, :, offset:offset + size], start_B)
+    return cache_NxYxLxHxK
+
+  return KVCache(keys_NxYxLxHxK=write(cache.keys_NxYxLxHxK, [k for k, _ in keys_values]),
+                 values_NxYxLxHxK=write(cache.values_NxYxLxHxK, [v for _, v in keys_values]),
+                 valid_NxL=cache.valid_NxL)
+
+
 def context_mask(attention: str, valid_NxL: jax.Array, start_N: jax.Array,
                  span: int) -> jax.Array:
   """bool[N, L]: the cached keys a span `[start, start + span)` attends to.
@@ -818,14 +839,8 @@ class Transformer(nn.Module):
       ValueError: bad inputs as for `block_logits`.
     """
     logits_BxCxSxV, keys_values, _ = self._span_pass(cache, tokens_BxCxS, start_B)
-    keys_BxYxSxHxK = jnp.stack([k[:, 0] for k, _ in keys_values], axis=1)
-    values_BxYxSxHxK = jnp.stack([v[:, 0] for _, v in keys_values], axis=1)
-    write = jax.vmap(lambda old, new, start: jax.lax.dynamic_update_slice_in_dim(
-        old, new.astype(old.dtype), start, axis=1))
-    return logits_BxCxSxV, KVCache(
-        keys_NxYxLxHxK=write(cache.keys_NxYxLxHxK, keys_BxYxSxHxK, start_B),
-        values_NxYxLxHxK=write(cache.values_NxYxLxHxK, values_BxYxSxHxK, start_B),
-        valid_NxL=cache.valid_NxL)
+    return logits_BxCxSxV, _written(cache, keys_values,
+                                    ((0, tokens_BxCxS.shape[2], start_B),))
 
   def extend_shared(self, cache: KVCache, shared_BxP: jax.Array, tokens_BxCxT: jax.Array,
                     shared_start_B: jax.Array, start_B: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -889,18 +904,9 @@ class Transformer(nn.Module):
         packed_BxN[:, None, :], None, positions_BxN[:, None, :], mask_BxNxN,
         (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
     logits_BxCxTxV = logits_Bx1xNxV[:, 0, length_p:].reshape(batch, copies, length_t, -1)
-    write = jax.vmap(lambda old, new, start: jax.lax.dynamic_update_slice_in_dim(
-        old, new.astype(old.dtype), start, axis=1))
-
-    def written(cache_NxYxLxHxK, layers):
-      new_BxYxNxHxK = jnp.stack([entry[:, 0] for entry in layers], axis=1)
-      shared_done = write(cache_NxYxLxHxK, new_BxYxNxHxK[:, :, :length_p], shared_start_B)
-      return write(shared_done, new_BxYxNxHxK[:, :, length_p:length_p + length_t], start_B)
-
-    return logits_BxCxTxV, KVCache(
-        keys_NxYxLxHxK=written(cache.keys_NxYxLxHxK, [k for k, _ in keys_values]),
-        values_NxYxLxHxK=written(cache.values_NxYxLxHxK, [v for _, v in keys_values]),
-        valid_NxL=cache.valid_NxL)
+    # The packed row holds the shared positions, then copy 0's.
+    return logits_BxCxTxV, _written(
+        cache, keys_values, ((0, length_p, shared_start_B), (length_p, length_t, start_B)))
 
   def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array
                  ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]], jax.Array]:
