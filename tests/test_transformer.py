@@ -169,6 +169,17 @@ def test_rope_matches_reference_and_is_relative():
   assert abs(score(3, 0) - score(0, 3)) > 1e-3  # not merely constant
 
 
+def test_the_rotary_table_is_computed_once_per_pass(params):
+  # Inside a sampler's loop the positions are traced, so every rope() of every layer
+  # would be its own sin and cos kernels; one table serves all layers' queries and keys.
+  jaxpr = jax.make_jaxpr(lambda tokens, positions: models.Transformer(CONFIG).apply(
+      {"params": params}, tokens, None, positions, None,
+      method=models.Transformer._forward))(_tokens(1), jnp.arange(LENGTH) + 1)
+  primitives = [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+  assert CONFIG.num_layers > 1 and primitives.count("sin") == 1, primitives.count("sin")
+  assert primitives.count("cos") == 1
+
+
 def test_rows_are_independent(params):
   tokens = _tokens(5)
   batched = _apply_jit(CONFIG, params, tokens)

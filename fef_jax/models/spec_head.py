@@ -49,6 +49,7 @@ from fef_jax.models.transformer import _dense
 from fef_jax.models.transformer import _norm
 from fef_jax.models.transformer import config_repr
 from fef_jax.models.transformer import project_logits
+from fef_jax.models.transformer import rope_rotation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +138,9 @@ class SpecHead(nn.Module):
     first_1xKx1 = (jnp.arange(positions_BxK.shape[1]) == 0)[None, :, None]
     x = item_BxKxD + jnp.where(first_1xKx1, start_D.astype(cfg.dtype), revealed_BxKxD)
     mask = item_mask(valid_BxK)
+    rotation = rope_rotation(positions_BxK, cfg.head_dim, cfg.rope_theta)
     for i in range(cfg.head_layers):
-      x, _ = Block(cfg, name=f"block_{i}")(x, positions_BxK, mask)
+      x, _ = Block(cfg, name=f"block_{i}")(x, rotation, mask)
     if queries_BxW is not None:
       x = _take_items(x, queries_BxW)
     return project_logits(_norm(cfg, "final_norm")(x), unembed_VxD)

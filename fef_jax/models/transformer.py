@@ -354,8 +354,40 @@ def flops_per_token(config: TransformerConfig, length: int) -> int:
   return 6 * matmul_params + 12 * config.num_layers * length * d
 
 
+def rope_rotation(positions: jax.Array, head_dim: int,
+                  theta: float) -> tuple[jax.Array, jax.Array]:
+  """The rotary embedding's (cos, sin) at `positions`, float32 `[..., 1, head_dim / 2]`.
+
+  Feature pair `(x[i], x[i + K/2])` at position `m` is rotated by the angle
+  `m * theta^(-2i/K)`. Computed once per forward pass and shared by every
+  layer's queries and keys (`apply_rope`): inside a sampler's loop, where the
+  positions are traced, XLA would otherwise evaluate the table per layer and
+  per use, each a kernel of its own.
+
+  Args:
+    positions: the position of each token, e.g. `[L]`, or `[B, 1, L]` for
+      per-row positions of `[B, C, L, H, K]` inputs.
+    head_dim: `K`, even.
+    theta: base wavelength.
+  """
+  half = head_dim // 2
+  inv_freq_K2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_LxK2 = positions.astype(jnp.float32)[..., None] * inv_freq_K2
+  return jnp.cos(angle_LxK2)[..., None, :], jnp.sin(angle_LxK2)[..., None, :]
+
+
+def apply_rope(x_BxLxHxK: jax.Array, rotation: tuple[jax.Array, jax.Array]) -> jax.Array:
+  """Rotates queries or keys `[..., L, H, K]` by a `rope_rotation` of their positions
+  (broadcastable to `[..., L, 1, K/2]`). Computed in float32; returned in `x`'s dtype."""
+  cos_Lx1xK2, sin_Lx1xK2 = rotation
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos_Lx1xK2 - x2 * sin_Lx1xK2,
+                             x2 * cos_Lx1xK2 + x1 * sin_Lx1xK2], axis=-1)
+  return rotated.astype(x_BxLxHxK.dtype)
+
+
 def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding of queries or keys.
+  """Rotary position embedding of queries or keys: `apply_rope` of `rope_rotation`.
 
   Feature pair `(x[i], x[i + K/2])` at position `m` is rotated by the angle
   `m * theta^(-2i/K)`, so `<rope(q, m), rope(k, n)>` depends on `m - n` only.
@@ -370,15 +402,7 @@ def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, theta: float) -> jax.Arra
   Returns:
     The rotated array, shape and dtype of `x_BxLxHxK`.
   """
-  half = x_BxLxHxK.shape[-1] // 2
-  inv_freq_K2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_LxK2 = positions_L.astype(jnp.float32)[..., None] * inv_freq_K2
-  cos_Lx1xK2 = jnp.cos(angle_LxK2)[..., None, :]
-  sin_Lx1xK2 = jnp.sin(angle_LxK2)[..., None, :]
-  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos_Lx1xK2 - x2 * sin_Lx1xK2,
-                             x2 * cos_Lx1xK2 + x1 * sin_Lx1xK2], axis=-1)
-  return rotated.astype(x_BxLxHxK.dtype)
+  return apply_rope(x_BxLxHxK, rope_rotation(positions_L, x_BxLxHxK.shape[-1], theta))
 
 
 def timestep_embedding(t_B: jax.Array, dim: int) -> jax.Array:
@@ -458,8 +482,9 @@ def attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxGxK: jax.Array, v_BxCxSxGxK: jax
 class Attention(nn.Module):
   """Multi-head self-attention with RoPE on queries and keys.
 
-  Full pass: `x` is `[B, L, D]` and `mask` broadcasts to `[B, heads, L, L]`
-  (None: attend everywhere). Span pass (`context` given): `x` is `[B, C, S, D]`,
+  `rotation` is the `rope_rotation` of the tokens' positions. Full pass: `x` is
+  `[B, L, D]` and `mask` broadcasts to `[B, heads, L, L]` (None: attend
+  everywhere). Span pass (`context` given): `x` is `[B, C, S, D]`,
   `C` copies of `S` positions; `mask` `[B, S, S]` says which span keys each span
   query sees, and `context = (keys_BxLxHxK, values_BxLxHxK, mask_BxL)` adds
   cached keys shared by the copies. Both return the output and the (rotated
@@ -468,13 +493,14 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
+  def __call__(self, x: jax.Array, rotation: tuple[jax.Array, jax.Array],
+               mask: jax.Array | None,
                context: tuple[jax.Array, jax.Array, jax.Array] | None = None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     cfg = self.config
     heads = (cfg.num_heads, cfg.head_dim)
-    q = rope(_dense(cfg, heads, "query")(x), positions, cfg.rope_theta)
-    k = rope(_dense(cfg, heads, "key")(x), positions, cfg.rope_theta)
+    q = apply_rope(_dense(cfg, heads, "query")(x), rotation)
+    k = apply_rope(_dense(cfg, heads, "key")(x), rotation)
     v = _dense(cfg, heads, "value")(x)
     if context is None:
       out = full_attention(cfg, q, k, v, mask)
@@ -498,17 +524,19 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """Pre-norm residual block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 
-  Returns the new stream and the attention's (keys, values); see `Attention`.
+  `rotation` is the `rope_rotation` of the tokens' positions. Returns the new
+  stream and the attention's (keys, values); see `Attention`.
   """
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None,
+  def __call__(self, x: jax.Array, rotation: tuple[jax.Array, jax.Array],
+               mask: jax.Array | None,
                context: tuple[jax.Array, jax.Array, jax.Array] | None = None
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     cfg = self.config
     attended, keys_values = Attention(cfg, name="attention")(
-        _norm(cfg, "attention_norm")(x), positions, mask, context)
+        _norm(cfg, "attention_norm")(x), rotation, mask, context)
     x = x + attended
     return x + MLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x)), keys_values
 
@@ -942,10 +970,11 @@ class Transformer(nn.Module):
     policy = cfg.remat_policy
     block_cls = Block if policy == "none" else nn.remat(Block, policy=REMAT_POLICIES[policy])
     keys_values = []
+    rotation = rope_rotation(positions, cfg.head_dim, cfg.rope_theta)
     for i in range(cfg.num_layers):
       layer_context = None if context is None else (
           context[0][:, i], context[1][:, i], context[2])
-      x, layer_keys_values = block_cls(cfg, name=f"block_{i}")(x, positions, mask,
+      x, layer_keys_values = block_cls(cfg, name=f"block_{i}")(x, rotation, mask,
                                                                layer_context)
       keys_values.append(layer_keys_values)
     x = _norm(cfg, "final_norm")(x)
