@@ -292,8 +292,9 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     window: static number of drafts verified per round (`W >= 1`).
     mask_id: the mask token.
     drafter: optional head that drafts the `W` targets sequentially (with copy
-      verification; its passes count in `nfe` and `sequences`); default: every
-      position drafted independently from `state.draft_logits_BxLxV`.
+      verification; its passes count in `nfe` and `sequences`); default: each of
+      the `W` targets drafted independently from its marginal in
+      `state.draft_logits_BxLxV` (only the targets are warped and drawn).
 
   Returns:
     The updated carry: at least one more set position decided in every row
@@ -303,26 +304,31 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   if isinstance(denoiser, CopyEvaluator) and denoiser.prepare is not None:
     state = denoiser.prepare(state, active_B)
   batch, length, vocab_size = state.draft_logits_BxLxV.shape
-  drafted = length if drafter is None else window
   # One draw per round for the drafts, the acceptance tests and the residual.
   draft_uniform_BxN, accept_uniform_BxW, residual_uniform_BxV = noise.uniforms(
       jax.vmap(jax.random.fold_in)(step_keys_B, state.round_B),
-      (drafted * vocab_size, window, vocab_size))
+      (window * vocab_size, window, vocab_size))
 
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
   positions_BxW = jnp.take_along_axis(
       posterior.positions_by_rank(rank_BxL),
       jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
+  uniform_BxWxV = draft_uniform_BxN.reshape(batch, window, vocab_size)
   if drafter is None:
-    logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
-    drafts_BxL = noise.categorical(logq_BxLxV, draft_uniform_BxN.reshape(logq_BxLxV.shape))
-    logq_BxWxV = jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
+    # Only the targets' drafts are read (by the copies and the acceptance test), so
+    # only the `W` targets are warped and drawn, not all `L` positions.
+    logq_BxWxV = warp_fn(jnp.take_along_axis(state.draft_logits_BxLxV,
+                                             positions_BxW[..., None], axis=1))
+    # Invalid targets (past the set) are dropped from the scatter: their clipped
+    # positions may be the set's last one, whose draft must stay.
+    drafts_BxL = state.tokens_BxL.at[
+        jnp.arange(batch)[:, None], jnp.where(valid_BxW, positions_BxW, length)].set(
+            noise.categorical(logq_BxWxV, uniform_BxWxV), mode="drop")
     draft_units = 0
   else:
     drafts_BxL, logq_BxWxV = _head_drafts(drafter, warp_fn, state, rank_BxL, count_B,
-                                          draft_uniform_BxN.reshape(batch, window, vocab_size),
-                                          window)
+                                          uniform_BxWxV, window)
     draft_units = window * drafter.units_per_pass
   draft_bad_B = jnp.any(jnp.isnan(logq_BxWxV).any(axis=-1) & valid_BxW, axis=1)
   if isinstance(denoiser, HeadEvaluator):

@@ -79,3 +79,59 @@ def test_one_round_costs_one_call_of_window_sequences():
   np.testing.assert_array_equal(state.stats.nfe, 1)
   np.testing.assert_array_equal(state.stats.sequences, 6)
   assert np.all(np.asarray(state.start_B) >= 1)  # every round decides at least one
+
+
+def test_a_round_warps_and_draws_only_its_window_of_targets():
+  # Only the W targets' drafts are read, so a round must not warp (top-k/top-p sorts,
+  # log-softmax) the L x V draft logits of every position: the warp sees [B, W, V].
+  num_rows, length, window = 3, 10, 2
+  chain = _independent_chain(length)
+  seen_shapes = []
+
+  def spy_warp(logits):
+    seen_shapes.append(logits.shape)
+    return warp_log_probs(logits, mask_id=chain.mask_id)
+
+  state = speculative.SpeculativeState(
+      tokens_BxL=jnp.full((num_rows, length), chain.mask_id, jnp.int32),
+      draft_logits_BxLxV=jnp.zeros((num_rows, length, 4)),
+      start_B=jnp.zeros((num_rows,), jnp.int32), round_B=jnp.zeros((num_rows,), jnp.int32),
+      stats=SampleStats.zeros(num_rows), bad_logits_B=jnp.zeros((num_rows,), bool))
+  rank = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (num_rows, length))
+  out = speculative.verification_round(
+      chain.logits_fn, spy_warp, state, rank, jnp.full((num_rows,), length, jnp.int32),
+      jax.random.split(jax.random.key(5), num_rows), window=window, mask_id=chain.mask_id)
+  assert seen_shapes and all(shape == (num_rows, window, 4) for shape in seen_shapes), \
+      seen_shapes
+  # Drafts past the committed prefix are never written into the state.
+  tokens = np.asarray(out.tokens_BxL)
+  committed = np.asarray(out.start_B)
+  np.testing.assert_array_equal(tokens == chain.mask_id,
+                                np.arange(length)[None, :] >= committed[:, None])
+
+
+def test_the_last_target_keeps_its_draft_when_the_window_runs_past_the_set():
+  # At the set's last position the window's other targets are past the set; their
+  # clipped positions coincide with the last target's, which must still be decided
+  # from its own draft (or the residual), never left masked.
+  num_rows, length, window = 2000, 6, 3
+  chain = _independent_chain(length)
+  tokens = jnp.concatenate([jnp.zeros((num_rows, length - 1), jnp.int32),
+                            jnp.full((num_rows, 1), chain.mask_id, jnp.int32)], axis=1)
+  state = speculative.SpeculativeState(
+      tokens_BxL=tokens, draft_logits_BxLxV=jnp.zeros((num_rows, length, 4)),
+      start_B=jnp.full((num_rows,), length - 1, jnp.int32),
+      round_B=jnp.zeros((num_rows,), jnp.int32), stats=SampleStats.zeros(num_rows),
+      bad_logits_B=jnp.zeros((num_rows,), bool))
+  rank = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (num_rows, length))
+  out = jax.jit(functools.partial(
+      speculative.verification_round, chain.logits_fn,
+      functools.partial(warp_log_probs, mask_id=chain.mask_id), window=window,
+      mask_id=chain.mask_id))(state, rank, jnp.full((num_rows,), length, jnp.int32),
+                              jax.random.split(jax.random.key(6), num_rows))
+  last = np.asarray(out.tokens_BxL)[:, -1]
+  assert np.all(last != chain.mask_id)
+  np.testing.assert_array_equal(out.start_B, length)
+  # Drafted uniformly and accepted with min(1, p/q), or resampled: the target's law.
+  _, _, p_value = fj.stats.chi_square_gof(np.bincount(last, minlength=4), P_V)
+  assert p_value > 1e-3, p_value

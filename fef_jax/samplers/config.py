@@ -62,8 +62,8 @@ class SamplerConfig:
       denoiser: the denoiser's own prefix factorization) or `head` (targets
       from one pass of a causal head per round, the backbone run once per step:
       the head's joint; needs a head denoiser, see `fef_jax.samplers.head`).
-    drafter: FeF: `marginals` (each round drafts every position independently
-      from the denoiser's marginals) or `head` (a causal head drafts the
+    drafter: FeF: `marginals` (each round drafts its `window` targets
+      independently from the denoiser's marginals) or `head` (a causal head drafts the
       round's `window` targets one after another, each conditioned on the
       drafts before it; the copies still verify, so the set is an exact draw of
       the denoiser's prefix factorization whatever the head; needs a head
