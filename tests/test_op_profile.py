@@ -57,4 +57,7 @@ def test_the_benchmark_traces_each_sampler_on_cpu(tmp_path):
     assert row["ms_per_call"] > 0
     host = [p for p in row["processes"] if p["process"].startswith("/host")]
     assert host and host[0]["events_per_run"] > 0 and host[0]["top"]
+    assert row["loops"][0]["depth"] == 1 and row["loops"][0]["ops"] > 0
+  # FeF over the cache: its rounds are a loop inside the loop of steps.
+  assert max(loop["depth"] for loop in rows[1]["loops"] if loop["ops"] > 20) == 2
   assert "### `first_hitting`, batch 1" in (tmp_path / "op_profile.md").read_text()

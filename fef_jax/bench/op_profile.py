@@ -13,7 +13,9 @@ accelerator: `/device:GPU:0`, ...):
   durations are not additive; device kernels are, and `device_us_per_run` sums them.
 
 Besides the trace: `ms_per_call` (wall-clock of one `fj.sample` call, median of warm
-untraced calls) and `nfe` (its sequential denoiser calls). What one call costs beyond
+untraced calls), `nfe` (its sequential denoiser calls) and `loops` (the ops of each
+`while` body of the compiled program, `fef_jax.bench.loop_ops`: what a step and a
+round launch, counted without a GPU). What one call costs beyond
 its kernels, on a GPU, is `ms_per_call - device_us_per_run / 1000`: launches,
 while-loop predicates copied to the host, and the host's own work.
 """
@@ -32,6 +34,7 @@ import numpy as np
 
 import fef_jax as fj
 from fef_jax import models
+from fef_jax.bench import loop_ops
 from fef_jax.bench import timing
 from fef_jax.eval.exactness import parse_sampler
 
@@ -127,20 +130,26 @@ def measure(specs: Sequence[str], *, d_model: int = 96, num_layers: int = 3,
         return fj.sample(denoiser, tokens, key, method, mask_id=config.mask_id, **options)
 
       nfe = float(np.max(call().stats.nfe))
+      loops = loop_ops.sampler_loop_ops(denoiser, tokens, key, method, mask_id=config.mask_id,
+                                        **options)
       seconds = timing.median_seconds(call, repeats=max(5, runs))
       folder = os.path.join(trace_dir or scratch, f"{index:02d}")
       processes = summarize(trace_events(call, runs, folder), runs, top)
       rows.append({"sampler": spec, "batch": batch, "nfe": nfe, "ms_per_call": 1e3 * seconds,
+                   "loops": [{k: v for k, v in loop.items() if k != "kinds"} for loop in loops],
                    "processes": processes})
   return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  """Markdown: per sampler, its wall-clock and each process's top ops."""
+  """Markdown: per sampler, its wall-clock, its loop bodies' ops and each process's top
+  ops."""
   lines = []
   for row in rows:
     lines += [f"### `{row['sampler']}`, batch {row['batch']}: {row['ms_per_call']:.3f} ms "
               f"per `fj.sample` call, {row['nfe']:.0f} sequential calls", ""]
+    loops = ", ".join(f"depth {loop['depth']}: {loop['ops']}" for loop in row["loops"])
+    lines += [f"Ops per iteration of each `while` body (compiled, `loop_ops`): {loops}", ""]
     for process in row["processes"]:
       device = (f", device ops {process['device_us_per_run']:.1f} us per call"
                 if "device_us_per_run" in process else "")
