@@ -43,6 +43,7 @@ def test_fef_decides_the_whole_sequence_in_one_step_exactly(order, window):
     ("fef", dict(mode="joint_then_remask", steps=2, window=2)),
     ("fef", dict(steps=2, block_length=3, window=2, select="random")),
     ("first_hitting", {}),
+    ("first_hitting", dict(select="position")),
 ])
 def test_other_exact_samplers_match_the_joint(method, options):
   table = phrase_table()

@@ -9,6 +9,8 @@ import pytest
 
 import fef_jax as fj
 from fef_jax import noise
+from fef_jax import warp
+from fef_jax.samplers import selection
 from fef_jax.samplers import random_sizes
 from fef_jax.samplers.loop import StepContext
 
@@ -19,6 +21,8 @@ CONFIGS = [
     ("threshold", dict(factor=1.0)),
     ("eb", dict(gamma=0.5)),
     ("first_hitting", {}),
+    ("first_hitting", dict(select="position", block_length=3)),
+    ("first_hitting", dict(select="confidence")),  # the generic step: the plan reads x0
     ("random_sizes", dict(steps=3)),
     ("fef", dict(window=3)),
     ("fef", dict(window=2, steps=4, block_length=4, order="random", top_k=2)),
@@ -308,3 +312,38 @@ def test_random_sizes_draws_the_step_size_uniformly_from_one_to_twice_the_even_s
   _, _, p_value = fj.stats.chi_square_gof(np.bincount(sizes, minlength=8)[1:],
                                           np.full(7, 1 / 7))
   assert p_value > 1e-3
+
+
+@pytest.mark.parametrize("select, warped", [("random", "one position"),
+                                            ("position", "one position"),
+                                            ("entropy", "every position")])
+def test_first_hitting_warps_only_the_chosen_position_when_the_choice_reads_no_values(
+    select, warped, monkeypatch):
+  # With a value-free choice the position is chosen first: the step warps and draws
+  # [B, V], not the [B, L, V] of every position (the reference stays lean).
+  seen = []
+
+  def spy(logits, **kwargs):
+    seen.append(logits.shape)
+    return warp.warp_log_probs.__wrapped__(logits, **kwargs)
+
+  monkeypatch.setattr(warp, "warp_log_probs", functools.wraps(warp.warp_log_probs)(spy))
+  hmm, tokens = _hmm(), _prompts()
+  # A new denoiser object, so that the sampler is traced with the spy.
+  result = fj.sample(lambda t: hmm.logits_fn(t), tokens, jax.random.key(3), "first_hitting",
+                     mask_id=hmm.mask_id, select=select)
+  assert not np.any(np.asarray(result.tokens) == hmm.mask_id)
+  batch, length = tokens.shape
+  expected = (batch, hmm.vocab_size) if warped == "one position" else (
+      batch, length, hmm.vocab_size)
+  assert seen and all(shape == expected for shape in seen), seen
+
+
+def test_best_is_top_k_of_one():
+  rng = np.random.default_rng(0)
+  scores = jnp.asarray(rng.integers(0, 3, (200, 7)).astype(np.float32))  # many ties
+  eligible = jnp.asarray(rng.random((200, 7)) < 0.6).at[:, 3].set(True)
+  position = np.asarray(selection.best(scores, eligible))
+  np.testing.assert_array_equal(
+      np.asarray(selection.top_k(scores, eligible, jnp.ones((200,), jnp.int32))),
+      np.arange(7)[None, :] == position[:, None])

@@ -6,8 +6,11 @@ masked diffusion; `position` gives left-to-right autoregressive decoding) and
 draws it from its marginal given everything revealed so far. With `random`,
 `position` or `entropy` the choice depends only on revealed tokens, so with an
 exact denoiser the output is an exact draw from the joint (`confidence` scores
-the proposal's own value, which biases the choice). It costs one sequential call per generated token: the
-reference that faster samplers are measured against.
+the proposal's own value, which biases the choice). It costs one sequential call per
+generated token: the reference that faster samplers are measured against. With
+`random` or `position` the loop chooses the position before drawing, so a step warps
+and draws that position only (`fef_jax.samplers.loop.one_token_step`; `plan` below
+is the same choice, used with the other rules).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ One `lax.while_loop` over steps runs until no row has masks. Each step looks at
 the lowest unfinished block of every row and hands a `StepContext` to the
 method's *plan* (which positions to commit). Two *deciders* fill them in:
 `independent` (each position from its own marginal at the current state: one
-call per step, the usual parallel decoding) and the FeF deciders, which draw the
+call per step, the usual parallel decoding; `one_token_step` is its lean form for
+first-hitting with a value-free choice) and the FeF deciders, which draw the
 set from the prefix-conditioned factorization by speculative verification
 (optionally over one window of copies against a cached context:
 `fef_jax.samplers.cache`, or with a causal head: `fef_jax.samplers.head`). All
@@ -103,6 +104,15 @@ def _context(state: LoopState, eligible_BxL, steps_per_block_B, log_probs_BxLxV,
       uniform_BxN=plan_uniform_BxN)
 
 
+def _commit(state: LoopState, commit_BxL, values_BxL, bad_B, active_B) -> LoopState:
+  """A one-call step's result: `values` at the committed positions, one call and one
+  round per active row, and the rows whose logits were bad."""
+  stats = state.stats.add_calls(active_B)
+  stats = stats.replace(rounds=stats.rounds + active_B.astype(jnp.int32))
+  return state.replace(tokens_BxL=jnp.where(commit_BxL, values_BxL, state.tokens_BxL),
+                       stats=stats, bad_logits_B=state.bad_logits_B | (bad_B & active_B))
+
+
 def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
                      state: LoopState, block_BxL, steps_per_block_B, step_keys_B,
                      active_B) -> LoopState:
@@ -111,10 +121,37 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
   ctx = _context(state, _eligible(config, state, block_BxL), steps_per_block_B,
                  warp_fn(logits_BxLxV), step_keys_B)
   commit_BxL = plan(config, ctx) & ctx.eligible_BxL
-  stats = state.stats.add_calls(active_B)
-  stats = stats.replace(rounds=stats.rounds + active_B.astype(jnp.int32))
-  return state.replace(tokens_BxL=jnp.where(commit_BxL, ctx.x0_BxL, state.tokens_BxL),
-                       stats=stats, bad_logits_B=state.bad_logits_B | (bad_B & active_B))
+  return _commit(state, commit_BxL, ctx.x0_BxL, bad_B, active_B)
+
+
+# Selection rules that read neither the proposals nor the predictive distribution.
+VALUE_FREE_RULES = ("position", "random")
+
+
+def one_token_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
+                   state: LoopState, block_BxL, steps_per_block_B, step_keys_B,
+                   active_B) -> LoopState:
+  """First-hitting with a choice that reads no values (`select` in `VALUE_FREE_RULES`).
+
+  The same law as `independent_step` with the first-hitting plan (one eligible
+  position by the rule's score, drawn from its marginal), but the position is
+  chosen first, so only its logits are warped and only its token is drawn:
+  `[B, V]` work instead of the `[B, L, V]` warp and draw of every position, and
+  an argmax instead of the plan's sort. `plan` and `steps_per_block_B` are unused.
+  """
+  del plan, steps_per_block_B
+  logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, state.tokens_BxL, config.mask_id)
+  _, length, vocab_size = logits_BxLxV.shape
+  eligible_BxL = _eligible(config, state, block_BxL)
+  score_uniform_BxL, token_uniform_BxV = noise.uniforms(step_keys_B, (length, vocab_size))
+  position_B = selection.best(
+      selection.scores(config.select, None, state.tokens_BxL, score_uniform_BxL),
+      eligible_BxL)
+  log_probs_BxV = warp_fn(jnp.take_along_axis(logits_BxLxV, position_B[:, None, None],
+                                              axis=1)[:, 0])
+  token_B = noise.categorical(log_probs_BxV, token_uniform_BxV)
+  commit_BxL = eligible_BxL & (jnp.arange(length)[None, :] == position_B[:, None])
+  return _commit(state, commit_BxL, token_B[:, None], bad_B, active_B)
 
 
 def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
@@ -301,6 +338,8 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   draft_tokens_BxL = context = None
   unit = length if config.cache != "none" else 1
   step = independent_step
+  if config.method == "first_hitting" and config.select in VALUE_FREE_RULES:
+    step = one_token_step
   if _uses_head(config):
     unit = length * logits_fn.num_layers
   if _uses_head(config) and config.cache == "none":

@@ -46,6 +46,7 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
     position: leftmost first.
     random: uniformly random order: the uniforms `uniform_BxL[:, :L]` (drawn per
       row, so that rows stay independent; read only here) are the scores.
+  `position` and `random` read only `x0_BxL`'s shape (`log_probs_BxLxV` may be None).
   """
   batch, length = x0_BxL.shape
   if rule == "confidence":
@@ -74,6 +75,14 @@ def rank_by_score(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
   order_BxL = jnp.argsort(keyed_BxL, axis=1, stable=True)
   rank_BxL = jnp.argsort(order_BxL, axis=1, stable=True).astype(jnp.int32)
   return jnp.where(eligible_BxL, rank_BxL, length)
+
+
+def best(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
+  """int32[B]: the eligible position of highest score (the leftmost on ties), as
+  `top_k` with `k = 1` chooses it for scores without NaN; 0 in rows with none
+  eligible (callers mask those)."""
+  return jnp.argmax(jnp.where(eligible_BxL, scores_BxL.astype(jnp.float32), -jnp.inf),
+                    axis=1).astype(jnp.int32)
 
 
 def top_k(scores_BxL: jax.Array, eligible_BxL: jax.Array, k_B: jax.Array) -> jax.Array:
