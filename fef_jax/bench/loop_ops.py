@@ -2,8 +2,9 @@
 
 At batch 1 a small model's GPU call is launch-bound: each op of the loop body that
 a step or round runs is a kernel launch of a few microseconds whatever its size (on
-the H100 the comparison's three block-causal samplers cost 1.5-1.9 us per op of
-their CPU-compiled loop bodies, see BENCHMARKS.md "GPU"). Counting those ops needs
+the H100 the comparison's three block-causal samplers took 1.6-2.3 us per op of
+their CPU-compiled loop bodies per answer; op counts set the order of magnitude,
+not all of it: see BENCHMARKS.md, "Where the time goes"). Counting those ops needs
 no GPU: `while_bodies` reads the optimized HLO text of a compiled program and
 returns, for every `while` loop, its body's ops; `sampler_loop_ops` does it for one
 `fef_jax.sample` configuration. The count is the CPU compile's (XLA:GPU fuses
