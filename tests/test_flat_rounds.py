@@ -60,6 +60,9 @@ def _run(denoiser, tokens, config, flat: bool, monkeypatch):
     ("block_causal", 2, dict(block_length=2, window=3)),
     ("bidirectional", None, dict(window=2)),
     ("bidirectional", None, dict(block_length=4, window=3, temperature=0.7)),
+    # One step over the answer: the plan would choose every eligible position.
+    ("bidirectional", None, dict(steps=1, window=4, select="entropy")),
+    ("block_causal", 2, dict(steps=1, block_length=2, cache="exact", window=2)),
 ])
 def test_flat_rounds_make_the_step_loops_draws(attention, span, options, monkeypatch):
   config = samplers.make_config("fef", MASK_ID, **options)
@@ -81,6 +84,7 @@ def test_flat_rounds_make_the_step_loops_draws(attention, span, options, monkeyp
     (dict(cache="exact", block_length=2, window=2), True),
     (dict(cache="exact", block_length=2, window=3), False),  # refresh calls per block
     (dict(cache="approximate", block_length=2, window=2), False),  # refresh calls
+    (dict(steps=1), True),  # one step per block, as steps=None
     (dict(steps=4), False),  # a plan chooses the set
     (dict(order="random"), False),
     (dict(order="confidence"), False),

@@ -296,7 +296,8 @@ def flat_rounds(config: SamplerConfig, denoiser, length: int) -> bool:
   of steps each holding a loop of rounds (`fef_step`).
 
   It does when a step's set is the block's remaining masked positions, left to
-  right (`steps=None`, `order="left_to_right"`, `mode="commit_set"`), the
+  right (`steps=None`, or `steps=1`, which leaves one step per block too;
+  `order="left_to_right"`, `mode="commit_set"`), the
   copies verify marginal drafts, and entering a block costs no call (no cache,
   or exact-cache rounds that move the cache themselves, `cache.fused_rounds`).
   Then the undecided part of a set after any round is again such a set, so a
@@ -307,7 +308,8 @@ def flat_rounds(config: SamplerConfig, denoiser, length: int) -> bool:
   With refresh calls it would not pay: rows enter blocks at different rounds,
   so the batch would run a refresh in most rounds instead of once per block.
   """
-  return (config.method == "fef" and config.steps is None and config.order == "left_to_right"
+  return (config.method == "fef" and config.steps in (None, 1)
+          and config.order == "left_to_right"
           and config.mode == "commit_set" and not _uses_head(config)
           and (config.cache == "none" or cache.fused_rounds(config, denoiser, length)))
 
