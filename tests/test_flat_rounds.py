@@ -2,10 +2,10 @@
 
 Where a step's set is its block's remaining masked positions, left to right,
 FeF runs one `lax.while_loop` of verification rounds instead of a loop of steps
-each holding a loop of rounds, when entering a block costs no call
-(`loop.flat_rounds`). The two must make the same draws: same tokens and same
-statistics, bit for bit, with and without the exact cache, with gaps in the
-masks (the cache's refresh) and warps, at batch > 1.
+each holding a loop of rounds, for fused exact-cache rounds that usually decide a
+block (`loop.flat_rounds`). The two must make the same draws: same tokens and
+same statistics, bit for bit, with gaps in the masks (the cache's refresh) and
+warps, at batch > 1.
 """
 import dataclasses
 import functools
@@ -23,15 +23,15 @@ from fef_jax.samplers import selection
 VOCAB = 13
 MASK_ID = VOCAB
 LENGTH = 16
-BIDIRECTIONAL = models.TransformerConfig(
+BLOCK_CAUSAL = models.TransformerConfig(
     vocab_size=VOCAB, mask_id=MASK_ID, max_length=LENGTH, d_model=32, num_layers=2,
-    num_heads=2, mlp_dim=64)
+    num_heads=2, mlp_dim=64, attention="block_causal", block_length=2)
 STAT_NAMES = ("nfe", "sequences", "rounds", "tokens", "drafts_examined", "drafts_accepted")
 
 
 @functools.lru_cache(maxsize=None)
-def _denoiser(attention: str, block_length: int | None) -> models.Denoiser:
-  config = dataclasses.replace(BIDIRECTIONAL, attention=attention, block_length=block_length)
+def _denoiser(block_length: int) -> models.Denoiser:
+  config = dataclasses.replace(BLOCK_CAUSAL, block_length=block_length)
   return models.Denoiser(models.Transformer(config),
                          models.init_params(config, jax.random.key(0)))
 
@@ -53,20 +53,16 @@ def _run(denoiser, tokens, config, flat: bool, monkeypatch):
                                       for n in STAT_NAMES}, np.asarray(bad_B))
 
 
-@pytest.mark.parametrize("attention, span, options", [
-    ("block_causal", 2, dict(block_length=2, cache="exact", window=1)),
-    ("block_causal", 2, dict(block_length=2, cache="exact", window=2, top_k=4)),
-    ("block_causal", 2, dict(block_length=1, cache="exact", window=2)),
-    ("block_causal", 2, dict(block_length=2, window=3)),
-    ("bidirectional", None, dict(window=2)),
-    ("bidirectional", None, dict(block_length=4, window=3, temperature=0.7)),
-    # One step over the answer: the plan would choose every eligible position.
-    ("bidirectional", None, dict(steps=1, window=4, select="entropy")),
-    ("block_causal", 2, dict(steps=1, block_length=2, cache="exact", window=2)),
+@pytest.mark.parametrize("span, options", [
+    (2, dict(block_length=2, cache="exact", window=2)),
+    (2, dict(block_length=2, cache="exact", window=2, top_k=4, temperature=0.8)),
+    (2, dict(block_length=1, cache="exact", window=2)),  # two blocks per attention block
+    (2, dict(steps=1, block_length=2, cache="exact", window=2)),  # one step per block too
+    (1, dict(block_length=1, cache="exact", window=1)),
 ])
-def test_flat_rounds_make_the_step_loops_draws(attention, span, options, monkeypatch):
+def test_flat_rounds_make_the_step_loops_draws(span, options, monkeypatch):
   config = samplers.make_config("fef", MASK_ID, **options)
-  denoiser, tokens = _denoiser(attention, span), _prompts()
+  denoiser, tokens = _denoiser(span), _prompts()
   assert loop.flat_rounds(config, denoiser, LENGTH)
   flat_tokens, flat_stats, flat_bad = _run(denoiser, tokens, config, True, monkeypatch)
   step_tokens, step_stats, step_bad = _run(denoiser, tokens, config, False, monkeypatch)
@@ -80,20 +76,21 @@ def test_flat_rounds_make_the_step_loops_draws(attention, span, options, monkeyp
 
 
 @pytest.mark.parametrize("options, flat", [
-    (dict(), True),
     (dict(cache="exact", block_length=2, window=2), True),
+    (dict(cache="exact", block_length=2, window=2, steps=1), True),
+    (dict(cache="exact", block_length=2, window=1), False),  # two rounds per block
     (dict(cache="exact", block_length=2, window=3), False),  # refresh calls per block
+    (dict(cache="exact", block_length=2, window=2, steps=4), False),  # a plan's sets
+    (dict(cache="exact", block_length=2, window=2, order="random"), False),
+    (dict(cache="exact", block_length=2, window=2, mode="joint_then_remask", steps=4),
+     False),
+    (dict(cache="exact", block_length=2, window=2, drafter="head"), False),
+    (dict(window=2), False),  # no cache: a step is cheap beside W whole copies
     (dict(cache="approximate", block_length=2, window=2), False),  # refresh calls
-    (dict(steps=1), True),  # one step per block, as steps=None
-    (dict(steps=4), False),  # a plan chooses the set
-    (dict(order="random"), False),
-    (dict(order="confidence"), False),
-    (dict(mode="joint_then_remask", steps=4), False),
-    (dict(drafter="head", cache="exact", block_length=2, window=2), False),
-    (dict(verifier="head"), False),
 ])
-def test_flat_rounds_only_where_a_round_derives_its_set_and_blocks_cost_no_call(options, flat):
-  denoiser = _denoiser("block_causal", 2)
+def test_flat_rounds_only_where_a_round_usually_decides_a_block_and_blocks_cost_no_call(
+    options, flat):
+  denoiser = _denoiser(2)
   config = samplers.make_config("fef", MASK_ID, **options)
   assert loop.flat_rounds(config, denoiser, LENGTH) == flat
   assert not loop.flat_rounds(samplers.make_config("first_hitting", MASK_ID), denoiser, LENGTH)

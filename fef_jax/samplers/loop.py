@@ -9,11 +9,12 @@ first-hitting with a value-free choice) and the FeF deciders, which draw the
 set from the prefix-conditioned factorization by speculative verification
 (optionally over one window of copies against a cached context:
 `fef_jax.samplers.cache`, or with a causal head: `fef_jax.samplers.head`). Where
-a FeF step's set is its block's remaining masks left to right and entering a
-block costs no call, the loop runs rounds instead of steps (`flat_rounds`,
-`fef_round`): one loop, not a loop of steps each holding a loop of rounds, with
-the same draws. All randomness is derived per row from `fold_in(row_key,
-row_step)`, so a row's result does not depend on the other rows of the batch.
+a FeF step's set is its block's remaining masks left to right, entering a block
+costs no call and a round usually decides a block, the loop runs rounds instead
+of steps (`flat_rounds`, `fef_round`): one loop, not a loop of steps each holding
+a loop of rounds, with the same draws. All randomness is derived per row from
+`fold_in(row_key, row_step)`, so a row's result does not depend on the other
+rows of the batch.
 """
 from __future__ import annotations
 
@@ -297,21 +298,22 @@ def flat_rounds(config: SamplerConfig, denoiser, length: int) -> bool:
 
   It does when a step's set is the block's remaining masked positions, left to
   right (`steps=None`, or `steps=1`, which leaves one step per block too;
-  `order="left_to_right"`, `mode="commit_set"`), the
-  copies verify marginal drafts, and entering a block costs no call (no cache,
-  or exact-cache rounds that move the cache themselves, `cache.fused_rounds`).
-  Then the undecided part of a set after any round is again such a set, so a
-  round derives its targets from the state alone and needs no step around it.
-  Same draws, same statistics (the keys are the step loop's); one loop instead
-  of two and fewer ops per round, and in a batch a row that finishes its block
-  early starts the next one instead of waiting for the block's slowest row.
-  With refresh calls it would not pay: rows enter blocks at different rounds,
-  so the batch would run a refresh in most rounds instead of once per block.
+  `order="left_to_right"`, `mode="commit_set"`), and the rounds are fused
+  exact-cache rounds (`cache.fused_rounds`: marginal drafts, entering the next
+  block costs no call) of at least one copy per position of the attention
+  block. Then the undecided part of a set after any round is again such a set,
+  so a round derives its targets from the state alone and needs no step around
+  it, and a block is decided in one round unless a draft before the last is
+  rejected. Same draws, same statistics (the keys are the step loop's); one
+  loop instead of two, and fewer ops per block (a round redoes what a step did
+  once per block, which pays only where blocks take about one round). With
+  refresh calls it would not pay either: rows enter blocks at different rounds,
+  so a batch would run a refresh in most rounds instead of once per block.
   """
   return (config.method == "fef" and config.steps in (None, 1)
-          and config.order == "left_to_right"
-          and config.mode == "commit_set" and not _uses_head(config)
-          and (config.cache == "none" or cache.fused_rounds(config, denoiser, length)))
+          and config.order == "left_to_right" and config.mode == "commit_set"
+          and config.cache == "exact" and cache.fused_rounds(config, denoiser, length)
+          and config.window >= denoiser.block_length)
 
 
 def left_to_right_rank(eligible_BxL: jax.Array) -> jax.Array:
@@ -324,7 +326,7 @@ def left_to_right_rank(eligible_BxL: jax.Array) -> jax.Array:
 
 def fef_round(logits_fn: LogitsFn, warp_fn, config: SamplerConfig, state: LoopState,
               block_BxL: jax.Array, row_keys_B: jax.Array) -> LoopState:
-  """One FeF verification round over every row's current block (see `flat_rounds`).
+  """One fused exact-cache FeF round over every row's current block (see `flat_rounds`).
 
   The round's set is the block's masked positions, left to right: the
   undecided rest of the set that `fef_step` would have chosen on entering the
@@ -341,16 +343,13 @@ def fef_round(logits_fn: LogitsFn, warp_fn, config: SamplerConfig, state: LoopSt
                         step_B=state.step_B + entering_B.astype(jnp.int32),
                         block_step_B=jnp.where(entering_B, 0, state.block_step_B))
   in_block_BxL = block_BxL == cur_block_B[:, None]
-  denoiser = logits_fn
-  if config.cache != "none":
-    # Only a row that entered a block has a window that moved (and is refreshed).
-    state = _enter_window(logits_fn, config, state, in_block_BxL, active_B, 1)
-    denoiser = cache.evaluator(logits_fn, config, state.tokens_BxL.shape[1])
+  # Only a row that entered a block has a window that moved.
+  state = _enter_window(logits_fn, config, state, in_block_BxL, active_B, 1)
   eligible_BxL = masked_BxL & in_block_BxL
   step_keys_B = jax.vmap(jax.random.fold_in)(row_keys_B, state.step_B - 1)
   spec_keys_B = _split_rows(step_keys_B, 4)[3]
   decided = speculative.verification_round(
-      denoiser, warp_fn,
+      cache.evaluator(logits_fn, config, state.tokens_BxL.shape[1]), warp_fn,
       speculative.SpeculativeState(
           tokens_BxL=state.tokens_BxL, draft_logits_BxLxV=state.logits_BxLxV,
           start_B=jnp.zeros_like(state.step_B), round_B=state.block_step_B,
