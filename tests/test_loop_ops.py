@@ -78,7 +78,7 @@ def test_text_without_computations_is_rejected():
     loop_ops.while_bodies("not HLO at all")
 
 
-def test_cached_fef_rounds_run_in_a_step_loop_or_in_a_flat_loop():
+def test_a_cached_fef_sampler_has_a_round_loop_inside_its_step_loop():
   config = models.TransformerConfig(vocab_size=6, mask_id=6, max_length=8, d_model=16,
                                     num_layers=1, num_heads=1, mlp_dim=32,
                                     attention="block_causal", block_length=2)
@@ -87,22 +87,14 @@ def test_cached_fef_rounds_run_in_a_step_loop_or_in_a_flat_loop():
   tokens = np.array([[1, 2, 3, 4, 6, 6, 6, 6]], np.int32)
   key = jax.random.key(1)
   steps = loop_ops.sampler_loop_ops(denoiser, tokens, key, "first_hitting", mask_id=6)
+  rounds = loop_ops.sampler_loop_ops(denoiser, tokens, key, "fef", mask_id=6, block_length=2,
+                                     cache="exact", window=2)
   step_body = max(steps, key=lambda loop: loop["ops"])
   assert step_body["depth"] == 1 and step_body["ops"] > 20
-  # Three copies over blocks of two refresh the cache per block: a step loop over
-  # blocks holds the loop of rounds, which holds the model call.
-  nested = loop_ops.sampler_loop_ops(denoiser, tokens, key, "fef", mask_id=6, block_length=2,
-                                     cache="exact", window=3)
-  fef_step = max((loop for loop in nested if loop["depth"] == 1), key=lambda l: l["ops"])
-  fef_round = max((loop for loop in nested if loop["depth"] == 2), key=lambda l: l["ops"])
+  # FeF: a step loop over blocks, holding the loop of rounds, which holds the model call.
+  fef_step = max((loop for loop in rounds if loop["depth"] == 1), key=lambda l: l["ops"])
+  fef_round = max((loop for loop in rounds if loop["depth"] == 2), key=lambda l: l["ops"])
   assert fef_round["parent"] == fef_step["body"]
   assert fef_round["ops"] > 20 and fef_step["kinds"].get("while", 0) >= 1
-  # Two copies move the cache themselves (fused rounds): one flat loop of rounds, whose
-  # nested loops are the CPU's threefry loops only.
-  flat = loop_ops.sampler_loop_ops(denoiser, tokens, key, "fef", mask_id=6, block_length=2,
-                                   cache="exact", window=2)
-  flat_round = max(flat, key=lambda loop: loop["ops"])
-  assert flat_round["depth"] == 1 and flat_round["ops"] > 20
-  assert all(loop["ops"] < 20 for loop in flat if loop["depth"] > 1)
   with pytest.raises(ValueError):
     loop_ops.sampler_loop_ops(denoiser, tokens, key, "fef", mask_id=6, window=0)

@@ -8,13 +8,9 @@ call per step, the usual parallel decoding; `one_token_step` is its lean form fo
 first-hitting with a value-free choice) and the FeF deciders, which draw the
 set from the prefix-conditioned factorization by speculative verification
 (optionally over one window of copies against a cached context:
-`fef_jax.samplers.cache`, or with a causal head: `fef_jax.samplers.head`). Where
-a FeF step's set is its block's remaining masks left to right, entering a block
-costs no call and a round usually decides a block, the loop runs rounds instead
-of steps (`flat_rounds`, `fef_round`): one loop, not a loop of steps each holding
-a loop of rounds, with the same draws. All randomness is derived per row from
-`fold_in(row_key, row_step)`, so a row's result does not depend on the other
-rows of the batch.
+`fef_jax.samplers.cache`, or with a causal head: `fef_jax.samplers.head`). All
+randomness is derived per row from `fold_in(row_key, row_step)`, so a row's
+result does not depend on the other rows of the batch.
 """
 from __future__ import annotations
 
@@ -292,77 +288,6 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
                        bad_logits_B=state.bad_logits_B | decided.bad_logits_B)
 
 
-def flat_rounds(config: SamplerConfig, denoiser, length: int) -> bool:
-  """Whether FeF runs as one loop of verification rounds (`fef_round`), not a loop
-  of steps each holding a loop of rounds (`fef_step`).
-
-  It does when a step's set is the block's remaining masked positions, left to
-  right (`steps=None`, or `steps=1`, which leaves one step per block too;
-  `order="left_to_right"`, `mode="commit_set"`), and the rounds are fused
-  exact-cache rounds (`cache.fused_rounds`: marginal drafts, entering the next
-  block costs no call) of at least one copy per position of the attention
-  block. Then the undecided part of a set after any round is again such a set,
-  so a round derives its targets from the state alone and needs no step around
-  it, and a block is decided in one round unless a draft before the last is
-  rejected. Same draws, same statistics (the keys are the step loop's); one
-  loop instead of two, and fewer ops per block (a round redoes what a step did
-  once per block, which pays only where blocks take about one round). With
-  refresh calls it would not pay either: rows enter blocks at different rounds,
-  so a batch would run a refresh in most rounds instead of once per block.
-  """
-  return (config.method == "fef" and config.steps in (None, 1)
-          and config.order == "left_to_right" and config.mode == "commit_set"
-          and config.cache == "exact" and cache.fused_rounds(config, denoiser, length)
-          and config.window >= denoiser.block_length)
-
-
-def left_to_right_rank(eligible_BxL: jax.Array) -> jax.Array:
-  """int32[B, L]: each eligible position's rank among the eligible ones, left to right;
-  L for the others (`selection.rank_by_score` of the `position` scores, without its
-  two sorts)."""
-  length = eligible_BxL.shape[1]
-  return jnp.where(eligible_BxL, jnp.cumsum(eligible_BxL, axis=1) - 1, length).astype(jnp.int32)
-
-
-def fef_round(logits_fn: LogitsFn, warp_fn, config: SamplerConfig, state: LoopState,
-              block_BxL: jax.Array, row_keys_B: jax.Array) -> LoopState:
-  """One fused exact-cache FeF round over every row's current block (see `flat_rounds`).
-
-  The round's set is the block's masked positions, left to right: the
-  undecided rest of the set that `fef_step` would have chosen on entering the
-  block, in the same order. `step_B` counts the blocks entered and
-  `block_step_B` the rounds run in the current one, so the round's key is
-  the one the step loop's round would use: round `block_step` of the set
-  decided with the step key `fold_in(row_key, step - 1)`.
-  """
-  masked_BxL = state.tokens_BxL == config.mask_id
-  active_B = jnp.any(masked_BxL, axis=1)
-  cur_block_B = selection.current_block(masked_BxL, block_BxL)
-  entering_B = active_B & (cur_block_B != state.cur_block_B)
-  state = state.replace(cur_block_B=cur_block_B,
-                        step_B=state.step_B + entering_B.astype(jnp.int32),
-                        block_step_B=jnp.where(entering_B, 0, state.block_step_B))
-  in_block_BxL = block_BxL == cur_block_B[:, None]
-  # Only a row that entered a block has a window that moved.
-  state = _enter_window(logits_fn, config, state, in_block_BxL, active_B, 1)
-  eligible_BxL = masked_BxL & in_block_BxL
-  step_keys_B = jax.vmap(jax.random.fold_in)(row_keys_B, state.step_B - 1)
-  spec_keys_B = _split_rows(step_keys_B, 4)[3]
-  decided = speculative.verification_round(
-      cache.evaluator(logits_fn, config, state.tokens_BxL.shape[1]), warp_fn,
-      speculative.SpeculativeState(
-          tokens_BxL=state.tokens_BxL, draft_logits_BxLxV=state.logits_BxLxV,
-          start_B=jnp.zeros_like(state.step_B), round_B=state.block_step_B,
-          stats=state.stats, bad_logits_B=state.bad_logits_B,
-          draft_tokens_BxL=state.draft_tokens_BxL, context=state.context),
-      left_to_right_rank(eligible_BxL), jnp.sum(eligible_BxL, axis=1).astype(jnp.int32),
-      spec_keys_B, window=config.window, mask_id=config.mask_id)
-  return state.replace(tokens_BxL=decided.tokens_BxL, logits_BxLxV=decided.draft_logits_BxLxV,
-                       draft_tokens_BxL=decided.draft_tokens_BxL, context=decided.context,
-                       stats=decided.stats, bad_logits_B=decided.bad_logits_B,
-                       block_step_B=state.block_step_B + active_B.astype(jnp.int32))
-
-
 def steps_per_block(config: SamplerConfig, masked_BxL: jax.Array,
                     block_length: int) -> jax.Array:
   """int32[B]: each block's step budget: `steps` split evenly over the row's blocks.
@@ -433,9 +358,6 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
       logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, tokens_BxL, config.mask_id)
     stats = stats.add_calls(jnp.ones((batch,), bool), units=unit)
 
-  def round_body(state: LoopState) -> LoopState:
-    return fef_round(logits_fn, warp_fn, config, state, block_BxL, row_keys_B)
-
   def body(state: LoopState) -> LoopState:
     masked_BxL = state.tokens_BxL == config.mask_id
     active_B = jnp.any(masked_BxL, axis=1)
@@ -457,15 +379,9 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   # steps, which may commit none but end each block within its step budget; the
   # bound only guards against a plan that commits nothing.
   max_steps = length + (config.steps or 0)
-  if flat_rounds(config, logits_fn, length):
-    # Every round commits at least one token per unfinished row.
-    final = jax.lax.while_loop(
-        lambda s: jnp.any(s.tokens_BxL == config.mask_id) & (jnp.max(s.stats.rounds) < length),
-        round_body, init)
-  else:
-    final = jax.lax.while_loop(
-        lambda s: jnp.any(s.tokens_BxL == config.mask_id) & (jnp.max(s.step_B) < max_steps),
-        body, init)
+  final = jax.lax.while_loop(
+      lambda s: jnp.any(s.tokens_BxL == config.mask_id) & (jnp.max(s.step_B) < max_steps),
+      body, init)
   stats = final.stats.replace(tokens=jnp.sum(masked_BxL, axis=1).astype(jnp.int32),
                               sequences=(final.stats.sequences + unit - 1) // unit)
   return SampleResult(tokens=final.tokens_BxL, stats=stats), final.bad_logits_B
