@@ -453,13 +453,27 @@ def attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxGxK: jax.Array, v_BxCxSxGxK: jax
   """Attention of `C` copies of a span over their own span and one shared context.
 
   One softmax over [context keys, own span keys], with the numerics of
-  `jax.nn.dot_product_attention` (logits and softmax in float32); the context is
-  broadcast over the copies, never copied. Keys and values may have fewer heads
-  `G` than the queries' `H` (grouped-query attention: query head `h` reads key
-  head `h // (H / G)`). Returns `[B, C, S, H, K]`.
+  `jax.nn.dot_product_attention` (logits and softmax in float32). Keys and values
+  may have fewer heads `G` than the queries' `H` (grouped-query attention: query
+  head `h` reads key head `h // (H / G)`). Returns `[B, C, S, H, K]`.
+
+  Several copies attend to the context broadcast over them, never copied. One copy
+  (a fused FeF round's packed row, `Transformer.extend_shared`) attends to the
+  context and its span joined into one key sequence, as a full pass does: one
+  attention instead of two halves and their join, 3-5% of a cached FeF answer on
+  the 2-core CPU (BENCHMARKS.md, "Where the time goes").
   """
   b, c, s, h, k = q_BxCxSxHxK.shape
   groups = k_BxCxSxGxK.shape[3]
+  if c == 1:
+    length = context_k_BxLxGxK.shape[1]
+    mask_BxSxN = jnp.concatenate(
+        [jnp.broadcast_to(context_mask_BxL[:, None, :], (b, s, length)), span_mask_BxSxS],
+        axis=2)
+    return jax.nn.dot_product_attention(
+        q_BxCxSxHxK[:, 0], jnp.concatenate([context_k_BxLxGxK, k_BxCxSxGxK[:, 0]], axis=1),
+        jnp.concatenate([context_v_BxLxGxK, v_BxCxSxGxK[:, 0]], axis=1),
+        mask=mask_BxSxN[:, None], implementation="xla")[:, None]
   q = q_BxCxSxHxK.reshape(b, c, s, groups, h // groups, k)
   logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
   scale = jnp.array(1.0 / math.sqrt(k), logits_dtype)
