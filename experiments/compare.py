@@ -24,6 +24,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fef_jax import compile_cache
+from fef_jax.bench import timing
 from fef_jax.eval import compare
 from fef_jax.models import spec_head
 from fef_jax.train import run
@@ -61,11 +62,13 @@ def main(argv):
                     "head_layers": model_config.model.head_layers,
                     "train_steps": int(out["state"].step), "final_metrics": out["metrics"]}
   info = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-          "jax": jax.__version__, "python": platform.python_version(),
+          "host": timing.host_info(), "jax": jax.__version__,
+          "python": platform.python_version(),
           "task": config.data.task, "task_kwargs": dict(config.data.task_kwargs),
           "models": models}
   paths = compare.write(rows, _WORKDIR.value, info)
   print(compare.format_table(rows))
+  print("host:", info["host"])
   print("written:", ", ".join(paths.values()))
 
 
