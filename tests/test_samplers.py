@@ -237,6 +237,20 @@ def test_bad_options_are_rejected_clearly(options, error, match):
     _sample(**options)
 
 
+def test_checked_configs_are_reused_but_a_bad_value_of_an_equal_key_is_still_refused():
+  # make_config caches what it checked; 1 == True == 1.0 as dict keys, so the cache key
+  # must carry each value's type, or `steps=True` would reuse `steps=1`'s config.
+  make = fj.samplers.make_config
+  assert make("fef", 5, steps=1, window=2) is make("fef", 5, window=2, steps=1)
+  with pytest.raises(ValueError, match="steps must be a positive integer"):
+    make("fef", 5, steps=True, window=2)
+  with pytest.raises(ValueError, match="window must be an integer"):
+    make("fef", 5, steps=1, window=2.0)
+  with pytest.raises(ValueError, match="steps must be a positive integer"):
+    make("fef", 5, steps=[1])  # unhashable: checked without the cache
+  assert make("fef", np.int64(5), window=np.int32(3)).window == 3
+
+
 def test_bad_denoisers_are_rejected_clearly():
   with pytest.raises(ValueError, match=r"float\[N, L, V\]"):
     _sample(logits_fn=lambda t: jnp.zeros((t.shape[0], 4)))

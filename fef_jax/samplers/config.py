@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Optional
 
@@ -114,12 +115,34 @@ def _is_real(value: Any) -> bool:
 def make_config(method: str, mask_id: int, **options: Any) -> SamplerConfig:
   """Checks a method name and its options and returns the resolved config.
 
+  Configs already checked come from a cache: checking costs ~15 us, about 1% of a
+  10-token answer of the comparison's model at batch 1, on every `fef_jax.sample`
+  call. Each value's type is part of the cache key, so `steps=True` is still
+  refused after `steps=1` was accepted; failures are never cached.
+
   Raises:
     ValueError: unknown method, or an option value out of range (the message
       names the option and the valid range).
     TypeError: an option that the method does not take (the message lists the
       ones it does).
   """
+  key = (method, type(mask_id), mask_id,
+         tuple(sorted((name, type(value), value) for name, value in options.items())))
+  try:
+    hash(key)
+  except TypeError:  # an unhashable value: checked (and refused) without the cache
+    return _checked_config(method, mask_id, options)
+  return _cached_config(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_config(key: tuple[Any, ...]) -> SamplerConfig:
+  method, _, mask_id, options = key
+  return _checked_config(method, mask_id, {name: value for name, _, value in options})
+
+
+def _checked_config(method: str, mask_id: int, options: dict[str, Any]) -> SamplerConfig:
+  """`make_config`'s checks and resolution, uncached."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
   unknown = sorted(set(options) - set(METHOD_OPTIONS[method]))
