@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from fef_jax import noise
 from fef_jax import posterior
 from fef_jax import speculative
+from fef_jax import unrolled_threefry
 from fef_jax import warp
 from fef_jax.samplers import cache
 from fef_jax.samplers import head
@@ -311,7 +312,8 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   Args:
     logits_fn: denoiser, int32[N, L] -> float[N, L, V].
     tokens_BxL: int32 prompts; `config.mask_id` marks the positions to sample.
-    key: PRNG key (split into one key per row).
+    key: PRNG key (split into one key per row; a threefry key draws through
+      `fef_jax.unrolled_threefry`, the same values).
     config: resolved options (static).
     plan: the method's choice of positions to commit at each step.
 
@@ -332,7 +334,9 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   block_length = config.block_length or length
   block_BxL = selection.generation_blocks(masked_BxL, block_length)
   budget_B = steps_per_block(config, masked_BxL, block_length)
-  row_keys_B = jax.random.split(key, batch)
+  # The same draws; the hash unrolled keeps XLA:CPU from running each draw as a
+  # nested loop (see fef_jax.unrolled_threefry).
+  row_keys_B = jax.random.split(unrolled_threefry.as_unrolled(key), batch)
   stats = SampleStats.zeros(batch)
   logits_BxLxV, bad_B = None, jnp.zeros((batch,), bool)
   draft_tokens_BxL = context = None
