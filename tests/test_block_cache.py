@@ -19,6 +19,7 @@ import pytest
 
 import fef_jax as fj
 from fef_jax import models
+from fef_jax.samplers import cache
 from fef_jax.train import optim
 from fef_jax.train import run
 from fef_jax.train import step as train_lib
@@ -419,6 +420,24 @@ def test_bad_cache_requests_raise(denoiser, options, error, message):
   with pytest.raises(TypeError, match="cache"):
     fj.sample(table.logits_fn, tokens, jax.random.key(0), "confidence",
               mask_id=table.mask_id, cache="exact")
+
+
+def test_a_checked_mask_layout_is_remembered_but_a_bad_one_raises_every_time():
+  # check_denoiser remembers small mask layouts it checked (a batch-1 call's fixed cost);
+  # a bad layout must still raise on every call, with the same message as unremembered.
+  oracle = fj.oracles.BlockCausal(_phrase_table6(), 2)
+  good = np.full((2, 6), oracle.mask_id, np.int32)
+  good[:, :2] = 1
+  bad = good.copy()
+  bad[1, 2] = 1  # row 1's masks start at 3: its first block (3, 4) straddles two
+  check = functools.partial(cache.check_denoiser, oracle, "exact", 2, oracle.mask_id, 6)
+  for _ in range(2):
+    check(good)
+    with pytest.raises(ValueError, match=r"generation block 0 of row 1 \(positions 3..4\)"):
+      check(bad)
+  many = np.tile(bad, (cache._MEMO_POSITIONS // 12 + 1, 1))  # too many to remember
+  with pytest.raises(ValueError, match=r"generation block 0 of row 1 \(positions 3..4\)"):
+    check(many)
 
 
 def test_cached_fef_under_jit_and_eagerly_agree():

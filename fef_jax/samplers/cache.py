@@ -71,6 +71,7 @@ How the sampler uses it (`fef_jax.samplers.loop`):
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Protocol
 
 import flax.struct
@@ -171,8 +172,7 @@ def check_denoiser(denoiser: Any, mode: str, block_length: int, mask_id: int, le
     if block_length > length:
       raise ValueError(f"cache='approximate': block_length={block_length} exceeds the "
                        f"sequence length {length}")
-    _check_blocks(tokens_BxL, mask_id, block_length, lambda positions, first: (
-        positions - first >= block_length), "approximate",
+    _check_blocks(tokens_BxL, mask_id, block_length, None, "approximate",
         f"spans more than block_length={block_length} positions; the window of the "
         f"approximate cache holds block_length positions from the block's first mask, "
         f"so the masks of a block must be contiguous: use cache='none' for scattered masks")
@@ -190,29 +190,60 @@ def check_denoiser(denoiser: Any, mode: str, block_length: int, mask_id: int, le
     raise ValueError(f"cache='exact': block_length={block_length} exceeds the denoiser's "
                      f"block_length={span}, so a generation block cannot lie inside one "
                      f"attention block")
-  _check_blocks(tokens_BxL, mask_id, block_length, lambda positions, first: (
-      positions // span != first // span), "exact",
+  _check_blocks(tokens_BxL, mask_id, block_length, span, "exact",
       f"crosses an attention block boundary (denoiser block_length={span}); every block "
       f"of block_length={block_length} masked positions must lie in one attention block: "
       f"use a block_length dividing {span} and prompts whose length is a multiple of {span}")
 
 
 def _check_blocks(tokens_BxL: np.ndarray | None, mask_id: int, block_length: int,
-                  outside: Any, mode: str, problem: str) -> None:
-  """Raises ValueError naming the first generation block with a masked position for
-  which `outside(position, position of the block's first mask)` holds."""
+                  span: int | None, mode: str, problem: str) -> None:
+  """Raises ValueError naming the first generation block whose masked positions do not
+  all lie in its first position's attention block of `span` positions (`span` None:
+  within `block_length` positions of it)."""
   if tokens_BxL is None:
     return
-  masked_BxL = tokens_BxL == mask_id
+  masked_BxL = np.asarray(tokens_BxL == mask_id)
+  if masked_BxL.size <= _MEMO_POSITIONS:
+    bad = _memo_misplaced_block(masked_BxL.shape, masked_BxL.tobytes(), block_length, span)
+  else:
+    bad = _misplaced_block(masked_BxL, block_length, span)
+  if bad is not None:
+    row, block, first, position = bad
+    raise ValueError(f"cache={mode!r}: generation block {block} of row {row} "
+                     f"(positions {first}..{position}) {problem}")
+
+
+# Batches up to this many positions have each mask layout checked once: prompts of one
+# layout recur, and at batch 1 the check's ~20 us, spent while the runtime's threads
+# idle, cost ~0.1 ms of a 1.5 ms answer on a 2-core CPU (BENCHMARKS.md).
+_MEMO_POSITIONS = 1 << 14
+
+
+@functools.lru_cache(maxsize=256)
+def _memo_misplaced_block(shape: tuple[int, ...], masked_bytes: bytes, block_length: int,
+                          span: int | None) -> tuple[int, int, int, int] | None:
+  return _misplaced_block(np.frombuffer(masked_bytes, bool).reshape(shape), block_length,
+                          span)
+
+
+def _misplaced_block(masked_BxL: np.ndarray, block_length: int, span: int | None
+                     ) -> tuple[int, int, int, int] | None:
+  """(row, generation block, its first masked position, the offending position) of the
+  first misplaced masked position (see `_check_blocks`), or None."""
   rows, positions = np.nonzero(masked_BxL)
   block = (np.cumsum(masked_BxL, axis=1)[rows, positions] - 1) // block_length
   starts = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (block[1:] != block[:-1])])
   first = np.repeat(positions[starts], np.diff(np.r_[starts, rows.size]))
-  bad = np.flatnonzero(outside(positions, first))
-  if bad.size:
-    i = bad[0]
-    raise ValueError(f"cache={mode!r}: generation block {block[i]} of row {rows[i]} "
-                     f"(positions {first[i]}..{positions[i]}) {problem}")
+  if span is None:
+    outside = positions - first >= block_length
+  else:
+    outside = positions // span != first // span
+  bad = np.flatnonzero(outside)
+  if not bad.size:
+    return None
+  i = bad[0]
+  return int(rows[i]), int(block[i]), int(first[i]), int(positions[i])
 
 
 def window_start(mode: str, in_block_BxL: jax.Array, span: int) -> jax.Array:
