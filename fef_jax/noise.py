@@ -1,11 +1,13 @@
 """The samplers' randomness: one draw of uniforms per row and use, shared by its consumers.
 
-On CPU every threefry call (`jax.random.split`, `fold_in`, `uniform`,
-`categorical`) is a rolled loop of five rounds, which inside a sampler's
-`lax.while_loop` costs as much as a small model's layer at batch 1. So a step
-or round draws all the uniforms it needs in one call (`uniforms`) and derives
-categorical draws from them by the Gumbel-max trick (`categorical`), instead of
-one call per use. The draws are the same distributions as `jax.random`'s.
+Every `jax.random` call (`split`, `fold_in`, `uniform`, `categorical`) hashes
+counters, and on CPU JAX's threefry hash was a rolled loop of five rounds, which
+inside a sampler's `lax.while_loop` cost as much as a small model's layer at
+batch 1. So a step or round draws all the uniforms it needs in one call
+(`uniforms`) and derives categorical draws from them by the Gumbel-max trick
+(`categorical`), instead of one call per use; the samplers' threefry keys also
+hash without that loop (`fef_jax.unrolled_threefry`). The draws are the same
+distributions as `jax.random`'s.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ compiles faster than the 20 rounds written out). Inside a sampler's `while` loop
 each `jax.random` call is then a nested loop with its own XLA:CPU executor, and on
 a 2-core Xeon at batch 1 those nested loops moved the sampler's work between the two
 cores several times per answer: cached FeF (`W=2`, the comparison's model) took
-1.54-1.65 ms per answer on two cores against 1.26-1.31 ms pinned to one, with ~9.5
-voluntary context switches per answer; with the hash unrolled, 1.17 ms and ~3.6
+1.58-1.72 ms per answer on two cores against 1.30-1.35 ms pinned to one, with ~9.6
+voluntary context switches per answer; with the hash unrolled, 1.11-1.16 ms and ~3.6
 (BENCHMARKS.md, "Where the time goes").
 
 `as_unrolled(key)` re-wraps a threefry key as a key of `IMPL`, whose `split`,

@@ -8,9 +8,9 @@ not all of it: see BENCHMARKS.md, "Where the time goes"). Counting those ops nee
 no GPU: `while_bodies` reads the optimized HLO text of a compiled program and
 returns, for every `while` loop, its body's ops; `sampler_loop_ops` does it for one
 `fef_jax.sample` configuration. The count is the CPU compile's (XLA:GPU fuses
-somewhat differently, and on CPU each threefry call is a `while` loop of its own,
-which a GPU runs as one kernel), so it ranks and sizes loop overheads rather than
-predicting a GPU's kernel count exactly.
+somewhat differently; JAX's own threefry keys hash in a `while` loop of their own
+on CPU, which the samplers avoid, `fef_jax.unrolled_threefry`), so it ranks and
+sizes loop overheads rather than predicting a GPU's kernel count exactly.
 """
 from __future__ import annotations
 
