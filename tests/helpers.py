@@ -1,12 +1,23 @@
 """Small shared builders for the sampler tests."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fef_jax as fj
+from fef_jax import models
 
 
 def all_masked(batch, length, mask_id):
   return jnp.full((batch, length), mask_id, jnp.int32)
+
+
+def tiny_block_causal_denoiser():
+  """A random-init block-causal transformer: V=6 (mask 6), L=8, attention blocks of 2."""
+  config = models.TransformerConfig(vocab_size=6, mask_id=6, max_length=8, d_model=16,
+                                    num_layers=1, num_heads=1, mlp_dim=32,
+                                    attention="block_causal", block_length=2)
+  return models.Denoiser(models.Transformer(config),
+                         models.init_params(config, jax.random.key(0)))
 
 
 def phrase_table():

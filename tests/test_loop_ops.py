@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from fef_jax import models
 from fef_jax.bench import loop_ops
+from tests.helpers import tiny_block_causal_denoiser
 
 # A hand-written module: the entry loops over `outer`, whose body calls `helper`,
 # which loops over `inner`; the outer body also runs a conditional whose branch loops.
@@ -79,11 +79,7 @@ def test_text_without_computations_is_rejected():
 
 
 def test_a_cached_fef_sampler_has_a_round_loop_inside_its_step_loop():
-  config = models.TransformerConfig(vocab_size=6, mask_id=6, max_length=8, d_model=16,
-                                    num_layers=1, num_heads=1, mlp_dim=32,
-                                    attention="block_causal", block_length=2)
-  denoiser = models.Denoiser(models.Transformer(config),
-                             models.init_params(config, jax.random.key(0)))
+  denoiser = tiny_block_causal_denoiser()
   tokens = np.array([[1, 2, 3, 4, 6, 6, 6, 6]], np.int32)
   key = jax.random.key(1)
   steps = loop_ops.sampler_loop_ops(denoiser, tokens, key, "first_hitting", mask_id=6)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import fef_jax as fj
-from fef_jax import models
 from fef_jax import unrolled_threefry
 from fef_jax.bench import loop_ops
+from tests.helpers import tiny_block_causal_denoiser
 
 
 def _data(key):
@@ -67,13 +67,8 @@ def test_raw_threefry_keys_are_rewrapped_and_other_keys_left_alone():
 
 @pytest.fixture(scope="module")
 def block_causal():
-  config = models.TransformerConfig(vocab_size=6, mask_id=6, max_length=8, d_model=16,
-                                    num_layers=1, num_heads=1, mlp_dim=32,
-                                    attention="block_causal", block_length=2)
-  denoiser = models.Denoiser(models.Transformer(config),
-                             models.init_params(config, jax.random.key(0)))
   tokens = np.array([[1, 2, 3, 4, 6, 6, 6, 6], [5, 1, 6, 6, 6, 6, 6, 6]], np.int32)
-  return denoiser, tokens
+  return tiny_block_causal_denoiser(), tokens
 
 
 @pytest.fixture
