@@ -89,8 +89,12 @@ def as_unrolled(key: jax.Array) -> jax.Array:
 
   A threefry key is a typed key of impl `threefry2x32`, or a raw uint32 key
   (last axis 2) while threefry is JAX's default impl. The result draws the same
-  values from every `jax.random` function as `key` does.
+  values from every `jax.random` function as `key` does. With
+  `jax_threefry_partitionable` off, JAX lays out threefry's counters otherwise, and
+  the key is returned unchanged.
   """
+  if not jax.config.jax_threefry_partitionable:
+    return key
   if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     if str(jax.random.key_impl(key)) != "threefry2x32":
       return key

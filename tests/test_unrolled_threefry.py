@@ -65,6 +65,12 @@ def test_raw_threefry_keys_are_rewrapped_and_other_keys_left_alone():
   assert unrolled_threefry.as_unrolled(not_a_key) is not_a_key
 
 
+def test_keys_stay_jax_threefry_where_its_counters_are_laid_out_otherwise():
+  key = jax.random.key(5)
+  with jax.threefry_partitionable(False):
+    assert unrolled_threefry.as_unrolled(key) is key
+
+
 @pytest.fixture(scope="module")
 def block_causal():
   tokens = np.array([[1, 2, 3, 4, 6, 6, 6, 6], [5, 1, 6, 6, 6, 6, 6, 6]], np.int32)

@@ -32,7 +32,7 @@ def host_info() -> dict[str, Any]:
 
   CPU timings depend on all of them, and not only in scale: on a 2-core Xeon at
   batch 1, before `fef_jax.unrolled_threefry`, XLA:CPU's thread pool slowed the cached
-  FeF samplers by 20-30% and first-hitting by 5% against the same process pinned to
+  FeF samplers by 17-32% and first-hitting by 5% against the same process pinned to
   one core, while on the CPU of earlier runs cached FeF was the faster (BENCHMARKS.md).
   Reads `/proc/cpuinfo` and `/sys` where they exist (Linux); elsewhere the model is
   `platform.processor()` and the rest is left empty.
