@@ -51,18 +51,17 @@ def hash_2x32(key1: jax.Array, key2: jax.Array, count1: jax.Array,
   return x1, x2
 
 
-def _counts(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-  """The (high, low) words of a row-major uint64 iota of `shape`."""
+def _hashed_iota(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """The hash of a row-major uint64 iota of `shape`, given as (high, low) uint32 words."""
   size = math.prod(shape)
   if size >= 2 ** 32:
     raise NotImplementedError(f"random bits of {size} >= 2**32 entries")
   low = jax.lax.iota(jnp.uint32, size).reshape(shape)
-  return jnp.zeros_like(low), low
+  return hash_2x32(key[0], key[1], jnp.zeros_like(low), low)
 
 
 def _split(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  bits1, bits2 = hash_2x32(key[0], key[1], *_counts(shape))
-  return jnp.stack([bits1, bits2], axis=-1)
+  return jnp.stack(_hashed_iota(key, shape), axis=-1)
 
 
 def _fold_in(key: jax.Array, data: jax.Array) -> jax.Array:
@@ -73,7 +72,7 @@ def _fold_in(key: jax.Array, data: jax.Array) -> jax.Array:
 
 
 def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.Array:
-  bits1, bits2 = hash_2x32(key[0], key[1], *_counts(shape))
+  bits1, bits2 = _hashed_iota(key, shape)
   if bit_width == 64:
     return (bits1.astype(jnp.uint64) << np.uint64(32)) | bits2.astype(jnp.uint64)
   return (bits1 ^ bits2).astype({8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[bit_width])

@@ -44,6 +44,14 @@ def test_every_draw_equals_jax_threefry_bit_for_bit(seed):
   jax.tree.map(np.testing.assert_array_equal, _draws(unrolled), _draws(key))
 
 
+def test_64_bit_draws_equal_jax_threefry_with_x64_enabled():
+  with jax.enable_x64(True):
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(
+        jax.random.bits(unrolled_threefry.as_unrolled(key), (2, 5), jnp.uint64),
+        jax.random.bits(key, (2, 5), jnp.uint64))
+
+
 def test_the_hash_matches_the_threefry_paper_test_vectors():
   # Random123's known-answer vectors for Threefry-2x32 with 20 rounds.
   cases = [((0x0, 0x0), (0x0, 0x0), (0x6b200159, 0x99ba4efe)),
