@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fef_jax.data import pipeline
@@ -190,10 +191,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   if restored is not None:
     state, data_state = restored
     iterator.restore(data_state)
-  if progress:  # before compiling, which is where a model too large fails
-    tqdm.write(memory.format_estimate(memory.estimate(
-        model.config, config.batch_size, source.arrays["tokens"].shape[1], state,
-        mesh.shape["data"] * mesh.shape["fsdp"], config.loss.get("logits_chunk", 0))))
+  estimate = memory.estimate(  # before compiling, which is where a model too large fails
+      model.config, config.batch_size, source.arrays["tokens"].shape[1], state,
+      mesh.shape["data"] * mesh.shape["fsdp"], config.loss.get("logits_chunk", 0))
+  if progress:
+    tqdm.write(memory.format_estimate(estimate))
+  too_large = memory.fit_warning(estimate, memory.device_limit_bytes())
+  if too_large:
+    logging.warning("%s", too_large)
   max_skipped = config.get("skip_nonfinite_steps", 0)
   finite = divergence.FiniteWatch(max_skipped)
   step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
