@@ -33,6 +33,10 @@ def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
                "pipelined_step_s", "checkpoint_call_s"):
     assert result[name] > 0, name
   assert result["checkpoint_total_s"] >= result["checkpoint_call_s"]
+  assert result["dispatch_s"] > 0 and "dispatch, resident batch" in (
+      tmp_path / "benchmark_train.md").read_text()
+  for loop in ("unprefetched_host_s", "pipelined_host_s"):
+    assert set(result[loop]) == {"batch", "call"} and min(result[loop].values()) > 0, loop
   assert 0 <= result["host_overhead"] < 1
   assert result["tokens_per_step"] == result["batch_size"] * result["length"]
   assert result["tokens_per_second"] == pytest.approx(

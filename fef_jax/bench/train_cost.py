@@ -13,6 +13,12 @@ checkpoints) and times, separately:
   prefetched on a thread (`config.prefetch_batches`) and `unprefetched_step_s`
   without. `host_overhead` = `1 - device_step_s / pipelined_step_s` is the share
   of a step the devices wait for the host;
+- what the host spends per step in those loops, while earlier steps run:
+  `dispatch_s` (the step call, which returns once the step is enqueued, on a resident
+  batch) and, as `unprefetched_host_s` / `pipelined_host_s`, `{"batch": drawing and
+  placing the batch / waiting for the prefetch queue, "call": the step call}`. A host
+  share that these do not explain means the host waited for the devices in them (a
+  placement or a call that blocks until earlier steps finish);
 - one checkpoint save: the call (`checkpoint_call_s`, what blocks the loop) and
   until written (`checkpoint_total_s`).
 
@@ -56,16 +62,27 @@ def _startup(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 
 
 def _seconds_per_step(step_fn, state, next_batch, steps: int, repeats: int = 3):
-  """(the median over `repeats` runs of `steps` steps, each waited for at the end, of the
-  seconds per step; the final state)."""
-  per_step = []
+  """Times `repeats` runs of `steps` steps, each run waited for at the end.
+
+  Returns:
+    (the median over runs of the seconds per step; the medians over steps of the
+     host's seconds in `next_batch()` (`"batch"`) and in the `step_fn` call, which
+     returns once the step is dispatched (`"call"`); the final state).
+  """
+  per_step, batch_s, call_s = [], [], []
   for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = step_fn(state, next_batch())
+      before_batch = time.perf_counter()
+      batch = next_batch()
+      before_call = time.perf_counter()
+      state, metrics = step_fn(state, batch)
+      batch_s.append(before_call - before_batch)
+      call_s.append(time.perf_counter() - before_call)
     jax.block_until_ready((state, metrics))
     per_step.append((time.perf_counter() - start) / steps)
-  return statistics.median(per_step), state
+  host = {"batch": statistics.median(batch_s), "call": statistics.median(call_s)}
+  return statistics.median(per_step), host, state
 
 
 def _xla_flops(compiled) -> float | None:
@@ -114,19 +131,20 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
   compiled = step_fn.lower(state, resident).compile()
   compile_s = time.perf_counter() - start
   state, _ = compiled(state, resident)  # warm-up
-  device_step_s, state = _seconds_per_step(compiled, state, lambda: resident, steps)
+  device_step_s, resident_host, state = _seconds_per_step(compiled, state, lambda: resident,
+                                                          steps)
   start = time.perf_counter()
   for _ in range(steps):
     host_batch()
   host_batch_s = (time.perf_counter() - start) / steps
-  unprefetched_step_s, state = _seconds_per_step(
+  unprefetched_step_s, unprefetched_host, state = _seconds_per_step(
       compiled, state, lambda: sharding.shard_batch(next(iterator), mesh), steps)
   size = config.get("prefetch_batches", 2)
   with prefetch.Prefetcher(iterator, iterator.state,
                            lambda batch: sharding.shard_batch(batch, mesh), size) as batches:
     state, _ = compiled(state, next(batches)[0])  # fills the prefetch queue
-    pipelined_step_s, state = _seconds_per_step(compiled, state, lambda: next(batches)[0],
-                                                steps)
+    pipelined_step_s, pipelined_host, state = _seconds_per_step(
+        compiled, state, lambda: next(batches)[0], steps)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=1)
   start = time.perf_counter()
   checkpoint.save(manager, 1, state, iterator.state(), "benchmark")
@@ -147,6 +165,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
       "compile_s": compile_s, "device_step_s": device_step_s, "host_batch_s": host_batch_s,
       "unprefetched_step_s": unprefetched_step_s, "pipelined_step_s": pipelined_step_s,
       "prefetch_batches": size,
+      "dispatch_s": resident_host["call"],
+      "unprefetched_host_s": unprefetched_host, "pipelined_host_s": pipelined_host,
       "host_overhead": max(0.0, 1.0 - device_step_s / pipelined_step_s),
       "checkpoint_call_s": checkpoint_call_s, "checkpoint_total_s": checkpoint_total_s,
       "tokens_per_second": tokens_per_second, "flops_per_token": flops_per_token,
@@ -173,6 +193,13 @@ def format_table(result: dict[str, Any]) -> str:
       (f"step, {result['prefetch_batches']} batches prefetched (as trained)",
        f"{ms(result['pipelined_step_s'])} ms"),
       ("host overhead (share of a step)", f"{100 * result['host_overhead']:.1f}%"),
+      ("host per step: dispatch, resident batch", f"{ms(result['dispatch_s'])} ms"),
+      ("host per step, not prefetched: batch / dispatch",
+       f"{ms(result['unprefetched_host_s']['batch'])} / "
+       f"{ms(result['unprefetched_host_s']['call'])} ms"),
+      ("host per step, prefetched: queue wait / dispatch",
+       f"{ms(result['pipelined_host_s']['batch'])} / "
+       f"{ms(result['pipelined_host_s']['call'])} ms"),
       ("checkpoint save: call / until written",
        f"{ms(result['checkpoint_call_s'])} / {ms(result['checkpoint_total_s'])} ms"),
       ("tokens per second", f"{result['tokens_per_second']:.0f}"),
