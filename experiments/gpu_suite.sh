@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU measurements BENCHMARKS.md lacks, in one run on one H100/H200. Not yet run to
-# the end: on an H100 (2026-11-28, limits of 60-160 s per stage) no stage finished. Compiles
-# dominate there: the parameter init took 68.6 s for gpu.py (it now runs on the host, see
-# fef_jax.models.host_init) and each sampler 1.5-6 s, per batch size. Give each stage a
+# The GPU measurements BENCHMARKS.md lacks, in one run on one H100/H200. Stage times on an
+# H100 (2026-12-06, JAX 0.11.2, compile cache empty): compare 116 s (the carried
+# block-causal model, batches 1 and 8, 256 prompts), breakdown 66 s, profile 21 s,
+# rounds 62 s, loop (d=96) about 90 s; breakdown_350m about 100 s. Give each stage a
 # limit (STAGES below) and put first what matters most.
 #   rounds   one FeF round at 1.3B width, L=1024, batch 1, bf16 (whole, block-local, head)
 #   loop     a sampler step or round against a bare call of the same rows, batch 1 and 64
@@ -14,6 +14,9 @@
 #   breakdown  where a training step of gpu.py goes (startup phases, compile, device step,
 #            host batch, prefetch, checkpoint, MFU; experiments.benchmark_train)
 #   breakdown_350m  the same for gpu_350m.py (not in the smoke run's default stages)
+#   breakdown_nocb  the 85M breakdown with XLA's command buffers (CUDA graphs) off: on the
+#            H100 a step took 93 ms on a resident batch and 137 ms on fresh ones; graphs
+#            re-recorded for new buffer addresses would show as a smaller gap here
 # Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
 # OUT/<stage>/ and reports its wall-clock.
 #
@@ -27,8 +30,9 @@
 # A 15-minute lease leaves about 12 minutes of commands; with the comparison's trained
 # block-causal model carried (copy runs/<compare>/block_causal_head into an ignored
 # folder, carry it, and copy it to OUT/compare/ first):
-#   STAGES="profile:90 compare:200 breakdown:150 rounds:90 loop:90" TAR=$OUT/suite.tgz \
-#   COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt bash experiments/gpu_suite.sh OUT
+#   STAGES="compare:180 breakdown:100 breakdown_nocb:100 profile:45 rounds:90 loop:120" \
+#   TAR=$OUT/suite.tgz COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt \
+#   bash experiments/gpu_suite.sh OUT
 # TAR=<file> packs OUT's logs, tables and JSON (not checkpoints) into one file at the end.
 #
 # The device machine has no network and lacks ml-collections and tensorboardX, and
@@ -95,13 +99,13 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
           --vocab_size=256 --dtype=bfloat16 --repeats=7)
-  loop=(--d_models=96,768 --length=256 --vocab_size=256 --batches=1,64 --repeats=9)
+  loop=(--d_models=96 --length=256 --vocab_size=256 --batches=1,64 --repeats=5)
   compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8, 256)")
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
   breakdown=(--config.sample.every=0 --steps=10)
   profile=(--runs=20)
-  stages=${STAGES:-profile compare breakdown rounds loop train breakdown_350m}
+  stages=${STAGES:-compare breakdown breakdown_nocb profile rounds loop train breakdown_350m}
 fi
 if [ -n "${COMPARE_MODELS:-}" ]; then
   compare+=("--config.compare.models=$COMPARE_MODELS")
@@ -121,6 +125,9 @@ run_stage() {  # run_stage NAME SECONDS
     breakdown) stage "$@" "$py" -m experiments.benchmark_train \
       --config=experiments/configs/gpu.py --config.data.path="$data" \
       --workdir="$out/breakdown" "${breakdown[@]}" ;;
+    breakdown_nocb) XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" stage "$@" \
+      "$py" -m experiments.benchmark_train --config=experiments/configs/gpu.py \
+      --config.data.path="$data" --workdir="$out/breakdown_nocb" "${breakdown[@]}" ;;
     breakdown_350m) stage "$@" "$py" -m experiments.benchmark_train \
       --config=experiments/configs/gpu_350m.py --config.data.path="$data" \
       --workdir="$out/breakdown_350m" "${breakdown[@]}" --steps=5 ;;
@@ -129,7 +136,7 @@ run_stage() {  # run_stage NAME SECONDS
 
 for entry in $stages; do  # every name checked before any stage spends the lease's time
   case ${entry%%:*} in
-    rounds|loop|profile|compare|train|breakdown|breakdown_350m) ;;
+    rounds|loop|profile|compare|train|breakdown|breakdown_nocb|breakdown_350m) ;;
     *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
   esac
 done
