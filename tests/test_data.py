@@ -292,6 +292,27 @@ def test_pair_sums_check_every_pair():
     synthetic.PairSum(pairs=0)
 
 
+def test_pair_sum_prompt_pad_opens_every_prompt_and_is_checked():
+  padded = synthetic.PairSum(base=10, pairs=6, prompt_pad=1)
+  assert (padded.prompt_length, padded.answer_length) == (8, 12)
+  prompts, answers = padded.sample(np.random.default_rng(0), 50)
+  assert prompts.shape == (50, 8) and np.all(prompts[:, 0] == synthetic.PAD_ID)
+  assert padded.check(prompts, answers).all()
+  plain = synthetic.PairSum(base=10, pairs=6)
+  # The same draws without the pad: the same targets and answers.
+  plain_prompts, plain_answers = plain.sample(np.random.default_rng(0), 50)
+  np.testing.assert_array_equal(prompts[:, 1:], plain_prompts)
+  np.testing.assert_array_equal(answers, plain_answers)
+  shifted = prompts.copy()
+  shifted[:, 0] = prompts[:, 1]  # a symbol where the PAD belongs
+  with pytest.raises(ValueError, match="1 PAD ids"):
+    padded.check(shifted, answers)
+  with pytest.raises(ValueError, match="expected prompts"):
+    padded.check(plain_prompts, answers)
+  with pytest.raises(ValueError, match="prompt_pad"):
+    synthetic.PairSum(prompt_pad=-1)
+
+
 def test_permutation_copy_phrases_checkers():
   sep = [[synthetic.SEP_ID]]
   perm = synthetic.Permutation(alphabet_size=6, length=3)

@@ -12,7 +12,9 @@ fef_jax, see `fef_jax.data.tokenizers`):
 - `SEP_ID = 1`: ends every prompt, marking where the answer starts.
 - symbol `s` (`0 <= s < task.num_symbols`) is id `FIRST_SYMBOL_ID + s = s + 2`.
 Prompts are `[symbols..., SEP_ID]` of a fixed length, answers are symbols of a
-fixed length, so `V = 2 + num_symbols`.
+fixed length, so `V = 2 + num_symbols`. A task with `prompt_pad = n > 0` (a field of
+`PairSum`) opens every prompt with `n` PAD ids, e.g. to make the prompt a whole number
+of a block-causal model's attention blocks.
 
 | task          | prompt symbols            | answer symbols                     |
 |---------------|---------------------------|------------------------------------|
@@ -70,6 +72,11 @@ class Task(abc.ABC):
     """bool[N]; answer symbols are known to lie in `[0, num_symbols)`."""
 
   @property
+  def prompt_pad(self) -> int:
+    """PAD ids that open every prompt (none unless a task sets it)."""
+    return 0
+
+  @property
   def vocab_size(self) -> int:
     """`V = 2 + num_symbols`; the model predicts ids in `[0, V)`."""
     return FIRST_SYMBOL_ID + self.num_symbols
@@ -81,8 +88,8 @@ class Task(abc.ABC):
 
   @property
   def prompt_length(self) -> int:
-    """Ids per prompt, SEP included."""
-    return self.prompt_symbols + 1
+    """Ids per prompt, leading PADs and SEP included."""
+    return self.prompt_pad + self.prompt_symbols + 1
 
   def sample(self, rng: np.random.Generator,
              num: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,9 +101,10 @@ class Task(abc.ABC):
     if num < 1:
       raise ValueError(f"num must be >= 1, got {num}.")
     prompt_NxS, answer_NxA = self._sample_symbols(rng, num)
+    pad_NxD = np.full((num, self.prompt_pad), PAD_ID, np.int32)
     sep_Nx1 = np.full((num, 1), SEP_ID, np.int32)
     prompts_NxP = np.concatenate(
-        [prompt_NxS.astype(np.int32) + FIRST_SYMBOL_ID, sep_Nx1], axis=1)
+        [pad_NxD, prompt_NxS.astype(np.int32) + FIRST_SYMBOL_ID, sep_Nx1], axis=1)
     return prompts_NxP, answer_NxA.astype(np.int32) + FIRST_SYMBOL_ID
 
   def check(self, prompts_NxP, answers_NxA) -> np.ndarray:
@@ -105,7 +113,7 @@ class Task(abc.ABC):
     Raises:
       ValueError: shapes other than `[N, prompt_length]` and
         `[N, answer_length]`, or a prompt that is not task symbols followed
-        by SEP_ID.
+        by SEP_ID (after `prompt_pad` PAD ids).
     """
     prompts_NxP = np.asarray(prompts_NxP)
     answers_NxA = np.asarray(answers_NxA)
@@ -117,10 +125,12 @@ class Task(abc.ABC):
           f"expected prompts [N, {self.prompt_length}] and answers "
           f"[N, {self.answer_length}], got {prompts_NxP.shape} and "
           f"{answers_NxA.shape}.")
-    prompt_NxS = prompts_NxP[:, :-1].astype(np.int64) - FIRST_SYMBOL_ID
+    prompt_NxS = prompts_NxP[:, self.prompt_pad:-1].astype(np.int64) - FIRST_SYMBOL_ID
     if (np.any(prompts_NxP[:, -1] != SEP_ID) or np.any(prompt_NxS < 0)
-        or np.any(prompt_NxS >= self.num_symbols)):
-      raise ValueError("prompts must be task symbols followed by SEP_ID.")
+        or np.any(prompt_NxS >= self.num_symbols)
+        or np.any(prompts_NxP[:, :self.prompt_pad] != PAD_ID)):
+      raise ValueError(f"prompts must be {self.prompt_pad} PAD ids, then task symbols "
+                       f"followed by SEP_ID.")
     answer_NxA = answers_NxA.astype(np.int64) - FIRST_SYMBOL_ID
     in_range_N = np.all((answer_NxA >= 0) & (answer_NxA < self.num_symbols),
                         axis=1)
@@ -138,7 +148,8 @@ def _check_positive(name: str, value: int) -> None:
 class PairSum(Task):
   """`pairs` pairs of base-`base` digits, pair `i` summing to target `t_i`.
 
-  Prompt `[t_1, ..., t_k]`, answer `[a_1, c_1, ..., a_k, c_k]`. Generation
+  Prompt `[t_1, ..., t_k]` (after `prompt_pad` PAD ids), answer
+  `[a_1, c_1, ..., a_k, c_k]`. Generation
   draws the digits uniformly and sets `t_i = a_i + c_i`, so given `t_i` pair
   `i` is uniform over its `min(t_i, 2b-2-t_i) + 1` valid pairs: the two digits
   of a pair must agree, pairs are independent. Symbols `0..2b-2` (the target
@@ -146,11 +157,14 @@ class PairSum(Task):
   """
   base: int = 10
   pairs: int = 1
+  prompt_pad: int = 0
 
   def __post_init__(self):
     if self.base < 2:
       raise ValueError(f"base must be >= 2, got {self.base}.")
     _check_positive("pairs", self.pairs)
+    if self.prompt_pad < 0:
+      raise ValueError(f"prompt_pad must be >= 0, got {self.prompt_pad}.")
 
   @property
   def num_symbols(self) -> int:
