@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import compare as compare_config
+from experiments.configs import compare_blocks4 as compare_blocks4_config
 from fef_jax.data import synthetic
 from fef_jax.eval import compare
 
@@ -55,6 +56,15 @@ def test_block_causal_head_grid_runs_the_exact_cache_with_marginal_and_head_draf
   assert [s for s in compare.cached_samplers(8, 2) if compare.is_exact_one_token(s)] == [
       "first_hitting", "first_hitting:select=position",
       "fef:block_length=2,cache=exact,window=1"]
+
+
+def test_blocks4_config_pads_the_prompt_to_whole_blocks_of_4():
+  config = compare_blocks4_config.get_config()
+  compare.check_config(config)
+  cached = compare.training_config(config, "block_causal_head")
+  assert cached.model.block_length == 4
+  specs = compare.samplers_for(cached, "block_causal_head", 12)
+  assert "fef:block_length=4,cache=exact,window=4,drafter=head" in specs
 
 
 def test_default_config_compares_both_models_on_block_aligned_pairs():
