@@ -1,4 +1,4 @@
-"""One GPU, ~100M parameters (12 layers, d=768), bf16 compute, byte-level Shakespeare.
+"""One GPU, ~85M parameters (12 layers, d=768), bf16 compute, byte-level Shakespeare.
 
 On one H100 80GB (2026-12-06, `experiments.benchmark_train`): 239k tokens/s, 13.7% MFU,
 with the devices waiting for the host for 32% of a step (BENCHMARKS.md, GPU).
