@@ -122,12 +122,12 @@ run_stage() {  # run_stage NAME SECONDS
       --workdir="$out/compare" "${compare[@]}" ;;
     train) stage "$@" "$py" -m experiments.train --config=experiments/configs/gpu.py \
       --config.data.path="$data" --workdir="$out/train" "${train[@]}" ;;
-    breakdown) stage "$@" "$py" -m experiments.benchmark_train \
-      --config=experiments/configs/gpu.py --config.data.path="$data" \
-      --workdir="$out/breakdown" "${breakdown[@]}" ;;
-    breakdown_nocb) XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" stage "$@" \
-      "$py" -m experiments.benchmark_train --config=experiments/configs/gpu.py \
-      --config.data.path="$data" --workdir="$out/breakdown_nocb" "${breakdown[@]}" ;;
+    breakdown|breakdown_nocb)
+      local flags=${XLA_FLAGS:-}
+      if [ "$1" = breakdown_nocb ]; then flags+=" --xla_gpu_enable_command_buffer="; fi
+      XLA_FLAGS="$flags" stage "$@" "$py" -m experiments.benchmark_train \
+        --config=experiments/configs/gpu.py --config.data.path="$data" \
+        --workdir="$out/$1" "${breakdown[@]}" ;;
     breakdown_350m) stage "$@" "$py" -m experiments.benchmark_train \
       --config=experiments/configs/gpu_350m.py --config.data.path="$data" \
       --workdir="$out/breakdown_350m" "${breakdown[@]}" --steps=5 ;;

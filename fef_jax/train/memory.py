@@ -38,8 +38,8 @@ from fef_jax.models import transformer
 
 # The share of a device's memory pool an estimate may fill. XLA's temporaries and the
 # allocator's fragmentation take the rest: on an H100 (80 GB, JAX's default pool of 75%,
-# 59.7 GiB) the 350M config at batch 64, estimated at 56 GiB, ran out of memory in its
-# first steps, while 30.5 GiB (batch 32) trained.
+# 59.7 GiB) the 350M config at batch 64, estimated at 56 GiB, ran out of memory in
+# `benchmark_train`'s prefetched loop, while 30.5 GiB (batch 32) trained.
 HEADROOM = 0.8
 
 
