@@ -1,6 +1,7 @@
 """Run as a script under 8 simulated CPU devices (see test_sharding.py): trains the tiny
 transformer for a few steps on one device and on a (data=2, fsdp=4) and a
-(data=2, fsdp=2, tensor=2) mesh from the same state and batches, once with plain SGD
+(data=2, fsdp=2, tensor=2) mesh, and in one call of all steps (`train_steps`) on the
+first mesh, from the same state and batches, once with plain SGD
 and once with the project's AdamW, and prints per optimizer and mesh, as one JSON line,
 what the test needs to bound the differences by round-off: per step the single-device
 loss and gradient norm, the sharded loss and the L2 distance of the two parameter sets
@@ -30,6 +31,17 @@ def _params_l2_distance(a, b) -> float:
 
 def _params_max_abs(params) -> float:
   return max(float(np.max(np.abs(np.asarray(p)))) for p in jax.tree.leaves(params))
+
+
+def _run_report(steps, single_states, sharded):
+  final = single_states[-1].params
+  return {
+      "steps": steps,
+      "param_max_abs_diff": max(
+          float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+          for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(sharded.params))),
+      "param_max_abs": max(_params_max_abs(final), _params_max_abs(single_states[0].params)),
+      "sharded_specs": [str(leaf.sharding.spec) for leaf in jax.tree.leaves(sharded.params)]}
 
 
 def main():
@@ -75,15 +87,27 @@ def main():
         sharded, metrics = sharded_step(sharded, sharding.shard_batch(batch, mesh))
         steps.append(dict(single, sharded_loss=float(metrics["loss"]),
                           params_l2_distance_before=distance))
-      final = single_states[-1].params
-      report["runs"][f"{opt_name}/{mesh_name}"] = {
-          "steps": steps,
-          "param_max_abs_diff": max(
-              float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-              for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(sharded.params))),
-          "param_max_abs": max(_params_max_abs(final), _params_max_abs(state.params)),
-          "sharded_specs": [str(leaf.sharding.spec)
-                            for leaf in jax.tree.leaves(sharded.params)]}
+      report["runs"][f"{opt_name}/{mesh_name}"] = _run_report(steps, single_states, sharded)
+    # All steps in one call (`train_steps`, batches stacked and sharded on their second
+    # axis), on the first mesh. The parameters before step i come from a call of the
+    # first i steps, the losses from the call of all of them.
+    mesh = sharding.make_mesh(*MESHES["data2_fsdp4"])
+    shardings = sharding.state_shardings(state, mesh)
+    scanned_call = jax.jit(functools.partial(train_lib.train_steps, apply_fn=apply_fn,
+                                             optimizer=optimizer, config=loss_cfg),
+                           out_shardings=(shardings, None))
+    def scanned(count):
+      stacked = {k: np.stack([batch[k] for batch in batches[:count]]) for k in batches[0]}
+      return scanned_call(jax.device_put(state, shardings),
+                          sharding.shard_batch(stacked, mesh, stacked=True))
+    before = [state] + [scanned(count)[0] for count in range(1, len(batches))]
+    sharded, metrics = scanned(len(batches))
+    steps = [dict(single, sharded_loss=float(metrics["loss"][i]),
+                  params_l2_distance_before=_params_l2_distance(single_states[i].params,
+                                                                before[i].params))
+             for i, single in enumerate(single_metrics)]
+    report["runs"][f"{opt_name}/scanned_data2_fsdp4"] = _run_report(steps, single_states,
+                                                                    sharded)
   print(json.dumps(report))
 
 

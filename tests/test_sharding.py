@@ -1,5 +1,5 @@
-"""Sharded training on 8 simulated CPU devices (data x fsdp, and data x fsdp x tensor)
-equals single-device training."""
+"""Sharded training on 8 simulated CPU devices (data x fsdp, and data x fsdp x tensor, and
+all steps in one call) equals single-device training."""
 import json
 import os
 import subprocess
@@ -34,7 +34,7 @@ def test_sharded_steps_equal_single_device_steps():
   report = json.loads(done.stdout.strip().splitlines()[-1])
   runs = report["runs"]
   assert set(runs) == {f"{opt}/{mesh}" for opt in ("sgd", "adamw")
-                       for mesh in ("data2_fsdp4", "data2_fsdp2_tensor2")}
+                       for mesh in ("data2_fsdp4", "data2_fsdp2_tensor2", "scanned_data2_fsdp4")}
   # Sharding changes only the order of float32 reductions, never the math, so every
   # bound below is round-off, derived from the computation rather than from a value one
   # CPU printed (vector width and FMA change the order, not these worst cases). The

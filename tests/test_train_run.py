@@ -53,11 +53,17 @@ RESUME_OVERRIDES = ["--config.optimizer.total_steps=60", "--config.optimizer.war
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("straight")
-  subprocess.run(_train_command(workdir, *RESUME_OVERRIDES), cwd=REPO, check=True,
-                 capture_output=True, timeout=600)
-  return workdir
+def straight_runs(tmp_path_factory):
+  """The uninterrupted run's workdir for given overrides, trained on first use."""
+  runs = {}
+
+  def run(*overrides):
+    if overrides not in runs:
+      runs[overrides] = tmp_path_factory.mktemp("straight")
+      subprocess.run(_train_command(runs[overrides], *RESUME_OVERRIDES, *overrides), cwd=REPO,
+                     check=True, capture_output=True, timeout=600)
+    return runs[overrides]
+  return run
 
 
 def _writing_checkpoints(workdir):
@@ -65,16 +71,22 @@ def _writing_checkpoints(workdir):
   return list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp"))
 
 
-@pytest.mark.parametrize("signum,mid_write", [(signal.SIGKILL, False), (signal.SIGKILL, True),
-                                              (signal.SIGTERM, False)],
-                         ids=["SIGKILL", "SIGKILL_mid_write", "SIGTERM"])
-def test_a_run_stopped_mid_way_then_resumed_equals_an_uninterrupted_run(tmp_path, straight_run,
-                                                                       signum, mid_write):
+@pytest.mark.parametrize("signum,mid_write,steps_per_call", [
+    (signal.SIGKILL, False, 1), (signal.SIGKILL, True, 1), (signal.SIGTERM, False, 1),
+    (signal.SIGTERM, False, 4)],
+    ids=["SIGKILL", "SIGKILL_mid_write", "SIGTERM", "SIGTERM_4_steps_per_call"])
+def test_a_run_stopped_mid_way_then_resumed_equals_an_uninterrupted_run(
+    tmp_path, straight_runs, signum, mid_write, steps_per_call):
   killed = tmp_path / "killed"
+  # One step per call (a plain step), or several (4 and 1 here, as logging every 5 steps
+  # allows): the stop comes between calls, and the resumed run plans its calls as the
+  # uninterrupted one.
+  calls = (f"--config.steps_per_call={steps_per_call}",)
+  straight_run = straight_runs(*calls)
   # Mid-write: a checkpoint every step keeps an asynchronous write in flight, and the kill
   # waits until one is seen in progress. Checkpoint frequency does not change the math.
-  overrides = [*RESUME_OVERRIDES, "--config.checkpoint.every=1"] if mid_write else (
-      RESUME_OVERRIDES)
+  overrides = [*RESUME_OVERRIDES, *calls] + (["--config.checkpoint.every=1"] if mid_write
+                                             else [])
   process = subprocess.Popen(_train_command(killed, *overrides), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
@@ -96,7 +108,7 @@ def test_a_run_stopped_mid_way_then_resumed_equals_an_uninterrupted_run(tmp_path
     stopped = int(re.search(r"saving a checkpoint at step (\d+)", stderr).group(1))
     assert 25 <= stopped < 60
     assert ocp.CheckpointManager(os.path.abspath(killed / "checkpoints")).latest_step() == stopped
-  subprocess.run(_train_command(killed, *RESUME_OVERRIDES), cwd=REPO, check=True,
+  subprocess.run(_train_command(killed, *RESUME_OVERRIDES, *calls), cwd=REPO, check=True,
                  capture_output=True, timeout=600)
   a, b = _metrics_by_step(straight_run), _metrics_by_step(killed)
   assert sorted(a) == sorted(b)

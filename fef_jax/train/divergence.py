@@ -21,6 +21,7 @@ import math
 from typing import Any, Optional
 
 import jax
+import numpy as np
 from absl import logging
 
 
@@ -53,7 +54,8 @@ class FiniteWatch:
     self.skipped = 0
 
   def add(self, step: int, metrics: dict[str, Any]) -> None:
-    """Records step `step`'s metrics (device arrays; nothing is transferred)."""
+    """Records step `step`'s metrics (device arrays; nothing is transferred): scalars,
+    or stacked per step (`[K]`, from `step.train_steps`) for the `K` steps ending at `step`."""
     self._pending.append((step, (metrics["loss"], metrics["grad_norm"])))
 
   def check(self, last_saved_step: Optional[int]) -> None:
@@ -67,8 +69,12 @@ class FiniteWatch:
     """
     if not self._pending:
       return
-    steps = [step for step, _ in self._pending]
-    values = jax.device_get([pair for _, pair in self._pending])
+    steps, values = [], []
+    for last, pair in zip([step for step, _ in self._pending],
+                          jax.device_get([pair for _, pair in self._pending])):
+      losses, grad_norms = np.atleast_1d(pair[0]), np.atleast_1d(pair[1])
+      steps += range(last - len(losses) + 1, last + 1)
+      values += zip(losses, grad_norms)
     self._pending = []
     kept = ("no checkpoint was saved" if last_saved_step is None
             else f"the last checkpoint, step {last_saved_step}, is intact")

@@ -35,6 +35,7 @@ from fef_jax.train import phases as phases_lib
 from fef_jax.train import prefetch
 from fef_jax.train import preemption
 from fef_jax.train import sharding
+from fef_jax.train import step_chunks
 from fef_jax.train import step as train_lib
 
 
@@ -86,16 +87,55 @@ def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None,
   return source, model, optimizer, loss_cfg, state
 
 
+def steps_per_call(config: ml_collections.ConfigDict) -> int:
+  """`config.steps_per_call` (default 1): training steps per jitted call.
+
+  Raises:
+    ValueError: not an int >= 1.
+  """
+  return step_chunks.checked(config.get("steps_per_call", 1))
+
+
 def make_step_fn(config: ml_collections.ConfigDict, model, optimizer, loss_cfg, shardings,
                  mesh):
-  """The jitted `train_step` of a run: state donated, outputs placed as `shardings`
+  """The jitted training call of a run: state donated, outputs placed as `shardings`
   (the state's) and replicated (the metrics); skips non-finite steps when
-  `config.skip_nonfinite_steps > 0`."""
-  return jax.jit(functools.partial(train_lib.train_step, apply_fn=train_lib.make_apply_fn(model),
+  `config.skip_nonfinite_steps > 0`.
+
+  With `steps_per_call(config) == 1` it is `train_step` on one batch; with `K > 1`,
+  `train_steps` on stacked batches `[k, B, ...]` (`k` = K, or 1 where
+  `step_chunks.chunk_sizes` says), metrics stacked `[k]`.
+
+  Raises:
+    ValueError: a bad `config.steps_per_call`.
+  """
+  step = train_lib.train_steps if steps_per_call(config) > 1 else train_lib.train_step
+  return jax.jit(functools.partial(step, apply_fn=train_lib.make_apply_fn(model),
                                    optimizer=optimizer, config=loss_cfg,
                                    skip_nonfinite=config.get("skip_nonfinite_steps", 0) > 0),
                  out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
                  donate_argnums=0)
+
+
+def step_batches(config: ml_collections.ConfigDict, iterator: pipeline.BatchIterator,
+                 start: int, mesh) -> prefetch.Prefetcher:
+  """The placed batches of each call of `make_step_fn`'s function from step `start`,
+  prefetched `config.prefetch_batches` calls ahead, each with the data position after it.
+
+  With `steps_per_call(config) = K > 1` a call's batches are stacked, `K` of them
+  or one (`step_chunks.chunk_sizes`: a call ends where the loop logs, evaluates,
+  samples or checkpoints, and at the last step).
+  """
+  k = steps_per_call(config)
+  calls = iterator
+  if k > 1:
+    calls = step_chunks.stacked(iterator, step_chunks.chunk_sizes(
+        start, config.optimizer.total_steps, k,
+        (config.log_every, config.eval_every, config.checkpoint.every,
+         config.sample.get("every", 0))))
+  return prefetch.Prefetcher(calls, iterator.state,
+                             functools.partial(sharding.shard_batch, mesh=mesh, stacked=k > 1),
+                             size=config.get("prefetch_batches", 2))
 
 
 def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, best: bool = False
@@ -202,6 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   max_skipped = config.get("skip_nonfinite_steps", 0)
   finite = divergence.FiniteWatch(max_skipped)
   step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
+  stacked = steps_per_call(config) > 1
   eval_fn = jax.jit(functools.partial(train_lib.eval_step, apply_fn=apply_fn, config=loss_cfg))
   eval_batch = sharding.shard_batch(
       {k: v[:config.eval_batch_size] for k, v in source.eval_arrays.items()}, mesh)
@@ -215,9 +256,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   # The step is counted on the host: reading `state.step` would wait for the device
   # after every step, and the next step could not be queued behind the running one.
   step = int(state.step)
-  batches = prefetch.Prefetcher(iterator, iterator.state,
-                                lambda batch: sharding.shard_batch(batch, mesh),
-                                size=config.get("prefetch_batches", 2))
+  batches = step_batches(config, iterator, step, mesh)
   with preemption.PreemptionWatch() as watch, batches:
     try:
       last_time = time.perf_counter()
@@ -232,14 +271,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
           started = True
           if progress:
             bar.write(f"startup: {timed.summary()}")
-        step += 1
+        steps_done = batch["tokens"].shape[0] if stacked else 1
+        step += steps_done
         finite.add(step, step_metrics)
-        bar.update(1)
+        bar.update(steps_done)
         if step % config.log_every == 0 or step == total:
           finite.check(last_saved)
           now = time.perf_counter()
           elapsed, last_time = now - last_time, now
-          metrics = {k: float(v) for k, v in step_metrics.items()}
+          metrics = {k: float(v[-1] if stacked else v) for k, v in step_metrics.items()}
           if max_skipped:
             metrics["skipped_steps"] = finite.skipped
           metrics.update(step=step,

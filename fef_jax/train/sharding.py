@@ -92,24 +92,29 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
                                                      _module_name(path))), state)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Rows split over the `data` and `fsdp` axes, replicated over `tensor`."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Rows split over the `data` and `fsdp` axes, replicated over `tensor`; with
+  `stacked`, the rows are the second axis (`[K, B, ...]`, K steps' batches)."""
+  return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
-def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+def shard_batch(batch: dict[str, Any], mesh: Mesh, stacked: bool = False
+                ) -> dict[str, jax.Array]:
   """Places a batch on the mesh (its size must divide by the device count).
 
   On several hosts, `batch` is this host's share and the result the global batch.
+  With `stacked`, every array is `[K, B, ...]` (K steps' batches; see
+  `step_chunks.stacked`) and its rows are the second axis.
 
   Raises:
     ValueError: a batch size that the data x fsdp shards cannot split evenly.
   """
-  sharding = batch_sharding(mesh)
+  sharding = batch_sharding(mesh, stacked)
   size = mesh.shape["data"] * mesh.shape["fsdp"]
   for name, value in batch.items():
-    if np.shape(value)[0] % size:
-      raise ValueError(f"batch '{name}' has {np.shape(value)[0]} rows, not divisible by "
+    rows = np.shape(value)[1 if stacked else 0]
+    if rows % size:
+      raise ValueError(f"batch '{name}' has {rows} rows, not divisible by "
                        f"the {size} data x fsdp shards of the mesh")
   if jax.process_count() > 1:  # each host holds its own slice of the global batch
     return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))

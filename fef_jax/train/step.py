@@ -234,6 +234,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, apply_fn: Appl
   return new_state, metrics
 
 
+def train_steps(state: TrainState, batches: dict[str, jax.Array], **step_kwargs
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`K` consecutive `train_step`s in one call: a `lax.scan` over the leading axis of
+  every `batches[name]` (`[K, B, ...]`), with `step_kwargs` those of `train_step`.
+
+  One dispatch and one host-to-device batch transfer then serve `K` steps, which is
+  what removes the host's share of a step when a step is short (the math is that of
+  `K` calls of `train_step` on `batches[name][i]`, in order).
+
+  Returns:
+    (the state after the `K` steps, each metric stacked per step: shape `[K]`).
+  """
+  return jax.lax.scan(functools.partial(train_step, **step_kwargs), state, batches)
+
+
 def eval_step(params: Any, batch: dict[str, jax.Array], key: jax.Array, *,
               apply_fn: ApplyFn, config: LossConfig) -> dict[str, jax.Array]:
   """ELBO on uniform masks: bits per token and the perplexity bound (fixed `key` for
