@@ -17,6 +17,8 @@
 #   breakdown_nocb  the 85M breakdown with XLA's command buffers (CUDA graphs) off: on the
 #            H100 a step took 93 ms on a resident batch and 137 ms on fresh ones; graphs
 #            re-recorded for new buffer addresses would show as a smaller gap here
+#   breakdown_1step  the 85M breakdown at one step per call (the configs train 10 steps
+#            per call since 2026-12-06; the H100 numbers of that day are of one per call)
 # Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
 # OUT/<stage>/ and reports its wall-clock.
 #
@@ -30,7 +32,7 @@
 # A 15-minute lease leaves about 12 minutes of commands; with the comparison's trained
 # block-causal model carried (copy runs/<compare>/block_causal_head into an ignored
 # folder, carry it, and copy it to OUT/compare/ first):
-#   STAGES="compare:180 breakdown:100 breakdown_nocb:100 profile:45 rounds:90 loop:120" \
+#   STAGES="breakdown:100 breakdown_1step:100 breakdown_nocb:100 compare:180 rounds:90" \
 #   TAR=$OUT/suite.tgz COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt \
 #   bash experiments/gpu_suite.sh OUT
 # TAR=<file> packs OUT's logs, tables and JSON (not checkpoints) into one file at the end.
@@ -103,9 +105,10 @@ else
   compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8, 256)")
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
-  breakdown=(--config.sample.every=0 --steps=10)
+  breakdown=(--config.sample.every=0 --steps=20)
   profile=(--runs=20)
-  stages=${STAGES:-compare breakdown breakdown_nocb profile rounds loop train breakdown_350m}
+  stages=${STAGES:-breakdown breakdown_1step breakdown_nocb compare profile rounds loop train
+    breakdown_350m}
 fi
 if [ -n "${COMPARE_MODELS:-}" ]; then
   compare+=("--config.compare.models=$COMPARE_MODELS")
@@ -122,12 +125,13 @@ run_stage() {  # run_stage NAME SECONDS
       --workdir="$out/compare" "${compare[@]}" ;;
     train) stage "$@" "$py" -m experiments.train --config=experiments/configs/gpu.py \
       --config.data.path="$data" --workdir="$out/train" "${train[@]}" ;;
-    breakdown|breakdown_nocb)
-      local flags=${XLA_FLAGS:-}
+    breakdown|breakdown_nocb|breakdown_1step)
+      local flags=${XLA_FLAGS:-} calls=()
       if [ "$1" = breakdown_nocb ]; then flags+=" --xla_gpu_enable_command_buffer="; fi
+      if [ "$1" = breakdown_1step ]; then calls=(--config.steps_per_call=1); fi
       XLA_FLAGS="$flags" stage "$@" "$py" -m experiments.benchmark_train \
         --config=experiments/configs/gpu.py --config.data.path="$data" \
-        --workdir="$out/$1" "${breakdown[@]}" ;;
+        --workdir="$out/$1" "${breakdown[@]}" "${calls[@]}" ;;
     breakdown_350m) stage "$@" "$py" -m experiments.benchmark_train \
       --config=experiments/configs/gpu_350m.py --config.data.path="$data" \
       --workdir="$out/breakdown_350m" "${breakdown[@]}" --steps=5 ;;
@@ -136,7 +140,7 @@ run_stage() {  # run_stage NAME SECONDS
 
 for entry in $stages; do  # every name checked before any stage spends the lease's time
   case ${entry%%:*} in
-    rounds|loop|profile|compare|train|breakdown|breakdown_nocb|breakdown_350m) ;;
+    rounds|loop|profile|compare|train|breakdown|breakdown_nocb|breakdown_1step|breakdown_350m) ;;
     *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
   esac
 done

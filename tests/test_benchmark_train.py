@@ -20,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
   done = subprocess.run([sys.executable, "-m", "experiments.benchmark_train",
                          "--config=experiments/configs/tiny.py", "--steps=2",
+                         "--config.steps_per_call=4",
                          f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -38,14 +39,18 @@ def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
   for loop in ("unprefetched_host_s", "pipelined_host_s"):
     assert set(result[loop]) == {"batch", "call"} and min(result[loop].values()) > 0, loop
   assert 0 <= result["host_overhead"] < 1
+  # Four steps per call (as trained), every time per step.
+  assert result["steps_per_call"] == 4
+  assert "4 step(s) per call" in (tmp_path / "benchmark_train.md").read_text()
   assert result["tokens_per_step"] == result["batch_size"] * result["length"]
   assert result["tokens_per_second"] == pytest.approx(
       result["tokens_per_step"] / result["pipelined_step_s"])
   assert result["tflops"] == pytest.approx(
       result["flops_per_token"] * result["tokens_per_second"] / 1e12)
   assert result["mfu"] is None  # a CPU has no known peak
-  # XLA counts the whole step: the model's 6N + attention, plus the loss's softmax and the
-  # optimizer's few dozen FLOPs per parameter per step, spread over the step's tokens.
+  # XLA counts the whole step (once, as the body of the call's loop over steps): the model's
+  # 6N + attention, plus the loss's softmax and the optimizer's few dozen FLOPs per
+  # parameter per step, spread over the step's tokens.
   assert 0.95 < result["xla_flops_per_token"] / result["flops_per_token"] < 1.3
   assert result["memory"]["total"] == sum(
       result["memory"][k] for k in ("params", "optimizer", "ema", "activations"))

@@ -22,6 +22,9 @@ checkpoints) and times, separately:
 - one checkpoint save: the call (`checkpoint_call_s`, what blocks the loop) and
   until written (`checkpoint_total_s`).
 
+With `config.steps_per_call = K > 1` each call runs `K` steps on `K` stacked batches,
+as `run.train` does, and every time above is per step.
+
 Tokens per second count every position of the training rows; FLOPs per token
 are `transformer.flops_per_token` (6N plus attention), checked against XLA's
 cost analysis of the compiled step (`xla_flops_per_token`); MFU is over the
@@ -30,6 +33,8 @@ devices' known bf16 peak (`fef_jax.train.mfu`; none on CPUs).
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import os
 import statistics
 import time
@@ -47,6 +52,7 @@ from fef_jax.train import phases as phases_lib
 from fef_jax.train import prefetch
 from fef_jax.train import run
 from fef_jax.train import sharding
+from fef_jax.train import step_chunks
 
 
 def _startup(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -61,26 +67,28 @@ def _startup(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   return dict(timed.seconds)
 
 
-def _seconds_per_step(step_fn, state, next_batch, steps: int, repeats: int = 3):
-  """Times `repeats` runs of `steps` steps, each run waited for at the end.
+def _seconds_per_step(step_fn, state, next_batch, calls: int, steps_per_call: int,
+                      repeats: int = 3):
+  """Times `repeats` runs of `calls` calls of `steps_per_call` steps each, each run
+  waited for at the end.
 
   Returns:
-    (the median over runs of the seconds per step; the medians over steps of the
-     host's seconds in `next_batch()` (`"batch"`) and in the `step_fn` call, which
-     returns once the step is dispatched (`"call"`); the final state).
+    (the median over runs of the seconds per step; the medians over calls of the
+     host's seconds per step in `next_batch()` (`"batch"`) and in the `step_fn` call,
+     which returns once the call is dispatched (`"call"`); the final state).
   """
   per_step, batch_s, call_s = [], [], []
   for _ in range(repeats):
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
       before_batch = time.perf_counter()
       batch = next_batch()
       before_call = time.perf_counter()
       state, metrics = step_fn(state, batch)
-      batch_s.append(before_call - before_batch)
-      call_s.append(time.perf_counter() - before_call)
+      batch_s.append((before_call - before_batch) / steps_per_call)
+      call_s.append((time.perf_counter() - before_call) / steps_per_call)
     jax.block_until_ready((state, metrics))
-    per_step.append((time.perf_counter() - start) / steps)
+    per_step.append((time.perf_counter() - start) / (calls * steps_per_call))
   host = {"batch": statistics.median(batch_s), "call": statistics.median(call_s)}
   return statistics.median(per_step), host, state
 
@@ -98,7 +106,9 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
   Args:
     config: a training config (as `experiments.train` takes).
     workdir: a scratch directory (a startup run and a checkpoint are written there).
-    steps: timed steps per measurement (the median of three such runs is reported).
+    steps: timed steps per measurement (the median of three such runs is reported);
+      with `config.steps_per_call = K > 1`, `max(1, steps // K)` calls of `K` steps, and
+      every time is per step.
 
   Returns:
     A flat dict of the quantities in the module docstring, plus `params`,
@@ -107,10 +117,13 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
     the XLA memory analysis of the compiled step (`xla_temp_bytes`, or None).
 
   Raises:
-    ValueError: `steps < 1`; whatever `run.setup` raises for a bad config.
+    ValueError: `steps < 1`; a bad `config.steps_per_call`; whatever `run.setup`
+      raises for a bad config.
   """
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
+  k = run.steps_per_call(config)
+  calls = max(1, steps // k)
   os.makedirs(workdir, exist_ok=True)
   startup = _startup(config, os.path.join(workdir, "startup"))
   source, model, optimizer, loss_cfg, state = run.setup(config,
@@ -123,28 +136,27 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
   length = source.arrays["tokens"].shape[1]
   tokens_per_step = config.batch_size * length
 
-  def host_batch():
-    return jax.block_until_ready(sharding.shard_batch(next(iterator), mesh))
+  # A call's host batch: one, or K stacked (as `run.step_batches` makes them).
+  host_batches = iterator if k == 1 else step_chunks.stacked(iterator, itertools.repeat(k))
+  place = functools.partial(sharding.shard_batch, mesh=mesh, stacked=k > 1)
 
-  resident = host_batch()
+  resident = jax.block_until_ready(place(next(host_batches)))
   start = time.perf_counter()
   compiled = step_fn.lower(state, resident).compile()
   compile_s = time.perf_counter() - start
   state, _ = compiled(state, resident)  # warm-up
-  device_step_s, resident_host, state = _seconds_per_step(compiled, state, lambda: resident,
-                                                          steps)
+  timed = functools.partial(_seconds_per_step, compiled, calls=calls, steps_per_call=k)
+  device_step_s, resident_host, state = timed(state, lambda: resident)
   start = time.perf_counter()
-  for _ in range(steps):
-    host_batch()
-  host_batch_s = (time.perf_counter() - start) / steps
-  unprefetched_step_s, unprefetched_host, state = _seconds_per_step(
-      compiled, state, lambda: sharding.shard_batch(next(iterator), mesh), steps)
+  for _ in range(calls):
+    jax.block_until_ready(place(next(host_batches)))
+  host_batch_s = (time.perf_counter() - start) / (calls * k)
+  unprefetched_step_s, unprefetched_host, state = timed(state,
+                                                        lambda: place(next(host_batches)))
   size = config.get("prefetch_batches", 2)
-  with prefetch.Prefetcher(iterator, iterator.state,
-                           lambda batch: sharding.shard_batch(batch, mesh), size) as batches:
+  with prefetch.Prefetcher(host_batches, iterator.state, place, size) as batches:
     state, _ = compiled(state, next(batches)[0])  # fills the prefetch queue
-    pipelined_step_s, pipelined_host, state = _seconds_per_step(
-        compiled, state, lambda: next(batches)[0], steps)
+    pipelined_step_s, pipelined_host, state = timed(state, lambda: next(batches)[0])
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=1)
   start = time.perf_counter()
   checkpoint.save(manager, 1, state, iterator.state(), "benchmark")
@@ -153,7 +165,7 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
   checkpoint_total_s = time.perf_counter() - start
 
   flops_per_token = transformer.flops_per_token(model.config, length)
-  xla_flops = _xla_flops(compiled)
+  xla_flops = _xla_flops(compiled)  # of one step also when K > 1: XLA counts a loop body once
   tokens_per_second = tokens_per_step / pipelined_step_s
   utilization = mfu.utilization(flops_per_token, tokens_per_second)
   analysis = compiled.memory_analysis()
@@ -164,7 +176,7 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
       "startup_s": startup, "startup_total_s": sum(startup.values()),
       "compile_s": compile_s, "device_step_s": device_step_s, "host_batch_s": host_batch_s,
       "unprefetched_step_s": unprefetched_step_s, "pipelined_step_s": pipelined_step_s,
-      "prefetch_batches": size,
+      "prefetch_batches": size, "steps_per_call": k,
       "dispatch_s": resident_host["call"],
       "unprefetched_host_s": unprefetched_host, "pipelined_host_s": pipelined_host,
       "host_overhead": max(0.0, 1.0 - device_step_s / pipelined_step_s),
@@ -210,6 +222,7 @@ def format_table(result: dict[str, Any]) -> str:
       ("memory estimate per device", memory.readable_bytes(result["memory"]["total"])),
   ]
   header = (f"{result['params'] / 1e6:.1f}M parameters, batch {result['batch_size']} x "
-            f"{result['length']} tokens, {result['devices']} x {result['device_kind']}")
+            f"{result['length']} tokens, {result['steps_per_call']} step(s) per call, "
+            f"{result['devices']} x {result['device_kind']}")
   return "\n".join(lines + [header, "", "| quantity | value |", "|---|---|"]
                    + [f"| {name} | {value} |" for name, value in rows])
