@@ -239,9 +239,10 @@ def train_steps(state: TrainState, batches: dict[str, jax.Array], **step_kwargs
   """`K` consecutive `train_step`s in one call: a `lax.scan` over the leading axis of
   every `batches[name]` (`[K, B, ...]`), with `step_kwargs` those of `train_step`.
 
-  One dispatch and one host-to-device batch transfer then serve `K` steps, which is
-  what removes the host's share of a step when a step is short (the math is that of
-  `K` calls of `train_step` on `batches[name][i]`, in order).
+  What a call costs besides its steps (dispatch, the batch's transfer, the runtime's
+  allocation of the call's buffers, which on CPUs page-faults them in afresh) is then
+  paid once per `K` steps. The math is that of `K` calls of `train_step` on
+  `batches[name][i]`, in order.
 
   Returns:
     (the state after the `K` steps, each metric stacked per step: shape `[K]`).
