@@ -30,6 +30,13 @@ def test_calls_cover_every_step_once_and_never_step_over_due_work(start, total, 
     step += size
 
 
+def test_a_steps_per_call_that_misses_a_period_is_named_in_a_warning():
+  assert step_chunks.misfit_warning(10, (50, 200, 0, 400)) is None
+  assert step_chunks.misfit_warning(1, (7, 3)) is None
+  warning = step_chunks.misfit_warning(8, (50, 200, 0, 400))
+  assert warning and "steps_per_call=8" in warning and "[50]" in warning
+
+
 def test_bad_steps_per_call_and_periods_are_refused():
   for k in (0, -1, 2.0, True, "4"):
     with pytest.raises(ValueError, match="steps_per_call"):

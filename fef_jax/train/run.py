@@ -117,6 +117,12 @@ def make_step_fn(config: ml_collections.ConfigDict, model, optimizer, loss_cfg, 
                  donate_argnums=0)
 
 
+def _loop_periods(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The periods of the loop's work between steps: logs, evaluations, checkpoints, samples."""
+  return (config.log_every, config.eval_every, config.checkpoint.every,
+          config.sample.get("every", 0))
+
+
 def step_batches(config: ml_collections.ConfigDict, iterator: pipeline.BatchIterator,
                  start: int, mesh) -> prefetch.Prefetcher:
   """The placed batches of each call of `make_step_fn`'s function from step `start`,
@@ -130,9 +136,7 @@ def step_batches(config: ml_collections.ConfigDict, iterator: pipeline.BatchIter
   calls = iterator
   if k > 1:
     calls = step_chunks.stacked(iterator, step_chunks.chunk_sizes(
-        start, config.optimizer.total_steps, k,
-        (config.log_every, config.eval_every, config.checkpoint.every,
-         config.sample.get("every", 0))))
+        start, config.optimizer.total_steps, k, _loop_periods(config)))
   return prefetch.Prefetcher(calls, iterator.state,
                              functools.partial(sharding.shard_batch, mesh=mesh, stacked=k > 1),
                              size=config.get("prefetch_batches", 2))
@@ -236,9 +240,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
       mesh.shape["data"] * mesh.shape["fsdp"], config.loss.get("logits_chunk", 0))
   if progress:
     tqdm.write(memory.format_estimate(estimate))
-  too_large = memory.fit_warning(estimate, memory.device_limit_bytes())
-  if too_large:
-    logging.warning("%s", too_large)
+  for warning in (memory.fit_warning(estimate, memory.device_limit_bytes()),
+                  step_chunks.misfit_warning(steps_per_call(config), _loop_periods(config))):
+    if warning:
+      logging.warning("%s", warning)
   max_skipped = config.get("skip_nonfinite_steps", 0)
   finite = divergence.FiniteWatch(max_skipped)
   step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)

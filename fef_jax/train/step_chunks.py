@@ -58,6 +58,18 @@ def chunk_sizes(start: int, total: int, steps_per_call: int, every: Sequence[int
     step += size
 
 
+def misfit_warning(steps_per_call: int, every: Sequence[int]) -> str | None:
+  """A warning when `K = steps_per_call > 1` does not divide every period in `every`
+  (then one-step calls fill the gap before each due step, which costs speed, not
+  correctness), else None."""
+  misfits = [int(p) for p in every if p and int(p) % steps_per_call]
+  if steps_per_call == 1 or not misfits:
+    return None
+  return (f"steps_per_call={steps_per_call} does not divide the periods {misfits} of "
+          f"logging, evaluation, samples or checkpoints: one-step calls fill the steps "
+          f"before each; choose a steps_per_call that divides them")
+
+
 def stacked(batches: Iterator[Mapping[str, np.ndarray]], sizes: Iterable[int]
             ) -> Iterator[dict[str, np.ndarray]]:
   """For each `size` in `sizes`, the next `size` batches of `batches`, stacked.
