@@ -12,7 +12,8 @@
 #            block-causal with a head, over the exact cache), batch 1, 8 and 256
 #   train    training throughput and MFU of experiments/configs/gpu.py (200 steps)
 #   breakdown  where a training step of gpu.py goes (startup phases, compile, device step,
-#            host batch, prefetch, checkpoint, MFU; experiments.benchmark_train)
+#            host batch, prefetch, checkpoint, MFU, and an op profile of 20 steps: the
+#            kernels' time per step, the device's busy share; experiments.benchmark_train)
 #   breakdown_350m  the same for gpu_350m.py (not in the smoke run's default stages)
 #   breakdown_nocb  the 85M breakdown with XLA's command buffers (CUDA graphs) off: on the
 #            H100 a step took 93 ms on a resident batch and 137 ms on fresh ones; graphs
@@ -94,7 +95,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
          --config.model.num_layers=1 --config.model.d_model=64 --config.model.num_heads=2
          --config.model.mlp_dim=128 --config.batch_size=4 --config.data.length=32
          --config.eval_batch_size=4 --config.sample.every=0)
-  breakdown=("${train[@]}" --steps=2)
+  breakdown=("${train[@]}" --steps=2 --profile_steps=2)
   profile=(--d_model=16 --num_layers=1 --length=8 --masked=4 --vocab_size=8 --runs=2
            --samplers=first_hitting)
   stages=${STAGES:-rounds loop profile compare train breakdown}
@@ -105,7 +106,7 @@ else
   compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8, 256)")
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
-  breakdown=(--config.sample.every=0 --steps=20)
+  breakdown=(--config.sample.every=0 --steps=20 --profile_steps=20)
   profile=(--runs=20)
   stages=${STAGES:-breakdown breakdown_1step breakdown_nocb compare profile rounds loop train
     breakdown_350m}

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fef_jax.bench import train_cost
 from fef_jax.models import transformer
 from fef_jax.train import memory
 from fef_jax.train import optim
@@ -20,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
   done = subprocess.run([sys.executable, "-m", "experiments.benchmark_train",
                          "--config=experiments/configs/tiny.py", "--steps=2",
-                         "--config.steps_per_call=4",
+                         "--config.steps_per_call=4", "--profile_steps=4",
                          f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -39,6 +40,12 @@ def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
   for loop in ("unprefetched_host_s", "pipelined_host_s"):
     assert set(result[loop]) == {"batch", "call"} and min(result[loop].values()) > 0, loop
   assert 0 <= result["host_overhead"] < 1
+  # The op profile of 4 steps: the host's thunks on a CPU, no device process to be busy.
+  processes = {p["process"]: p for p in result["profile"]}
+  assert processes and all(p["events_per_run"] > 0 and p["top"] for p in processes.values())
+  assert result["device_busy"] is None
+  assert "Op profile of steps as trained" in (tmp_path / "benchmark_train.md").read_text()
+  assert list((tmp_path / "scratch" / "trace").rglob("*.trace.json.gz"))
   # Four steps per call (as trained), every time per step.
   assert result["steps_per_call"] == 4
   assert "4 step(s) per call" in (tmp_path / "benchmark_train.md").read_text()
@@ -77,3 +84,12 @@ def test_memory_estimate_counts_the_state_exactly_and_remat_saves_activations():
   assert "total" in memory.format_estimate(estimate)
   with pytest.raises(ValueError, match="data shards"):
     memory.estimate(config, 7, 16, state, data_shards=2)
+
+
+def test_device_busy_is_the_first_devices_kernel_time_over_the_step():
+  profile = [{"process": "/host:CPU", "events_per_run": 10.0, "top": []},
+             {"process": "/device:GPU:0", "events_per_run": 900.0, "top": [],
+              "device_us_per_run": 60_000.0}]
+  assert train_cost._device_busy(profile, 0.1) == pytest.approx(0.6)  # pylint: disable=protected-access
+  assert train_cost._device_busy(profile[:1], 0.1) is None  # pylint: disable=protected-access
+  assert train_cost._device_busy(None, 0.1) is None  # pylint: disable=protected-access

@@ -29,6 +29,7 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
   assert "tokens_per_second" in (tmp_path / "train.log").read_text()
   breakdown = json.loads((tmp_path / "breakdown" / "benchmark_train.json").read_text())
   assert breakdown["rows"][0]["pipelined_step_s"] > 0
+  assert breakdown["rows"][0]["profile"]  # the stage traces its steps op by op
 
 
 @pytest.mark.slow

@@ -150,15 +150,23 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
               f"per `fj.sample` call, {row['nfe']:.0f} sequential calls", ""]
     loops = ", ".join(f"depth {loop['depth']}: {loop['ops']}" for loop in row["loops"])
     lines += [f"Ops per iteration of each `while` body (compiled, `loop_ops`): {loops}", ""]
-    for process in row["processes"]:
-      device = (f", device ops {process['device_us_per_run']:.1f} us per call"
-                if "device_us_per_run" in process else "")
-      lines += [f"{process['process']}: {process['events_per_run']:.1f} events per call"
-                f"{device}", "", "| op | us per call | count per call |", "|---|---|---|"]
-      lines += [f"| `{op['name'][:80]}` | {op['us_per_run']:.1f} | {op['count_per_run']:.1f} |"
-                for op in process["top"]]
-      lines.append("")
+    lines += format_processes(row["processes"], "call")
   return "\n".join(lines)
+
+
+def format_processes(processes: Sequence[dict[str, Any]], run: str) -> list[str]:
+  """Markdown lines: per profiler process (`summarize`'s rows), its events and its top
+  ops, each per `run` (what one traced run was: "call", "step")."""
+  lines = []
+  for process in processes:
+    device = (f", device ops {process['device_us_per_run']:.1f} us per {run}"
+              if "device_us_per_run" in process else "")
+    lines += [f"{process['process']}: {process['events_per_run']:.1f} events per {run}"
+              f"{device}", "", f"| op | us per {run} | count per {run} |", "|---|---|---|"]
+    lines += [f"| `{op['name'][:80]}` | {op['us_per_run']:.1f} | {op['count_per_run']:.1f} |"
+              for op in process["top"]]
+    lines.append("")
+  return lines
 
 
 def write(rows: Sequence[dict[str, Any]], config: dict[str, Any], workdir: str

@@ -20,7 +20,12 @@ checkpoints) and times, separately:
   share that these do not explain means the host waited for the devices in them (a
   placement or a call that blocks until earlier steps finish);
 - one checkpoint save: the call (`checkpoint_call_s`, what blocks the loop) and
-  until written (`checkpoint_total_s`).
+  until written (`checkpoint_total_s`);
+- with `profile_steps`, an op profile of that many steps as trained (`profile`:
+  `op_profile.summarize` per step, traced by `jax.profiler` into `<workdir>/trace`).
+  On an accelerator its `device_us_per_run` is the kernels' time per step, so
+  `device_busy` = that / `pipelined_step_s` is the share of a step the device computes,
+  and its top ops say where the step's time goes.
 
 With `config.steps_per_call = K > 1` each call runs `K` steps on `K` stacked batches,
 as `run.train` does, and every time above is per step.
@@ -43,6 +48,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from fef_jax.bench import op_profile
 from fef_jax.data import pipeline
 from fef_jax.models import transformer
 from fef_jax.train import checkpoint
@@ -99,8 +105,8 @@ def _xla_flops(compiled) -> float | None:
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
-            ) -> dict[str, Any]:
+def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10,
+            profile_steps: int = 0) -> dict[str, Any]:
   """The step-time breakdown of `config` on this machine's devices.
 
   Args:
@@ -109,6 +115,7 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
     steps: timed steps per measurement (the median of three such runs is reported);
       with `config.steps_per_call = K > 1`, `max(1, steps // K)` calls of `K` steps, and
       every time is per step.
+    profile_steps: steps to trace op by op (0: none; rounded up to whole calls).
 
   Returns:
     A flat dict of the quantities in the module docstring, plus `params`,
@@ -117,11 +124,13 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
     the XLA memory analysis of the compiled step (`xla_temp_bytes`, or None).
 
   Raises:
-    ValueError: `steps < 1`; a bad `config.steps_per_call`; whatever `run.setup`
-      raises for a bad config.
+    ValueError: `steps < 1`, `profile_steps < 0`; a bad `config.steps_per_call`;
+      whatever `run.setup` raises for a bad config.
   """
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
+  if profile_steps < 0:
+    raise ValueError(f"profile_steps must be >= 0, got {profile_steps}")
   k = run.steps_per_call(config)
   calls = max(1, steps // k)
   os.makedirs(workdir, exist_ok=True)
@@ -157,6 +166,19 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
   with prefetch.Prefetcher(host_batches, iterator.state, place, size) as batches:
     state, _ = compiled(state, next(batches)[0])  # fills the prefetch queue
     pipelined_step_s, pipelined_host, state = timed(state, lambda: next(batches)[0])
+    profile = None
+    if profile_steps:
+      profile_calls = -(-profile_steps // k)
+
+      def trained_calls():
+        nonlocal state
+        for _ in range(profile_calls):
+          state, _ = compiled(state, next(batches)[0])
+        return state
+
+      profile = op_profile.summarize(
+          op_profile.trace_events(trained_calls, 1, os.path.join(workdir, "trace")),
+          profile_calls * k)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=1)
   start = time.perf_counter()
   checkpoint.save(manager, 1, state, iterator.state(), "benchmark")
@@ -188,7 +210,16 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10
                                 mesh.shape["data"] * mesh.shape["fsdp"],
                                 config.loss.get("logits_chunk", 0)),
       "xla_temp_bytes": getattr(analysis, "temp_size_in_bytes", None),
+      "profile": profile,
+      "device_busy": _device_busy(profile, pipelined_step_s),
   }
+
+
+def _device_busy(profile: list[dict[str, Any]] | None, step_s: float) -> float | None:
+  """The first accelerator's kernel time per profiled step over `step_s` (None on CPUs
+  or without a profile)."""
+  devices = [p for p in profile or () if "device_us_per_run" in p]
+  return devices[0]["device_us_per_run"] / 1e6 / step_s if devices else None
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -224,5 +255,12 @@ def format_table(result: dict[str, Any]) -> str:
   header = (f"{result['params'] / 1e6:.1f}M parameters, batch {result['batch_size']} x "
             f"{result['length']} tokens, {result['steps_per_call']} step(s) per call, "
             f"{result['devices']} x {result['device_kind']}")
-  return "\n".join(lines + [header, "", "| quantity | value |", "|---|---|"]
-                   + [f"| {name} | {value} |" for name, value in rows])
+  if result["device_busy"] is not None:
+    rows.append(("device busy (kernels per step / step as trained)",
+                 f"{100 * result['device_busy']:.1f}%"))
+  lines += [header, "", "| quantity | value |", "|---|---|"]
+  lines += [f"| {name} | {value} |" for name, value in rows]
+  if result["profile"]:
+    lines += ["", "Op profile of steps as trained (`jax.profiler`; host events nest, device "
+              "kernels add up):", ""] + op_profile.format_processes(result["profile"], "step")
+  return "\n".join(lines)
