@@ -96,7 +96,8 @@ def main():
     scanned_call = jax.jit(functools.partial(train_lib.train_steps, apply_fn=apply_fn,
                                              optimizer=optimizer, config=loss_cfg),
                            out_shardings=(shardings, None))
-    def scanned(count):
+
+    def scanned(count, state=state):
       stacked = {k: np.stack([batch[k] for batch in batches[:count]]) for k in batches[0]}
       return scanned_call(jax.device_put(state, shardings),
                           sharding.shard_batch(stacked, mesh, stacked=True))

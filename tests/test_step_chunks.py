@@ -3,9 +3,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from experiments.configs import tiny
 from fef_jax.data import pipeline
 from fef_jax.train import divergence
 from fef_jax.train import run
+from fef_jax.train import sharding
 from fef_jax.train import step_chunks
 
 
@@ -70,3 +72,22 @@ def test_stacked_step_metrics_name_the_first_non_finite_step():
   watch.add(9, {"loss": np.array([1.0, 1.0, np.nan, 1.0]), "grad_norm": np.ones(4)})
   with pytest.raises(divergence.TrainingDiverged, match="at step 8:"):
     watch.check(last_saved_step=5)
+
+
+def test_the_training_loop_is_fed_calls_of_the_planned_sizes():
+  config = tiny.get_config()
+  config.update(steps_per_call=4, log_every=5, eval_every=10, batch_size=8)
+  config.optimizer.total_steps = 12
+  config.checkpoint.every = 10
+  config.sample.every = 0
+  arrays = {"tokens": np.arange(64 * 11, dtype=np.int32).reshape(64, 11)}
+  mesh = sharding.make_mesh(-1, 1, 1)
+  plain = pipeline.BatchIterator(arrays, 8, seed=0)
+  with run.step_batches(config, pipeline.BatchIterator(arrays, 8, seed=0), 0, mesh) as calls:
+    fed = [next(calls)[0]["tokens"] for _ in range(6)]
+  assert [call.shape for call in fed] == [(size, 8, 11) for size in (4, 1, 4, 1, 1, 1)]
+  np.testing.assert_array_equal(np.concatenate(fed),
+                                np.stack([next(plain)["tokens"] for _ in range(12)]))
+  config.steps_per_call = 1  # one unstacked batch per call
+  with run.step_batches(config, pipeline.BatchIterator(arrays, 8, seed=0), 0, mesh) as calls:
+    assert next(calls)[0]["tokens"].shape == (8, 11)
