@@ -337,6 +337,35 @@ def test_a_bad_optimizer_config_fails_before_the_parameters_are_initialized(monk
   def no_init(*args):
     raise AssertionError(f"initialized before checking the optimizer config: {args[0]}")
 
-  monkeypatch.setattr(run, "build_model", no_init)
+  monkeypatch.setattr(run, "init_params", no_init)
   with pytest.raises(ValueError, match="warmup_steps=100, total_steps=10"):
     run.setup(config)
+
+
+def test_a_resumed_run_restores_its_state_without_initializing_one(tmp_path, monkeypatch):
+  from experiments.configs import tiny  # pylint: disable=import-outside-toplevel
+  from fef_jax.train import run  # pylint: disable=import-outside-toplevel
+  config = tiny.get_config()
+  config.optimizer.update(total_steps=2, warmup_steps=1)
+  config.update(log_every=2, eval_every=2, eval_batch_size=64, batch_size=32)
+  config.checkpoint.every = 2
+  config.sample.every = 0
+  config.data.num_examples = 256
+  config.data.num_eval_examples = 64
+  first = run.train(config, str(tmp_path), progress=False)
+
+  real_init = run.init_params
+
+  def traced_only(model_cfg, key):  # shapes may be traced, values must not be computed
+    if not isinstance(key, jax.core.Tracer):
+      raise AssertionError("a resumed run initialized its parameters")
+    return real_init(model_cfg, key)
+
+  monkeypatch.setattr(run, "init_params", traced_only)
+  config.optimizer.total_steps = 3
+  resumed = run.train(config, str(tmp_path), progress=False)
+  assert int(resumed["state"].step) == 3
+  # It trained on from the saved state: the step's update moved the parameters.
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first["state"].params),
+                                                    jax.tree.leaves(resumed["state"].params))]
+  assert any(moved)

@@ -221,6 +221,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   return None
 
 
-def abstract(state: Any) -> Any:
-  """The shapes, dtypes and shardings of `state`, as orbax restore targets."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+def abstract(state: Any, shardings: Any = None) -> Any:
+  """The shapes, dtypes and shardings of `state` (arrays), as orbax restore targets; or,
+  given `shardings` (a matching tree of them), of `state`'s leaves (anything with a shape
+  and dtype, e.g. `jax.eval_shape`'s output) placed by them."""
+  if shardings is None:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
