@@ -26,6 +26,7 @@ from fef_jax.models import host_init
 from fef_jax.models import spec_head
 from fef_jax.models import transformer
 from fef_jax.train import checkpoint
+from fef_jax.train import compile_ahead
 from fef_jax.train import data_source
 from fef_jax.train import divergence
 from fef_jax.train import memory
@@ -162,6 +163,18 @@ def step_batches(config: ml_collections.ConfigDict, iterator: pipeline.BatchIter
                              size=config.get("prefetch_batches", 2))
 
 
+def _call_batch_shapes(config: ml_collections.ConfigDict, source: data_source.DataSource,
+                       mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The shapes, dtypes and shardings of the batches of one full call of the step
+  (`[K, B, ...]` stacked for `K = steps_per_call(config) > 1`, else `[B, ...]`)."""
+  k = steps_per_call(config)
+  lead = (k, config.batch_size) if k > 1 else (config.batch_size,)
+  placed = sharding.batch_sharding(mesh, k > 1)
+  return {name: jax.ShapeDtypeStruct(lead + array.shape[1:],
+                                     jax.dtypes.canonicalize_dtype(array.dtype), sharding=placed)
+          for name, array in source.arrays.items()}
+
+
 def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, best: bool = False
                     ) -> dict[str, Any]:
   """The model of a finished (or interrupted) run in `workdir`, for sampling.
@@ -197,9 +210,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
           timed: phases_lib.Phases | None = None) -> dict[str, Any]:
   """Trains (or resumes) until `config.optimizer.total_steps`.
 
-  The startup phases until the first step has run ("data", "init", "place",
-  "restore", "compile+first step") are timed into `timed` (if given) and, with
-  `progress`, printed once above the progress bar.
+  The startup phases until the first step has run ("data", "init", "restore",
+  "place", "compile+first step") are timed into `timed` (if given) and, with
+  `progress`, printed once above the progress bar. "init" is the state's shapes, and
+  on a fresh run its values; the train step compiles from the shapes on a thread
+  meanwhile (`compile_ahead`), so "compile+first step" is what is left of it.
 
   Returns:
     {"state": the final TrainState, "metrics": the last logged metrics,
@@ -233,15 +248,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   os.makedirs(workdir, exist_ok=True)
   sharding.initialize_distributed()
   timed = timed if timed is not None else phases_lib.Phases()
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.checkpoint.max_to_keep)
-  # A run that resumes restores its state into the state's shapes without initializing
-  # one first (seconds for the GPU configs); a fresh run initializes it.
-  resuming = bool(manager.all_steps())
+  # The state's shapes first: the train step compiles from them on a thread while the
+  # state is restored, or initialized and placed (a resumed run never initializes one).
   source, model, optimizer, loss_cfg, state = setup(config, os.path.join(workdir, "tokenizer"),
-                                                    timed, abstract=resuming)
+                                                    timed, abstract=True)
   apply_fn = train_lib.make_apply_fn(model)
   iterator = pipeline.BatchIterator(source.arrays, config.batch_size, config.seed)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.checkpoint.max_to_keep)
   best_metric = config.checkpoint.get("best_metric")
   best_manager = (checkpoint.make_manager(os.path.join(workdir, "best"), max_to_keep=1,
                                           best_metric=best_metric,
@@ -253,6 +267,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   prompts = (periodic_samples.held_out_prompts(source, config.sample, config.seed)
              if sample_every else None)
   shardings = sharding.state_shardings(state, mesh)
+  step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
+  # One process only: on several, each host's batch is a slice of the global one.
+  ahead = (compile_ahead.CompileAhead(step_fn, checkpoint.abstract(state, shardings),
+                                      _call_batch_shapes(config, source, mesh))
+           if jax.process_count() == 1 else None)
   with timed("restore"):
     restored = checkpoint.restore_latest(manager, checkpoint.abstract(state, shardings),
                                          run_fingerprint)
@@ -260,9 +279,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     state, data_state = restored
     iterator.restore(data_state)
   else:
-    if resuming:  # its checkpoints were removed since: start afresh after all
-      with timed("init"):
-        state = fresh_state(config, model.config, optimizer)
+    with timed("init"):
+      state = fresh_state(config, model.config, optimizer)
     with timed("place"):
       state = jax.block_until_ready(jax.device_put(state, shardings))
   estimate = memory.estimate(  # before compiling, which is where a model too large fails
@@ -276,7 +294,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
       logging.warning("%s", warning)
   max_skipped = config.get("skip_nonfinite_steps", 0)
   finite = divergence.FiniteWatch(max_skipped)
-  step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
   stacked = steps_per_call(config) > 1
   eval_fn = jax.jit(functools.partial(train_lib.eval_step, apply_fn=apply_fn, config=loss_cfg))
   eval_batch = sharding.shard_batch(
@@ -301,7 +318,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         if started:
           state, step_metrics = step_fn(state, batch)
         else:
-          with timed("compile+first step"):
+          with timed("compile+first step"):  # what is left of the compile begun above
+            if ahead is not None:
+              ahead.wait()
             state, step_metrics = jax.block_until_ready(step_fn(state, batch))
           started = True
           if progress:
