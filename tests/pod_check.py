@@ -1,7 +1,8 @@
 """Run as a script under 8 simulated CPU devices (see test_configs.py): builds the TPU-pod
 config's model, optimizer state and mesh abstractly (nothing is allocated), places every
-state leaf and the global batch (of one call) by the project's sharding rule, lowers the jitted train
-step for those shardings, and prints one JSON line with what the test checks: the mesh,
+state leaf and the global batch (of one call) by the project's sharding rule, lowers the
+jitted train step for those shardings, and prints one JSON line with what the test
+checks: the mesh,
 the state's bytes in all and on one device, the leaves left unsharded, and the per-device
 memory estimate."""
 import json
@@ -37,10 +38,8 @@ def main():
   placed = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         state, shardings)
   # One call's batches, as the config trains: stacked `[K, B, L]` when K > 1 steps per call.
-  k = run.steps_per_call(config)
-  batch = {"tokens": jax.ShapeDtypeStruct(((k,) if k > 1 else ()) + (config.batch_size, length),
-                                          jnp.int32,
-                                          sharding=sharding.batch_sharding(mesh, k > 1))}
+  batch = run.call_batch_shapes(
+      config, {"tokens": jax.ShapeDtypeStruct((1, length), jnp.int32)}, mesh)
   loss_cfg = train_lib.LossConfig(mask_id=BYTE_VOCAB, **dict(config.loss))
   step_fn = run.make_step_fn(config, transformer.Transformer(model_cfg), optimizer, loss_cfg,
                              shardings, mesh)

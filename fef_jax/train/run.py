@@ -163,16 +163,18 @@ def step_batches(config: ml_collections.ConfigDict, iterator: pipeline.BatchIter
                              size=config.get("prefetch_batches", 2))
 
 
-def _call_batch_shapes(config: ml_collections.ConfigDict, source: data_source.DataSource,
-                       mesh) -> dict[str, jax.ShapeDtypeStruct]:
+def call_batch_shapes(config: ml_collections.ConfigDict, arrays: dict[str, Any],
+                      mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """The shapes, dtypes and shardings of the batches of one full call of the step
-  (`[K, B, ...]` stacked for `K = steps_per_call(config) > 1`, else `[B, ...]`)."""
+  (`[K, B, ...]` stacked for `K = steps_per_call(config) > 1`, else `[B, ...]`), for
+  training `arrays` (name -> anything with a shape `[N, ...]` and a dtype, e.g. a
+  `DataSource`'s arrays)."""
   k = steps_per_call(config)
   lead = (k, config.batch_size) if k > 1 else (config.batch_size,)
   placed = sharding.batch_sharding(mesh, k > 1)
-  return {name: jax.ShapeDtypeStruct(lead + array.shape[1:],
+  return {name: jax.ShapeDtypeStruct(lead + tuple(array.shape[1:]),
                                      jax.dtypes.canonicalize_dtype(array.dtype), sharding=placed)
-          for name, array in source.arrays.items()}
+          for name, array in arrays.items()}
 
 
 def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, best: bool = False
@@ -268,13 +270,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
              if sample_every else None)
   shardings = sharding.state_shardings(state, mesh)
   step_fn = make_step_fn(config, model, optimizer, loss_cfg, shardings, mesh)
+  placed_shapes = checkpoint.abstract(state, shardings)
   # One process only: on several, each host's batch is a slice of the global one.
-  ahead = (compile_ahead.CompileAhead(step_fn, checkpoint.abstract(state, shardings),
-                                      _call_batch_shapes(config, source, mesh))
+  ahead = (compile_ahead.CompileAhead(step_fn, placed_shapes,
+                                      call_batch_shapes(config, source.arrays, mesh))
            if jax.process_count() == 1 else None)
   with timed("restore"):
-    restored = checkpoint.restore_latest(manager, checkpoint.abstract(state, shardings),
-                                         run_fingerprint)
+    restored = checkpoint.restore_latest(manager, placed_shapes, run_fingerprint)
   if restored is not None:
     state, data_state = restored
     iterator.restore(data_state)
@@ -283,7 +285,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
       state = fresh_state(config, model.config, optimizer)
     with timed("place"):
       state = jax.block_until_ready(jax.device_put(state, shardings))
-  estimate = memory.estimate(  # before compiling, which is where a model too large fails
+  estimate = memory.estimate(  # before the first step, which is where a model too large fails
       model.config, config.batch_size, source.arrays["tokens"].shape[1], state,
       mesh.shape["data"] * mesh.shape["fsdp"], config.loss.get("logits_chunk", 0))
   if progress:
