@@ -645,10 +645,23 @@ class BlockCausal:
 
   def extend_shared(self, cache_NxL: jax.Array, shared_NxP: jax.Array,
                     tokens_NxCxT: jax.Array, shared_start_N: jax.Array,
-                    start_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    start_N: jax.Array, tail_NxR: jax.Array | None = None,
+                    tail_start_N: jax.Array | None = None,
+                    tail_copy: int = 0) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """`extend` of copies that also hold `shared_NxP` at `[shared_start, shared_start + P)`
-    (see `fef_jax.models.Transformer.extend_shared`): the states get both."""
+    (see `fef_jax.models.Transformer.extend_shared`): the states get both. The
+    optional tail's logits (float32[N, R, V]; None without one) are
+    `block_logits` of copy `tail_copy` with the tail written in."""
     shared_states_NxL = jax.vmap(lambda row_L, piece_P, start: jax.lax.dynamic_update_slice_in_dim(
         row_L, piece_P, start, axis=0))(cache_NxL, shared_NxP.astype(cache_NxL.dtype),
                                         shared_start_N)
-    return self.extend(shared_states_NxL, tokens_NxCxT, start_N)
+    logits_NxCxTxV, states_NxL = self.extend(shared_states_NxL, tokens_NxCxT, start_N)
+    if tail_NxR is None:
+      return logits_NxCxTxV, None, states_NxL
+    copy_states_NxL = jax.vmap(lambda row_L, piece_T, start: jax.lax.dynamic_update_slice_in_dim(
+        row_L, piece_T, start, axis=0))(shared_states_NxL,
+                                        tokens_NxCxT[:, tail_copy].astype(cache_NxL.dtype),
+                                        start_N)
+    tail_logits_NxRxV = self.block_logits(copy_states_NxL, tail_NxR[:, None, :],
+                                          tail_start_N)[:, 0]
+    return logits_NxCxTxV, tail_logits_NxRxV, states_NxL

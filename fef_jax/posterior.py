@@ -29,7 +29,8 @@ def positions_by_rank(rank_BxL: jax.Array) -> jax.Array:
 
 def prefix_revealed_copies(tokens_BxL: jax.Array, values_BxL: jax.Array,
                            rank_BxL: jax.Array, start_B: jax.Array,
-                           num_copies: int) -> jax.Array:
+                           num_copies: int, last_copy_B: jax.Array | None = None
+                           ) -> jax.Array:
   """Copies whose `c`-th member reveals the `c` set positions after `start`.
 
   Args:
@@ -38,15 +39,19 @@ def prefix_revealed_copies(tokens_BxL: jax.Array, values_BxL: jax.Array,
     rank_BxL: rank of each position in the ordered set (see module docstring).
     start_B: the first undecided rank of each row.
     num_copies: static number of copies `W`.
+    last_copy_B: optional int[B]: the copies after it repeat it.
 
   Returns:
     int32[B, W, L]: copy `c` equals `tokens` with the positions of rank
-    `start..start+c-1` set to `values`; copy 0 is `tokens` itself.
+    `start..start+r-1` set to `values`, `r = min(c, last_copy)`; copy 0 is
+    `tokens` itself.
   """
   offset_BxL = rank_BxL - start_B[:, None]
-  copy_W = jnp.arange(num_copies)
+  reveal_W = jnp.arange(num_copies)
+  reveal_BxW = (reveal_W[None, :] if last_copy_B is None
+                else jnp.minimum(reveal_W[None, :], last_copy_B[:, None]))
   reveal_BxWxL = ((offset_BxL[:, None, :] >= 0)
-                  & (offset_BxL[:, None, :] < copy_W[None, :, None]))
+                  & (offset_BxL[:, None, :] < reveal_BxW[:, :, None]))
   return jnp.where(reveal_BxWxL, values_BxL[:, None, :], tokens_BxL[:, None, :])
 
 

@@ -88,7 +88,11 @@ class CopyEvaluator:
       float[B, W, S, V] of the span of positions `offset_b .. offset_b + S - 1`
       of every copy, offset int32[B], the context for the next rounds: the
       carried one, or one the call updated, e.g. a cache it extended). The span
-      must hold every target of the round (every undecided set position).
+      must hold every target of the round (every undecided set position). Its
+      positions after the set are read only after a round that decides the
+      rest of its set, and then from the copy of the last target
+      (`verification_round`'s pivot), which the last copy always repeats: an
+      evaluator may give every copy the last copy's logits there.
     units_per_copy: what one evaluated copy adds to `stats.sequences` (1 when
       that counts whole sequences).
     units_per_round: what a round adds besides its copies (positions the copies
@@ -174,7 +178,8 @@ def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
 
 
 def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
-                  rank_BxL: jax.Array, positions_BxW: jax.Array, window: int, mask_id: int):
+                  rank_BxL: jax.Array, positions_BxW: jax.Array, last_copy_B: jax.Array,
+                  window: int, mask_id: int):
   """Targets from `W` prefix-revealed copies evaluated in one call.
 
   Returns:
@@ -184,7 +189,7 @@ def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL:
     the evaluator's context after the call).
   """
   copies_BxWxL = posterior.prefix_revealed_copies(
-      state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window)
+      state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window, last_copy_B)
   span_logits_BxWxSxV, offset_B, context = evaluator.evaluate(copies_BxWxL, state.context)
   span_logits_BxWxSxV = span_logits_BxWxSxV.astype(jnp.float32)
   span = span_logits_BxWxSxV.shape[2]
@@ -311,6 +316,9 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
 
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
+  num_valid_B = jnp.sum(valid_BxW, axis=1).astype(jnp.int32)
+  # The copy that reveals every target but the last; the copies after it repeat it.
+  last_copy_B = jnp.maximum(num_valid_B - 1, 0)
   positions_BxW = jnp.take_along_axis(
       posterior.positions_by_rank(rank_BxL),
       jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
@@ -338,7 +346,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   else:
     evaluator = denoiser if isinstance(denoiser, CopyEvaluator) else whole_sequences(denoiser)
     target_logits_BxWxV, bad_B, next_drafts, context = _copy_targets(
-        evaluator, state, drafts_BxL, rank_BxL, positions_BxW, window, mask_id)
+        evaluator, state, drafts_BxL, rank_BxL, positions_BxW, last_copy_B, window, mask_id)
     units = window * evaluator.units_per_copy + evaluator.units_per_round
     if context is not state.context:
       # Rows without targets keep their context.
@@ -352,12 +360,11 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
                    - jnp.take_along_axis(logq_BxWxV, draft_BxW[..., None], axis=-1))[..., 0]
   accept_BxW = valid_BxW & (jnp.log(accept_uniform_BxW) < log_ratio_BxW)
   num_accepted_B = jnp.sum(jnp.cumprod(accept_BxW, axis=1), axis=1).astype(jnp.int32)
-  num_valid_B = jnp.sum(valid_BxW, axis=1).astype(jnp.int32)
   rejected_B = num_accepted_B < num_valid_B
 
-  # The first rejected copy (when all are accepted: the last copy, whose
-  # accepted-prefix logits then serve as the next drafts).
-  pivot_B = jnp.minimum(num_accepted_B, window - 1)
+  # The first rejected copy, or when all are accepted the last target's copy, which
+  # reveals every accepted draft but the last: its logits serve as the next drafts.
+  pivot_B = jnp.minimum(num_accepted_B, last_copy_B)
   pivot_logp_BxV = jnp.take_along_axis(logp_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
   pivot_logq_BxV = jnp.take_along_axis(logq_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
   residual_B = noise.categorical(_residual_log_probs(pivot_logp_BxV, pivot_logq_BxV),

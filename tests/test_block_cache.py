@@ -184,43 +184,69 @@ def test_extend_writes_the_full_pass_keys_and_values_of_copy_zero():
                                   cache.keys_NxYxLxHxK[b, :, end:])
 
 
+@pytest.mark.parametrize("tail_copy", [None, 0, 2])
 @pytest.mark.parametrize("layout", ["shared_before", "shared_after"])
-def test_extend_shared_equals_the_full_pass_of_every_copy(layout):
+def test_extend_shared_equals_the_full_pass_of_every_copy(layout, tail_copy):
   # A fused FeF round: the copies share the decided block before their window (or, at
-  # the sequence's start, a later block none of them sees), computed once.
+  # the sequence's start, a later block none of them sees), computed once; with a tail,
+  # the block after their window too, as one copy sees it.
+  tail = tail_copy is not None
   tokens, valid = _tokens_and_valid(3)
   rng = np.random.default_rng(11)
+  length_t = SPAN if tail else 2 * SPAN
   shared = jnp.asarray(rng.integers(0, VOCAB + 1, (3, SPAN)), jnp.int32)
-  copies = jnp.asarray(rng.integers(0, VOCAB + 1, (3, 3, 2 * SPAN)), jnp.int32)
+  copies = jnp.asarray(rng.integers(0, VOCAB + 1, (3, 3, length_t)), jnp.int32)
+  tail_tokens = jnp.asarray(rng.integers(0, VOCAB + 1, (3, SPAN)), jnp.int32)
   if layout == "shared_before":
     shared_start, start = np.array([0, 4, 4]), np.array([4, 8, 8])
   else:
     shared_start, start = np.array([8, 8, 12]), np.array([0, 0, 4])
+  tail_start = start + length_t
   _, cache = _call(BLOCK_CAUSAL, "encode", tokens, valid)
-  logits, extended = _call(BLOCK_CAUSAL, "extend_shared", cache, shared, copies,
-                           jnp.asarray(shared_start, jnp.int32), jnp.asarray(start, jnp.int32))
-  assert logits.shape == (3, 3, 2 * SPAN, VOCAB)
+  tail_args = (tail_tokens, jnp.asarray(tail_start, jnp.int32), tail_copy) if tail else ()
+  logits, tail_logits, extended = jax.jit(
+      lambda *args: models.Transformer(BLOCK_CAUSAL).apply(
+          {"params": _params()}, *args, *tail_args, method="extend_shared"))(
+              cache, shared, copies, jnp.asarray(shared_start, jnp.int32),
+              jnp.asarray(start, jnp.int32))
+  assert logits.shape == (3, 3, length_t, VOCAB)
+  assert (tail_logits is None) == (not tail)
   chain = roundoff.fef_chain(BLOCK_CAUSAL, LENGTH)
   for b in range(3):
     base = tokens[b].at[shared_start[b]:shared_start[b] + SPAN].set(shared[b])
-    span = slice(start[b], start[b] + 2 * SPAN)
+    if tail:
+      base = base.at[tail_start[b]:tail_start[b] + SPAN].set(tail_tokens[b])
+    span = slice(start[b], start[b] + length_t)
     where = np.asarray(valid[b, span])[:, None]
     for c in range(3):
       want, want_cache = _call(BLOCK_CAUSAL, "encode", base.at[span].set(copies[b, c])[None],
                                valid[b][None])
       roundoff.assert_within(np.where(where, logits[b, c], 0), np.where(where, want[0, span], 0),
                              roundoff.two_pass_bound(chain, want[0, span]), f"row {b}, copy {c}")
+      if c == tail_copy:
+        tail_span = slice(tail_start[b], tail_start[b] + SPAN)
+        tail_where = np.asarray(valid[b, tail_span])[:, None]
+        roundoff.assert_within(np.where(tail_where, tail_logits[b], 0),
+                               np.where(tail_where, want[0, tail_span], 0),
+                               roundoff.two_pass_bound(chain, want[0, tail_span]),
+                               f"tail of row {b}")
       if c:
         continue
-      # The cache holds copy 0's state wherever it was written or is still valid.
-      end = max(start[b] + 2 * SPAN, shared_start[b] + SPAN)
+      # The cache holds copy 0's state wherever it was written or is still valid, but
+      # the tail is not written: its keys and values are one copy's. Shared positions
+      # after a tail (a later block, which a fused round never reads) do not see it.
+      written_L = np.zeros(LENGTH, bool)
+      written_L[shared_start[b]:shared_start[b] + SPAN] = True
+      written_L[span] = True
+      end = start[b] + length_t if tail and layout == "shared_after" else max(
+          start[b] + length_t, shared_start[b] + SPAN)
       for name in ("keys_NxYxLxHxK", "values_NxYxLxHxK"):
         got_L, want_L = getattr(extended, name)[b, :, :end], getattr(want_cache, name)[0, :, :end]
-        written = np.asarray(valid[b, :end])[None, :, None, None]
-        roundoff.assert_within(np.where(written, got_L, 0), np.where(written, want_L, 0),
+        exact = np.asarray(valid[b, :end])[None, :, None, None]
+        roundoff.assert_within(np.where(exact, got_L, 0), np.where(exact, want_L, 0),
                                roundoff.two_pass_bound(chain, want_L), f"{name}, row {b}")
-        np.testing.assert_array_equal(getattr(extended, name)[b, :, end:],
-                                      getattr(cache, name)[b, :, end:])
+        np.testing.assert_array_equal(getattr(extended, name)[b, :, ~written_L],
+                                      getattr(cache, name)[b, :, ~written_L])
 
 
 def test_extend_shared_refuses_a_bidirectional_model():
@@ -349,8 +375,9 @@ def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options,
   assert agreement >= 0.999, agreement
   for name in ("rounds", "tokens", "drafts_examined", "drafts_accepted", "nfe"):
     np.testing.assert_array_equal(getattr(cached.stats, name), getattr(plain.stats, name))
-  # Sequences: the first call and (S + W * 2S) / L per round, rounded up.
-  expected = np.ceil(1 + np.asarray(cached.stats.rounds) * (2 + options["window"] * 2 * 2)
+  # Sequences: the first call and (S + W * S + S) / L per round (the block before the
+  # window, each copy's window, the block after it once), rounded up.
+  expected = np.ceil(1 + np.asarray(cached.stats.rounds) * (2 + options["window"] * 2 + 2)
                      / LENGTH)
   np.testing.assert_array_equal(cached.stats.sequences, expected)
 

@@ -9,10 +9,11 @@ of the `2S` positions from the old block to the new one (the current state's,
 whose keys and values of the old block go into the cache, and the drafts'
 input's, for the new block's drafts). With marginal drafts and tiny blocks the
 sampler fuses that refresh into its rounds (`fef_jax.samplers.cache.fused_rounds`):
-each round evaluates the block before the window once and the `W` copies over the
-window and the block after it (`S + 2 W S` positions) with `extend_shared`, and no
-refresh call runs; the exact round is then that call (`fused`, timed wherever
-`L >= 3S`; the sampler fuses only for blocks of 1 or 2 positions).
+each round evaluates the block before the window once, the `W` copies of the
+window, and the block after it once, as one copy sees it (`S + W S + S` positions),
+with `extend_shared`, and no refresh call runs; the exact round is then that call
+(`fused`, timed wherever `L >= 3S`; the sampler fuses only for blocks of 1 or 2
+positions).
 With a bidirectional model and `cache="approximate"` (the dual cache, refreshed
 once per block) the block call does the same work (only its attention mask
 differs) and the refresh encodes the `B` states only.
@@ -83,8 +84,9 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
   block = jax.jit(lambda p, c, t, s: model.apply({"params": p}, c, t, s,
                                                  method="block_logits"))
   extend = jax.jit(lambda p, c, t, s: model.apply({"params": p}, c, t, s, method="extend"))
-  extend_shared = jax.jit(lambda p, c, shared, t, shared_start, s: model.apply(
-      {"params": p}, c, shared, t, shared_start, s, method="extend_shared"))
+  extend_shared = jax.jit(lambda p, c, shared, t, shared_start, s, tail, tail_copy: model.apply(
+      {"params": p}, c, shared, t, shared_start, s, tail, s + span, tail_copy,
+      method="extend_shared"), static_argnums=7)
   tokens_BxL = jnp.where(jax.random.bernoulli(mask_key, 0.5, (batch, length)), config.mask_id,
                          jax.random.randint(tokens_key, (batch, length), 0, vocab_size))
   single_s = timing.median_seconds(call, params, tokens_BxL, repeats=repeats)
@@ -124,8 +126,9 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     if fused:
       window_start_B = jnp.clip(start_B, span, length - 2 * span)
       fused_s = timing.median_seconds(
-          extend_shared, params, cache, span_BxWxS[:, 0], jnp.tile(span_BxWxS, (1, 1, 2)),
-          window_start_B - span, window_start_B, repeats=repeats)
+          extend_shared, params, cache, span_BxWxS[:, 0], span_BxWxS,
+          window_start_B - span, window_start_B, span_BxWxS[:, 0],
+          window - 1, repeats=repeats)
     tau = min(float(tokens_per_round), float(window))
     whole_units, block_units = whole_s / single_s, block_s / single_s
     refresh_units, approx_refresh_units = refresh_s / single_s, approx_refresh_s / single_s
@@ -165,8 +168,8 @@ def run_grid(d_models: Sequence[int], lengths: Sequence[int], span: int,
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table; costs in units of one whole-sequence call of the batch."""
   header = ["d_model", "L", "S", "W", "1 call (ms)", "whole W×L", "block W×S", "ideal W·S/L",
-            "refresh 2×2S", "fused S+W×2S", "exact round", "approx. round", "head pass", "head round",
-            "tok/round", "speed-up whole", "speed-up exact", "speed-up approx.",
+            "refresh 2×2S", "fused 2S+W×S", "exact round", "approx. round", "head pass",
+            "head round", "tok/round", "speed-up whole", "speed-up exact", "speed-up approx.",
             "speed-up head"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:

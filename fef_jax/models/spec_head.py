@@ -175,9 +175,10 @@ class SpecHeadTransformer(nn.Module):
   def extend(self, cache, tokens_BxCxS, start_B):
     return self.backbone.extend(cache, tokens_BxCxS, start_B)
 
-  def extend_shared(self, cache, shared_BxP, tokens_BxCxT, shared_start_B, start_B):
+  def extend_shared(self, cache, shared_BxP, tokens_BxCxT, shared_start_B, start_B,
+                    tail_BxR=None, tail_start_B=None, tail_copy=0):
     return self.backbone.extend_shared(cache, shared_BxP, tokens_BxCxT, shared_start_B,
-                                       start_B)
+                                       start_B, tail_BxR, tail_start_B, tail_copy)
 
   def hidden(self, tokens_BxL, valid_BxL=None, t_B=None):
     return self.backbone.hidden(tokens_BxL, valid_BxL, t_B)

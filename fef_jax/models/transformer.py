@@ -885,16 +885,28 @@ class Transformer(nn.Module):
                                     ((0, tokens_BxCxS.shape[2], start_B),))
 
   def extend_shared(self, cache: KVCache, shared_BxP: jax.Array, tokens_BxCxT: jax.Array,
-                    shared_start_B: jax.Array, start_B: jax.Array) -> tuple[jax.Array, KVCache]:
-    """`extend` of `C` copies that agree on `P` positions, those computed once.
+                    shared_start_B: jax.Array, start_B: jax.Array,
+                    tail_BxR: jax.Array | None = None, tail_start_B: jax.Array | None = None,
+                    tail_copy: int = 0) -> tuple[jax.Array, jax.Array | None, KVCache]:
+    """`extend` of `C` copies that agree on `P` positions (and `R` more), those computed once.
 
     Copy `c` of row `b` is the cached state with positions `[shared_start_b,
     shared_start_b + P)` set to `shared_BxP[b]` and `[start_b, start_b + T)` to
-    `tokens_BxCxT[b, c]`. One pass over `P + C T` positions gives each copy's
+    `tokens_BxCxT[b, c]`. One pass over `P + C T (+ R)` positions gives each copy's
     logits at its `T` positions, as `extend` of the copies over a span holding
     both ranges would (up to float round-off), without evaluating the shared
     positions `C` times: what a fused FeF round needs, whose copies share the
     decided block before their window (`fef_jax.samplers.cache`).
+
+    The optional tail is `R` more positions `[tail_start_b, tail_start_b + R)`
+    that every copy holds as `tail_BxR[b]`, evaluated once, as copy `tail_copy`
+    sees them: its logits are that copy's there (the next block's drafts of a
+    fused round come from one copy, so the block after the window need not be
+    evaluated in every copy). It is exact when its range is disjoint from the
+    others and from the cached keys seen (it starts at or after
+    `min(shared_start, start)`); otherwise its logits are finite but
+    unspecified. Its keys and values are not written, and shared positions
+    after it do not see it.
 
     Block-causal models only. The shared range must end where the copies' begins
     (`shared_start + P == start`) or begin where it ends (`start + T ==
@@ -908,13 +920,18 @@ class Transformer(nn.Module):
       tokens_BxCxT: int[B, C, T] each copy's tokens.
       shared_start_B, start_B: int[B] where they go (traced; not checked against
         each other, `+ P` and `+ T` must be `<= L`).
+      tail_BxR: optional int[B, R], the tail's tokens.
+      tail_start_B: int[B] where the tail goes (`+ R <= L`); with `tail_BxR` only.
+      tail_copy: static, in `[0, C)`: the copy the tail belongs to.
 
     Returns:
-      (float32[B, C, T, vocab_size] logits; the `KVCache` with the shared
-      positions' keys and values and copy 0's written, the rest unchanged).
+      (float32[B, C, T, vocab_size] logits; float32[B, R, vocab_size] the tail's
+      logits, None without a tail; the `KVCache` with the shared positions' keys
+      and values and copy 0's written, the rest unchanged).
 
     Raises:
-      ValueError: bad inputs as for `block_logits`, or a bidirectional model.
+      ValueError: bad inputs as for `block_logits` (for the tail too), a tail
+        without its start, `tail_copy` not in `[0, C)`, or a bidirectional model.
     """
     cfg = self.config
     _check_cacheable(cfg)
@@ -925,18 +942,29 @@ class Transformer(nn.Module):
     check_span_inputs(cache.valid_NxL, shared_BxP[:, None, :], shared_start_B)
     batch, copies, length_t = tokens_BxCxT.shape
     length_p = shared_BxP.shape[1]
-    packed_BxN = jnp.concatenate(
-        [shared_BxP, tokens_BxCxT.reshape(batch, copies * length_t)], axis=1)
-    positions_BxN = jnp.concatenate(
-        [shared_start_B[:, None] + jnp.arange(length_p),
-         jnp.tile(start_B[:, None] + jnp.arange(length_t), (1, copies))], axis=1
-    ).astype(jnp.int32)
+    pieces_BxN = [shared_BxP, tokens_BxCxT.reshape(batch, copies * length_t)]
+    positions = [shared_start_B[:, None] + jnp.arange(length_p),
+                 jnp.tile(start_B[:, None] + jnp.arange(length_t), (1, copies))]
     # Segment 0 is shared: every query sees it; a copy's queries see their own segment,
     # and the shared queries copy 0's (the state whose keys and values are written).
-    segment_N = np.concatenate([np.zeros(length_p, np.int32),
-                                np.repeat(np.arange(1, copies + 1, dtype=np.int32), length_t)])
+    segments = [np.zeros(length_p, np.int32),
+                np.repeat(np.arange(1, copies + 1, dtype=np.int32), length_t)]
+    if tail_BxR is not None:
+      if tail_start_B is None:
+        raise ValueError("a tail needs tail_start_B")
+      check_span_inputs(cache.valid_NxL, tail_BxR[:, None, :], tail_start_B)
+      if not (isinstance(tail_copy, int) and 0 <= tail_copy < copies):
+        raise ValueError(f"tail_copy must be an int in [0, {copies}), got {tail_copy!r}")
+      pieces_BxN.append(tail_BxR)
+      positions.append(tail_start_B[:, None] + jnp.arange(tail_BxR.shape[1]))
+      segments.append(np.full(tail_BxR.shape[1], copies + 1, np.int32))
+    packed_BxN = jnp.concatenate(pieces_BxN, axis=1)
+    positions_BxN = jnp.concatenate(positions, axis=1).astype(jnp.int32)
+    segment_N = np.concatenate(segments)
+    # The tail's queries also see the segment of the copy it belongs to.
     seen_NxN = ((segment_N[None, :] == 0) | (segment_N[None, :] == segment_N[:, None])
-                | ((segment_N[:, None] == 0) & (segment_N[None, :] == 1)))
+                | ((segment_N[:, None] == 0) & (segment_N[None, :] == 1))
+                | ((segment_N[:, None] == copies + 1) & (segment_N[None, :] == tail_copy + 1)))
     block_BxN = positions_BxN // cfg.block_length
     mask_BxNxN = (jnp.take_along_axis(cache.valid_NxL, positions_BxN, axis=1)[:, None, :]
                   & seen_NxN[None] & (block_BxN[:, None, :] <= block_BxN[:, :, None]))
@@ -945,9 +973,12 @@ class Transformer(nn.Module):
     logits_Bx1xNxV, keys_values, _ = self._forward(
         packed_BxN[:, None, :], None, positions_BxN[:, None, :], mask_BxNxN,
         (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
-    logits_BxCxTxV = logits_Bx1xNxV[:, 0, length_p:].reshape(batch, copies, length_t, -1)
+    copies_end = length_p + copies * length_t
+    logits_BxCxTxV = logits_Bx1xNxV[:, 0, length_p:copies_end].reshape(
+        batch, copies, length_t, -1)
+    tail_logits_BxRxV = None if tail_BxR is None else logits_Bx1xNxV[:, 0, copies_end:]
     # The packed row holds the shared positions, then copy 0's.
-    return logits_BxCxTxV, _written(
+    return logits_BxCxTxV, tail_logits_BxRxV, _written(
         cache, keys_values, ((0, length_p, shared_start_B), (length_p, length_t, start_B)))
 
   def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array
@@ -1108,8 +1139,12 @@ class Denoiser:
                             method="extend")
 
   def extend_shared(self, cache: KVCache, shared_NxP: jax.Array, tokens_NxCxT: jax.Array,
-                    shared_start_N: jax.Array, start_N: jax.Array) -> tuple[jax.Array, KVCache]:
-    """(float32[N, C, T, vocab_size] logits, the cache with the shared positions and
-    copy 0's written): `Transformer.extend_shared` with these parameters."""
+                    shared_start_N: jax.Array, start_N: jax.Array,
+                    tail_NxR: jax.Array | None = None, tail_start_N: jax.Array | None = None,
+                    tail_copy: int = 0) -> tuple[jax.Array, jax.Array | None, KVCache]:
+    """(float32[N, C, T, vocab_size] logits, the tail's float32[N, R, vocab_size] or
+    None, the cache with the shared positions and copy 0's written):
+    `Transformer.extend_shared` with these parameters."""
     return self.model.apply({"params": self.params}, cache, shared_NxP, tokens_NxCxT,
-                            shared_start_N, start_N, method="extend_shared")
+                            shared_start_N, start_N, tail_NxR, tail_start_N, tail_copy,
+                            method="extend_shared")

@@ -57,12 +57,13 @@ How the sampler uses it (`fef_jax.samplers.loop`):
   against the cache; its logits overwrite the window of the draft logits. In
   exact mode with marginal drafts (`fused_rounds`) a round instead evaluates
   `[start - S, start + 2S)`: the decided block before the window
-  goes into the cache and the block after it gets the pivot copy's logits, the
+  goes into the cache and the block after it gets the last copy's logits, the
   next block's drafts, so moving to the next block needs no refresh call (one
   call per round and none per block; used for blocks of 1-2 positions, where
   it costs no more positions). The block before the window is the same in
-  every copy, so the round runs `extend_shared`, which evaluates it once
-  beside each copy's window and next block: `S + 2 W S` positions.
+  every copy, and only the last copy's view of the block after it is read, so
+  the round runs `extend_shared`, which evaluates both once beside the copies'
+  windows: `S + W S + S` positions.
 - Statistics: `nfe` counts every batched call (a refresh is one call, so a
   round that refreshes costs two sequential calls). `sequences` counts
   whole-sequence equivalents: the loop adds up the token positions the
@@ -116,12 +117,16 @@ class BlockLocalDenoiser(Protocol):
     to copy 0's), so that a refresh runs two spans instead of two whole rows."""
 
   def extend_shared(self, cache: Any, shared_NxP: jax.Array, tokens_NxCxT: jax.Array,
-                    shared_start_N: jax.Array, start_N: jax.Array) -> tuple[jax.Array, Any]:
+                    shared_start_N: jax.Array, start_N: jax.Array,
+                    tail_NxR: jax.Array | None = None, tail_start_N: jax.Array | None = None,
+                    tail_copy: int = 0) -> tuple[jax.Array, jax.Array | None, Any]:
     """Optional (exact mode): `extend` of copies that all hold `shared_NxP` at
     `[shared_start, shared_start + P)`, evaluated once (float[N, C, T, V] logits of
-    the copies' `T` positions, the cache with both ranges set to copy 0's), so that
-    a fused round evaluates the decided block before its window once, not per copy
-    (see `fef_jax.models.Transformer.extend_shared`)."""
+    the copies' `T` positions; the logits float[N, R, V] of an optional tail of
+    positions every copy holds, evaluated once as copy `tail_copy` sees them, or
+    None; the cache with the shared range and copy 0's set to copy 0's), so that a
+    fused round evaluates the decided block before its window, and the block after
+    it, once, not per copy (see `fef_jax.models.Transformer.extend_shared`)."""
 
 
 @flax.struct.dataclass
@@ -374,18 +379,19 @@ def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: in
   """Whether exact-cache rounds also move the cache forward, so that entering the next
   attention block needs no refresh call.
 
-  Such a round evaluates its copies over `[start - S, start + 2S)` (moved
-  inside `[0, L)` at the ends) with `extend_shared`: the block before the
-  window (decided, the same in every copy, so evaluated once: its keys and
-  values, the state's, go into the cache), and each copy's window (the
-  targets) and the block after it (masked: the pivot copy's logits there are
-  the next block's drafts, the uncached path's). A window in the first block
-  has no block before it and shares the block after the next one instead,
-  which no copy sees. One call fewer per block, for `S + W S` more positions
-  per round. A block takes at least
-  `ceil(S / W)` rounds and the refresh it saves evaluates `4S` positions. It is
-  used for `W ceil(S / W) <= 2` (blocks of 1 or 2 positions, where a refresh per
-  block would double the calls), where a block's rounds add at most the `4S`
+  Such a round evaluates `[start - S, start + 2S)` with `extend_shared`: the
+  block before the window (decided, the same in every copy, so evaluated once:
+  its keys and values, the state's, go into the cache), each copy's window (the
+  targets), and the block after it once, as the last copy sees it (its logits
+  are the next block's drafts, the uncached path's: they are read only after a
+  round that decides the window's set, whose pivot is the copy of the last
+  target, which the last copy repeats). A window in the first block has no
+  block before it and shares the block after the next one instead, which no
+  copy sees; the last window has no block after it. One call fewer per block,
+  for `2S` more positions per round. A block takes at least `ceil(S / W)`
+  rounds and the refresh it saves evaluates `4S` positions. It is used for
+  `W ceil(S / W) <= 2` (blocks of 1 or 2 positions, where a refresh per block
+  would double the calls), where a block's rounds add at most the `4S`
   positions the refresh would evaluate, in exact mode with marginal drafts,
   when the denoiser offers `extend_shared` and `L >= 3S`.
   Head drafts read the cache before their rounds, so they keep the refresh.
@@ -405,12 +411,12 @@ def fusing_pays(window: int, span: int) -> bool:
 def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
               units_per_position: int = 1) -> speculative.CopyEvaluator:
   """A round's evaluation of the copies' window `[start, start + S)` against the context
-  (of `[start - S, start + 2S)` with `fused_rounds`, which also extends the cache,
-  the block before the window once for all copies).
+  (with `fused_rounds`, which also extends the cache, also the block before the
+  window and the block after it, each once for all copies, and the span returned
+  is `[start, start + 2S)`, or `[start - S, start + S)` for the last window).
 
   Each copy counts `S * units_per_position` units (token positions, or
-  layer-positions; fused: `2S` per copy and `S` per round) towards
-  `stats.sequences`. With
+  layer-positions; fused: also `2S` per round) towards `stats.sequences`. With
   `cache="approximate"` and `refresh_every=r > 0`, a round of a row that has
   run `r` rounds against its context first re-encodes its state (one more
   call, `L` units), and the state's logits become the round's drafts.
@@ -420,19 +426,39 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
 
   def evaluate(copies_BxWxL: jax.Array,
                context: Context) -> tuple[jax.Array, jax.Array, Context]:
-    if fused:
-      # The copies' [window, next block], after the block before it, which every copy
-      # holds decided and so is evaluated once; a window in the first block has none
-      # before it, and shares the block after the next one, which no copy sees.
-      start_B = jnp.minimum(context.start_B, length - 2 * span)
-      shared_start_B = jnp.where(start_B >= span, start_B - span, start_B + 2 * span)
-      logits_BxWxSxV, cache = denoiser.extend_shared(
-          context.cache, posterior.span_of(copies_BxWxL[:, :1], shared_start_B, span)[:, 0],
-          posterior.span_of(copies_BxWxL, start_B, 2 * span), shared_start_B, start_B)
-      return logits_BxWxSxV, start_B, context.replace(cache=cache)
     window_BxWxS = posterior.span_of(copies_BxWxL, context.start_B, span)
-    return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B),
-            context.start_B, context)
+    if not fused:
+      return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B),
+              context.start_B, context)
+    # Exact windows are attention blocks and L is a multiple of S: the window fits.
+    start_B = context.start_B
+    state_Bx1xL = copies_BxWxL[:, :1]
+    # The decided block before the window, which every copy holds, is evaluated once;
+    # a window in the first block has none and shares the block after the next one,
+    # which no copy sees.
+    shared_start_B = jnp.where(start_B >= span, start_B - span, start_B + 2 * span)
+    # The next block's drafts are read only after a round that decides the window's
+    # set, from the copy of its last target, which the last copy repeats: the next
+    # block (the tail) is evaluated once, as the last copy sees it. The last window has
+    # no next block: its tail repeats the block before it, and its (unspecified)
+    # logits land on the drafts of decided positions.
+    last_B = start_B + 2 * span > length
+    offset_B = jnp.where(last_B, start_B - span, start_B)
+    tail_start_B = jnp.where(last_B, start_B - span, start_B + span)
+    logits_BxWxSxV, tail_BxSxV, cache = denoiser.extend_shared(
+        context.cache, posterior.span_of(state_Bx1xL, shared_start_B, span)[:, 0],
+        window_BxWxS, shared_start_B, start_B,
+        posterior.span_of(state_Bx1xL, tail_start_B, span)[:, 0], tail_start_B,
+        copies_BxWxL.shape[1] - 1)
+    # The span [offset, offset + 2S): [window, tail], or [tail, window] in the last
+    # block. One slice of [tail, window, tail], not a select of two joins: on a 2-core
+    # CPU the three ops, ready at once, hand a round's work to the other core
+    # (BENCHMARKS.md, "Where the time goes").
+    tail_BxWxSxV = jnp.broadcast_to(tail_BxSxV[:, None], logits_BxWxSxV.shape)
+    span_BxWx2SxV = jax.vmap(lambda x, o: jax.lax.dynamic_slice_in_dim(x, o, 2 * span, axis=1))(
+        jnp.concatenate([tail_BxWxSxV, logits_BxWxSxV, tail_BxWxSxV], axis=2),
+        offset_B - start_B + span)
+    return span_BxWx2SxV, offset_B, context.replace(cache=cache)
 
   def prepare(state: speculative.SpeculativeState,
               active_B: jax.Array) -> speculative.SpeculativeState:
@@ -446,7 +472,7 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
                          bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0
-  copy_blocks, round_blocks = (2, 1) if fused else (1, 0)
+  copy_blocks, round_blocks = (1, 2) if fused else (1, 0)
   return speculative.CopyEvaluator(evaluate,
                                    units_per_copy=copy_blocks * span * units_per_position,
                                    units_per_round=round_blocks * span * units_per_position,
