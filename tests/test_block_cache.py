@@ -249,6 +249,21 @@ def test_extend_shared_equals_the_full_pass_of_every_copy(layout, tail_copy):
                                       getattr(cache, name)[b, :, ~written_L])
 
 
+@pytest.mark.parametrize("tail_start, tail_copy, message", [
+    (None, 0, "needs tail_start_B"), (jnp.full(2, 8, jnp.int32), 2, "tail_copy must be"),
+    (jnp.full(2, 8, jnp.int32), -1, "tail_copy must be"),
+    (jnp.full(3, 8, jnp.int32), 0, "the tail .* start_N must be")])
+def test_extend_shared_refuses_a_bad_tail(tail_start, tail_copy, message):
+  tokens, valid = _tokens_and_valid(2, batch=2)
+  _, cache = _call(BLOCK_CAUSAL, "encode", tokens, valid)
+  with pytest.raises(ValueError, match=message):
+    models.Transformer(BLOCK_CAUSAL).apply(
+        {"params": _params()}, cache, jnp.zeros((2, SPAN), jnp.int32),
+        jnp.zeros((2, 2, SPAN), jnp.int32), jnp.zeros(2, jnp.int32),
+        jnp.full(2, SPAN, jnp.int32), jnp.zeros((2, SPAN), jnp.int32), tail_start, tail_copy,
+        method="extend_shared")
+
+
 def test_extend_shared_refuses_a_bidirectional_model():
   tokens, valid = _tokens_and_valid(2)
   _, cache = _call(BIDIRECTIONAL, "encode", tokens, valid)
@@ -521,6 +536,23 @@ def test_block_causal_oracle_interface_is_consistent():
   got, extended = oracle.extend(cache, span, start)
   for b, copies_CxL in enumerate(check_spans(got, span, start, "two-block span")):
     np.testing.assert_array_equal(extended[b], copies_CxL[0])
+  # `extend_shared` with a tail: the copies as `extend` over the shared block and their
+  # window; the tail (the block after the window) as the chosen copy sees it.
+  shared = jnp.asarray(rng.integers(0, 4, (5, 2)), jnp.int32)
+  tail = jnp.asarray(rng.integers(0, 4, (5, 2)), jnp.int32)
+  window = jnp.asarray(rng.integers(0, 4, (5, 3, 2)), jnp.int32)
+  shared_start, start = jnp.zeros(5, jnp.int32), jnp.full(5, 2, jnp.int32)
+  got, tail_got, states = oracle.extend_shared(cache, shared, window, shared_start, start,
+                                               tail, start + 2, 1)
+  both = jnp.concatenate([jnp.broadcast_to(shared[:, None], (5, 3, 2)), window], axis=2)
+  want, want_states = oracle.extend(cache, both, shared_start)
+  np.testing.assert_array_equal(got, want[:, :, 2:])
+  np.testing.assert_array_equal(states, want_states)
+  for b in range(5):
+    copy_L = tokens[b].at[:2].set(shared[b]).at[2:4].set(window[b, 1]).at[4:].set(tail[b])
+    want_tail = oracle(copy_L[None])[0, 4:]
+    roundoff.assert_within(tail_got[b], want_tail,
+                           roundoff.two_pass_log_prob_bound(want_tail, depth), f"tail, row {b}")
 
 
 NUM_SAMPLES = 20_000

@@ -19,15 +19,19 @@ def test_copies_match_a_direct_loop():
   for b in range(batch):
     rank[b, rng.permutation(length)[:5]] = np.arange(5)
   start = np.array([0, 2, 4])
-  copies = np.asarray(posterior.prefix_revealed_copies(
-      jnp.asarray(tokens), jnp.asarray(values), jnp.asarray(rank), jnp.asarray(start), window))
+  last_copy = np.array([3, 1, 0])
+  args = jnp.asarray(tokens), jnp.asarray(values), jnp.asarray(rank), jnp.asarray(start), window
+  copies = np.asarray(posterior.prefix_revealed_copies(*args))
+  # With `last_copy`, the copies after it repeat it (copy `c` reveals min(c, last) values).
+  capped = np.asarray(posterior.prefix_revealed_copies(*args, jnp.asarray(last_copy)))
   for b in range(batch):
     for c in range(window):
-      expected = tokens[b].copy()
-      for pos in range(length):
-        if start[b] <= rank[b, pos] < start[b] + c:
-          expected[pos] = values[b, pos]
-      np.testing.assert_array_equal(copies[b, c], expected)
+      for got, reveals in ((copies, c), (capped, min(c, last_copy[b]))):
+        expected = tokens[b].copy()
+        for pos in range(length):
+          if start[b] <= rank[b, pos] < start[b] + reveals:
+            expected[pos] = values[b, pos]
+        np.testing.assert_array_equal(got[b, c], expected)
 
 
 def _conditional_joint(probs, xt, positions, values, mask):

@@ -952,7 +952,11 @@ class Transformer(nn.Module):
     if tail_BxR is not None:
       if tail_start_B is None:
         raise ValueError("a tail needs tail_start_B")
-      check_span_inputs(cache.valid_NxL, tail_BxR[:, None, :], tail_start_B)
+      try:
+        check_span_inputs(cache.valid_NxL, tail_BxR[:, None, :], tail_start_B)
+      except ValueError as e:
+        raise ValueError(f"the tail (tail_BxR as [N, 1, R], tail_start_B as start_N): {e}"
+                         ) from e
       if not (isinstance(tail_copy, int) and 0 <= tail_copy < copies):
         raise ValueError(f"tail_copy must be an int in [0, {copies}), got {tail_copy!r}")
       pieces_BxN.append(tail_BxR)
