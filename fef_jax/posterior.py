@@ -27,6 +27,12 @@ def positions_by_rank(rank_BxL: jax.Array) -> jax.Array:
   return jnp.argsort(rank_BxL, axis=-1, stable=True).astype(jnp.int32)
 
 
+def positions_of_ranks(rank_BxL: jax.Array, ranks_BxW: jax.Array) -> jax.Array:
+  """int32[B, W]: the position holding each rank of `ranks_BxW` (as `positions_by_rank`
+  at those ranks, without a sort); 0 for a rank no position holds."""
+  return jnp.argmax(rank_BxL[:, None, :] == ranks_BxW[:, :, None], axis=-1).astype(jnp.int32)
+
+
 def prefix_revealed_copies(tokens_BxL: jax.Array, values_BxL: jax.Array,
                            rank_BxL: jax.Array, start_B: jax.Array,
                            num_copies: int, last_copy_B: jax.Array | None = None

@@ -319,17 +319,16 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   num_valid_B = jnp.sum(valid_BxW, axis=1).astype(jnp.int32)
   # The copy that reveals every target but the last; the copies after it repeat it.
   last_copy_B = jnp.maximum(num_valid_B - 1, 0)
-  positions_BxW = jnp.take_along_axis(
-      posterior.positions_by_rank(rank_BxL),
-      jnp.minimum(target_rank_BxW, rank_BxL.shape[1] - 1), axis=1)
+  # Invalid targets (past the set) get some position; every use of theirs is masked.
+  positions_BxW = posterior.positions_of_ranks(rank_BxL, target_rank_BxW)
   uniform_BxWxV = draft_uniform_BxN.reshape(batch, window, vocab_size)
   if drafter is None:
     # Only the targets' drafts are read (by the copies and the acceptance test), so
     # only the `W` targets are warped and drawn, not all `L` positions.
     logq_BxWxV = warp_fn(jnp.take_along_axis(state.draft_logits_BxLxV,
                                              positions_BxW[..., None], axis=1))
-    # Invalid targets (past the set) are dropped from the scatter: their clipped
-    # positions may be the set's last one, whose draft must stay.
+    # Invalid targets (past the set) are dropped from the scatter: their positions
+    # may be set positions, whose drafts must stay.
     drafts_BxL = state.tokens_BxL.at[
         jnp.arange(batch)[:, None], jnp.where(valid_BxW, positions_BxW, length)].set(
             noise.categorical(logq_BxWxV, uniform_BxWxV), mode="drop")

@@ -7,6 +7,7 @@ import numpy as np
 
 import fef_jax as fj
 from fef_jax import posterior
+from fef_jax.samplers import selection
 from fef_jax.warp import warp_log_probs
 
 
@@ -66,3 +67,22 @@ def test_joint_log_prob_is_the_exact_conditional_joint_for_every_order():
   finite = np.isfinite(expected)
   np.testing.assert_allclose(np.asarray(got)[finite], np.array(expected)[finite],
                              rtol=1e-4, atol=1e-4)
+
+
+def test_sort_free_ranks_and_positions_equal_the_sorted_ones():
+  # Left-to-right ranks by a cumulative sum, and the positions of given ranks by a
+  # comparison, what the sampler computes in place of argsorts.
+  rng = np.random.default_rng(5)
+  batch, length = 6, 11
+  eligible = jnp.asarray(rng.random((batch, length)) < 0.5).at[0].set(False).at[1].set(True)
+  position_scores = selection.scores("position", None, jnp.zeros((batch, length), jnp.int32),
+                                     None)
+  rank = selection.rank_by_score(position_scores, eligible)
+  np.testing.assert_array_equal(selection.rank_left_to_right(eligible), rank)
+  ranks = jnp.asarray(rng.integers(0, length, (batch, 4)), jnp.int32)
+  count = np.asarray(jnp.sum(eligible, axis=1))
+  got = np.asarray(posterior.positions_of_ranks(rank, ranks))
+  want = np.asarray(jnp.take_along_axis(posterior.positions_by_rank(rank), ranks, axis=1))
+  held = np.asarray(ranks) < count[:, None]  # ranks past the set are held by no position
+  np.testing.assert_array_equal(got[held], want[held])
+  assert held.any() and (~held).any()

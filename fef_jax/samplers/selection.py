@@ -77,6 +77,14 @@ def rank_by_score(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
   return jnp.where(eligible_BxL, rank_BxL, length)
 
 
+def rank_left_to_right(eligible_BxL: jax.Array) -> jax.Array:
+  """int32[B, L]: `rank_by_score` of the `position` scores, without sorting: an
+  eligible position's rank is the number of eligible positions before it; L for the
+  others."""
+  rank_BxL = jnp.cumsum(eligible_BxL, axis=1, dtype=jnp.int32) - 1
+  return jnp.where(eligible_BxL, rank_BxL, eligible_BxL.shape[1])
+
+
 def best(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
   """int32[B]: the eligible position of highest score (the leftmost on ties), as
   `top_k` with `k = 1` chooses it for scores without NaN; 0 in rows with none
