@@ -457,7 +457,7 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
     tail_BxWxSxV = jnp.broadcast_to(tail_BxSxV[:, None], logits_BxWxSxV.shape)
     span_BxWx2SxV = jax.vmap(lambda x, o: jax.lax.dynamic_slice_in_dim(x, o, 2 * span, axis=1))(
         jnp.concatenate([tail_BxWxSxV, logits_BxWxSxV, tail_BxWxSxV], axis=2),
-        offset_B - start_B + span)
+        jnp.where(last_B, 0, span))
     return span_BxWx2SxV, offset_B, context.replace(cache=cache)
 
   def prepare(state: speculative.SpeculativeState,
