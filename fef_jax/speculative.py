@@ -90,9 +90,7 @@ class CopyEvaluator:
       carried one, or one the call updated, e.g. a cache it extended). The span
       must hold every target of the round (every undecided set position). Its
       positions after the set are read only after a round that decides the
-      rest of its set, and then from the copy of the last target
-      (`verification_round`'s pivot), which the last copy always repeats: an
-      evaluator may give every copy the last copy's logits there.
+      rest of its set, and then from the pivot copy (see `shared_tail`).
     units_per_copy: what one evaluated copy adds to `stats.sequences` (1 when
       that counts whole sequences).
     units_per_round: what a round adds besides its copies (positions the copies
@@ -100,11 +98,19 @@ class CopyEvaluator:
     prepare: optional `(state, active_B) -> state`, run at the start of every
       round before the drafts are drawn: may refresh `state.context` and the
       draft logits (and must count what it calls in `state.stats`).
+    shared_tail: whether `evaluate` may give every copy the last copy's logits
+      at the span's positions after the set (evaluating them once). The round
+      then makes the copies past the last target repeat it, so that the last
+      copy is the pivot of every round that decides the set. Otherwise those
+      copies reveal every target, and a round that accepts every draft of a
+      set smaller than `W` takes the next drafts from the first of them,
+      conditioned on the whole set (better drafts for the next set).
   """
   evaluate: Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]
   units_per_copy: int = 1
   units_per_round: int = 0
   prepare: Optional[Callable[["SpeculativeState", jax.Array], "SpeculativeState"]] = None
+  shared_tail: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +184,10 @@ def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
 
 
 def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
-                  rank_BxL: jax.Array, positions_BxW: jax.Array, last_copy_B: jax.Array,
-                  window: int, mask_id: int):
-  """Targets from `W` prefix-revealed copies evaluated in one call.
+                  rank_BxL: jax.Array, positions_BxW: jax.Array,
+                  last_copy_B: Optional[jax.Array], window: int, mask_id: int):
+  """Targets from `W` prefix-revealed copies evaluated in one call (the copies after
+  `last_copy_B`, where given, repeat it).
 
   Returns:
     (target logits float32[B, W, V], bool[B] NaN/+inf-in-a-span flags,
@@ -306,6 +313,8 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     that had undecided ones.
   """
   active_B = state.start_B < count_B
+  if not isinstance(denoiser, (CopyEvaluator, HeadEvaluator)):
+    denoiser = whole_sequences(denoiser)
   if isinstance(denoiser, CopyEvaluator) and denoiser.prepare is not None:
     state = denoiser.prepare(state, active_B)
   batch, length, vocab_size = state.draft_logits_BxLxV.shape
@@ -317,8 +326,11 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
   num_valid_B = jnp.sum(valid_BxW, axis=1).astype(jnp.int32)
-  # The copy that reveals every target but the last; the copies after it repeat it.
-  last_copy_B = jnp.maximum(num_valid_B - 1, 0)
+  if isinstance(denoiser, CopyEvaluator) and denoiser.shared_tail:
+    # The copy that reveals every target but the last; the copies after it repeat it.
+    last_copy_B = jnp.maximum(num_valid_B - 1, 0)
+  else:
+    last_copy_B = None
   # Invalid targets (past the set) get some position; every use of theirs is masked.
   positions_BxW = posterior.positions_of_ranks(rank_BxL, target_rank_BxW)
   uniform_BxWxV = draft_uniform_BxN.reshape(batch, window, vocab_size)
@@ -343,10 +355,9 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
         denoiser, state, drafts_BxL, rank_BxL, count_B, valid_BxW, window)
     units, context = denoiser.units_per_pass, state.context
   else:
-    evaluator = denoiser if isinstance(denoiser, CopyEvaluator) else whole_sequences(denoiser)
     target_logits_BxWxV, bad_B, next_drafts, context = _copy_targets(
-        evaluator, state, drafts_BxL, rank_BxL, positions_BxW, last_copy_B, window, mask_id)
-    units = window * evaluator.units_per_copy + evaluator.units_per_round
+        denoiser, state, drafts_BxL, rank_BxL, positions_BxW, last_copy_B, window, mask_id)
+    units = window * denoiser.units_per_copy + denoiser.units_per_round
     if context is not state.context:
       # Rows without targets keep their context.
       context = jax.tree.map(
@@ -361,9 +372,10 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   num_accepted_B = jnp.sum(jnp.cumprod(accept_BxW, axis=1), axis=1).astype(jnp.int32)
   rejected_B = num_accepted_B < num_valid_B
 
-  # The first rejected copy, or when all are accepted the last target's copy, which
-  # reveals every accepted draft but the last: its logits serve as the next drafts.
-  pivot_B = jnp.minimum(num_accepted_B, last_copy_B)
+  # The first rejected copy, or when all are accepted the last copy (with fewer targets
+  # than copies, which then reveals the whole set, unless the tail is shared and the
+  # last copy repeats the last target's). Its logits serve as the next drafts.
+  pivot_B = jnp.minimum(num_accepted_B, window - 1 if last_copy_B is None else last_copy_B)
   pivot_logp_BxV = jnp.take_along_axis(logp_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
   pivot_logq_BxV = jnp.take_along_axis(logq_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
   residual_B = noise.categorical(_residual_log_probs(pivot_logp_BxV, pivot_logq_BxV),

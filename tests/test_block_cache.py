@@ -19,6 +19,7 @@ import pytest
 
 import fef_jax as fj
 from fef_jax import models
+from fef_jax import speculative
 from fef_jax.samplers import cache
 from fef_jax.train import optim
 from fef_jax.train import run
@@ -373,7 +374,8 @@ def test_cached_fef_makes_the_uncached_decisions(options, gap):
                                              (dict(block_length=1, window=2, order="random"), 4),
                                              (dict(block_length=2, window=2), 0),
                                              (dict(block_length=1, window=2), 1)])
-def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options, prompt):
+def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options, prompt,
+                                                                        monkeypatch):
   # Attention blocks of 2: each round runs over [previous block, window, next block] and
   # so moves the cache forward itself (`cache.fused_rounds`), the previous block once
   # for all copies (`extend_shared`). An empty prompt, or one of one token, starts in
@@ -385,7 +387,13 @@ def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options,
   tokens[:, :prompt] = rng.integers(0, VOCAB, (16, prompt))
   run = functools.partial(fj.sample, denoiser, jnp.asarray(tokens), jax.random.key(4), "fef",
                           mask_id=MASK_ID, **options)
-  plain, cached = run(), run(cache="exact")
+  cached = run(cache="exact")
+  # The next block is evaluated once, as the last copy sees it (`shared_tail`): the
+  # uncached rounds make the same decisions under the same rule for the next drafts.
+  whole_sequences = speculative.whole_sequences
+  monkeypatch.setattr(speculative, "whole_sequences", lambda logits_fn: dataclasses.replace(
+      whole_sequences(logits_fn), shared_tail=True))
+  plain = run()
   agreement = np.mean(np.asarray(plain.tokens) == np.asarray(cached.tokens))
   assert agreement >= 0.999, agreement
   for name in ("rounds", "tokens", "drafts_examined", "drafts_accepted", "nfe"):

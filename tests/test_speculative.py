@@ -135,3 +135,42 @@ def test_the_last_target_keeps_its_draft_when_the_window_runs_past_the_set():
   # Drafted uniformly and accepted with min(1, p/q), or resampled: the target's law.
   _, _, p_value = fj.stats.chi_square_gof(np.bincount(last, minlength=4), P_V)
   assert p_value > 1e-3, p_value
+
+
+def test_a_set_smaller_than_the_window_drafts_on_from_the_copy_that_reveals_it_all():
+  # A set of 2 positions, 4 copies, every draft accepted (drafts from p itself): the
+  # next drafts (here at the positions after the set) come from the copy after the
+  # last target, which reveals the whole set. With a shared tail the copies past the
+  # last target repeat it instead, so the next drafts see every target but the last.
+  num_rows, length, window, set_size = 3, 6, 4, 2
+  chain = _independent_chain(length)
+  log_p_V = jnp.log(jnp.asarray(P_V, jnp.float32))
+
+  def logits_fn(tokens_NxL):
+    # P_V everywhere; after the set, the number of revealed set positions in slot 0.
+    revealed_N = jnp.sum(tokens_NxL[:, :set_size] != chain.mask_id, axis=1)
+    after_NxLxV = jnp.zeros(tokens_NxL.shape + (4,)).at[..., 0].set(revealed_N[:, None])
+    return jnp.where((jnp.arange(length) >= set_size)[None, :, None], after_NxLxV,
+                     jnp.broadcast_to(log_p_V, tokens_NxL.shape + (4,)))
+
+  state = speculative.SpeculativeState(
+      tokens_BxL=jnp.full((num_rows, length), chain.mask_id, jnp.int32),
+      draft_logits_BxLxV=jnp.broadcast_to(log_p_V, (num_rows, length, 4)),
+      start_B=jnp.zeros((num_rows,), jnp.int32), round_B=jnp.zeros((num_rows,), jnp.int32),
+      stats=SampleStats.zeros(num_rows), bad_logits_B=jnp.zeros((num_rows,), bool))
+  rank = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (num_rows, length))
+  outs = {}
+  for shared_tail in (False, True):
+    evaluator = speculative.CopyEvaluator(speculative.whole_sequences(logits_fn).evaluate,
+                                          shared_tail=shared_tail)
+    outs[shared_tail] = speculative.verification_round(
+        evaluator, functools.partial(warp_log_probs, mask_id=chain.mask_id), state, rank,
+        jnp.full((num_rows,), set_size, jnp.int32),
+        jax.random.split(jax.random.key(7), num_rows), window=window, mask_id=chain.mask_id)
+  for shared_tail, revealed in ((False, set_size), (True, set_size - 1)):
+    out = outs[shared_tail]
+    np.testing.assert_array_equal(out.start_B, set_size)
+    np.testing.assert_array_equal(out.stats.drafts_accepted, set_size)
+    np.testing.assert_array_equal(out.draft_logits_BxLxV[:, set_size:, 0], revealed)
+  # The rule changes only where the next drafts come from, not the decisions.
+  np.testing.assert_array_equal(outs[False].tokens_BxL, outs[True].tokens_BxL)

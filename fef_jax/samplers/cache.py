@@ -383,9 +383,11 @@ def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: in
   block before the window (decided, the same in every copy, so evaluated once:
   its keys and values, the state's, go into the cache), each copy's window (the
   targets), and the block after it once, as the last copy sees it (its logits
-  are the next block's drafts, the uncached path's: they are read only after a
-  round that decides the window's set, whose pivot is the copy of the last
-  target, which the last copy repeats). A window in the first block has no
+  are the next block's drafts: they are read only after a round that decides
+  the window's set, whose pivot is then the copy of the last target, which the
+  last copy repeats, `CopyEvaluator.shared_tail`; so where fewer targets than
+  copies remain, they see every target but the last, while uncached rounds
+  draft from a copy that reveals them all). A window in the first block has no
   block before it and shares the block after the next one instead, which no
   copy sees; the last window has no block after it. One call fewer per block,
   for `2S` more positions per round. A block takes at least `ceil(S / W)`
@@ -476,4 +478,5 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
   return speculative.CopyEvaluator(evaluate,
                                    units_per_copy=copy_blocks * span * units_per_position,
                                    units_per_round=round_blocks * span * units_per_position,
-                                   prepare=prepare if refreshing else None)
+                                   prepare=prepare if refreshing else None,
+                                   shared_tail=fused)
