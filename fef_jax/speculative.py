@@ -222,6 +222,19 @@ def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL:
   return target_logits_BxWxV, jnp.any(bad_BxWxS, axis=(1, 2)), next_drafts, context
 
 
+def _set_in_rank_order(rank_BxL: jax.Array, count_B: jax.Array, num_items: int
+                       ) -> tuple[jax.Array, jax.Array]:
+  """A head pass's items: the set's positions in rank order, and which items are in it.
+
+  Returns:
+    (int32[B, K] the positions of ranks `0 .. K-1`, `K = num_items`, followed past
+    the set's end by positions outside it; bool[B, K] true for the first `count_B`
+    items).
+  """
+  positions_BxK = posterior.positions_by_rank(rank_BxL)[:, :num_items]
+  return positions_BxK, jnp.arange(num_items)[None, :] < count_B[:, None]
+
+
 def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
                   rank_BxL: jax.Array, count_B: jax.Array, valid_BxW: jax.Array, window: int):
   """Targets from one head pass over the set in rank order: committed values, then drafts.
@@ -231,11 +244,10 @@ def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL:
   copies path reveals. The drafts stay the step's (`next_drafts` keeps them).
   """
   num_items = evaluator.num_items
-  positions_BxK = posterior.positions_by_rank(rank_BxL)[:, :num_items]
+  positions_BxK, valid_BxK = _set_in_rank_order(rank_BxL, count_B, num_items)
   committed_BxL = rank_BxL < state.start_B[:, None]
   values_BxK = jnp.take_along_axis(jnp.where(committed_BxL, state.tokens_BxL, drafts_BxL),
                                    positions_BxK, axis=1)
-  valid_BxK = jnp.arange(num_items)[None, :] < count_B[:, None]
   queries_BxW = jnp.minimum(state.start_B[:, None] + jnp.arange(window)[None, :],
                             num_items - 1)
   target_logits_BxWxV = evaluator.evaluate(positions_BxK, values_BxK, valid_BxK,
@@ -258,10 +270,9 @@ def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeStat
   """
   num_items = drafter.num_items
   batch = rank_BxL.shape[0]
-  positions_BxK = posterior.positions_by_rank(rank_BxL)[:, :num_items]
+  positions_BxK, valid_BxK = _set_in_rank_order(rank_BxL, count_B, num_items)
   # Committed values at ranks < start; masks (never read: the head is causal) after.
   values_BxK = jnp.take_along_axis(state.tokens_BxL, positions_BxK, axis=1)
-  valid_BxK = jnp.arange(num_items)[None, :] < count_B[:, None]
 
   def draft_one(c, carry):
     values_BxK, logq_BxWxV = carry
