@@ -128,6 +128,19 @@ def fef_chain(config, length: int) -> int:
   return chain
 
 
+def spec_head_chain(config, num_items: int) -> int:
+  """`transformer_chain` of a speculative head (`SpecHeadConfig`) from given backbone
+  hidden states to one item's logits: the `reveal` projection of the concatenated
+  value embedding and hidden state (2 d_model) and its residual addition (1), then
+  `head_layers` blocks of the backbone's width over `num_items` items (RoPE angles
+  up to the positions, < max_length), and the final norm and output projection."""
+  return (2 * config.d_model + 1
+          + transformer_chain(length=max(num_items, config.max_length),
+                              d_model=config.d_model, attention_dim=config.d_model,
+                              mlp_dim=config.mlp_dim, num_layers=config.head_layers,
+                              rope_theta=config.rope_theta))
+
+
 def bf16_roundings(num_layers: int) -> int:
   """bfloat16 roundings along the longest chain of a network computed in bfloat16
   (float32 accumulation, so its sums add only float32 round-off, negligible beside

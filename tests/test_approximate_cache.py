@@ -19,6 +19,7 @@ import pytest
 
 import fef_jax as fj
 from fef_jax import models
+from tests import roundoff
 
 VOCAB = 11
 MASK_ID = VOCAB
@@ -78,20 +79,24 @@ def test_a_copy_equal_to_the_cached_state_gets_the_full_pass():
   own_Bx1xS = jnp.stack([tokens[b, s:s + SPAN] for b, s in enumerate(np.asarray(START_B))])[:, None]
   got = _call(TWO_LAYERS, "block_logits", cache, own_Bx1xS, START_B)
   reference = _full_pass_at_span(TWO_LAYERS, tokens, valid, own_Bx1xS, START_B)
-  assert _error_at_valid(got, reference, valid, START_B) < 1e-5
+  # The cached block pass and the full pass are different programs: two passes' round-off.
+  bound = roundoff.two_pass_bound(roundoff.fef_chain(TWO_LAYERS, LENGTH), reference)
+  assert _error_at_valid(got, reference, valid, START_B) <= bound, bound
 
 
 def test_the_dual_cache_is_exact_for_one_layer_and_approximate_for_two():
   tokens, valid = _state_and_valid(1)
   span_BxCxS = jnp.asarray(np.random.default_rng(2).integers(0, VOCAB + 1, (3, 5, SPAN)),
                            jnp.int32)
-  errors = {}
+  errors, bounds = {}, {}
   for name, config in (("one", ONE_LAYER), ("two", TWO_LAYERS)):
     _, cache = _call(config, "encode", tokens, valid)
     got = _call(config, "block_logits", cache, span_BxCxS, START_B)
     reference = _full_pass_at_span(config, tokens, valid, span_BxCxS, START_B)
     errors[name] = _error_at_valid(got, reference, valid, START_B)
-  assert errors["one"] < 1e-5, errors
+    bounds[name] = roundoff.two_pass_bound(roundoff.fef_chain(config, LENGTH), reference)
+  # Exact up to two passes' round-off (different programs) for one layer.
+  assert errors["one"] <= bounds["one"], (errors, bounds)
   # The suffix is seen: a prefix-only cache would differ from the full pass here.
   assert errors["two"] > 1e-3, errors
 

@@ -126,7 +126,9 @@ def test_block_logits_equal_the_full_pass_of_every_copy_when_block_causal(starts
   assert got.shape == (3, 3, SPAN, VOCAB) and got.dtype == jnp.float32
   span_valid = _span_valid(valid, starts)[:, None, :, None]
   error = np.where(span_valid, np.abs(np.asarray(got) - np.asarray(reference)), 0.0)
-  assert error.max() < 1e-5, error.max()
+  # The cached block pass and the full pass are different programs: two passes' round-off.
+  bound = roundoff.two_pass_bound(roundoff.fef_chain(BLOCK_CAUSAL, LENGTH), reference)
+  assert error.max() <= bound, (error.max(), bound)
 
 
 def test_block_hidden_gives_the_full_pass_hidden_states_and_logits_at_the_span():
