@@ -149,8 +149,8 @@ class SpecHead(nn.Module):
 class SpecHeadTransformer(nn.Module):
   """Backbone `Transformer` plus `SpecHead`; parameters `{"backbone": ..., "head": ...}`.
 
-  `__call__`, `encode`, `block_logits`, `block_hidden`, `extend` and `hidden` are the
-  backbone's (so `Denoiser` and every sampler work unchanged); `head_logits` runs the
+  `__call__`, `encode`, `block_logits`, `block_hidden`, `extend`, `extend_shared`,
+  `hidden`, `features` and `project_hidden` are the backbone's (so `Denoiser` and every sampler work unchanged); `head_logits` runs the
   head on backbone hidden states; `with_head` is the training forward: one backbone
   pass and the head over teacher-forced items.
   """
@@ -163,22 +163,25 @@ class SpecHeadTransformer(nn.Module):
   def __call__(self, tokens_BxL, valid_BxL=None, t_B=None):
     return self.backbone(tokens_BxL, valid_BxL, t_B)
 
-  def encode(self, tokens_BxL, valid_BxL=None):
-    return self.backbone.encode(tokens_BxL, valid_BxL)
+  def encode(self, tokens_BxL, valid_BxL=None, project=True):
+    return self.backbone.encode(tokens_BxL, valid_BxL, project)
 
-  def block_logits(self, cache, tokens_BxCxS, start_B):
-    return self.backbone.block_logits(cache, tokens_BxCxS, start_B)
+  def block_logits(self, cache, tokens_BxCxS, start_B, project=True):
+    return self.backbone.block_logits(cache, tokens_BxCxS, start_B, project)
 
   def block_hidden(self, cache, tokens_BxCxS, start_B):
     return self.backbone.block_hidden(cache, tokens_BxCxS, start_B)
 
-  def extend(self, cache, tokens_BxCxS, start_B):
-    return self.backbone.extend(cache, tokens_BxCxS, start_B)
+  def extend(self, cache, tokens_BxCxS, start_B, project=True):
+    return self.backbone.extend(cache, tokens_BxCxS, start_B, project)
 
   def extend_shared(self, cache, shared_BxP, tokens_BxCxT, shared_start_B, start_B,
-                    tail_BxR=None, tail_start_B=None, tail_copy=0):
+                    tail_BxR=None, tail_start_B=None, tail_copy=0, project=True):
     return self.backbone.extend_shared(cache, shared_BxP, tokens_BxCxT, shared_start_B,
-                                       start_B, tail_BxR, tail_start_B, tail_copy)
+                                       start_B, tail_BxR, tail_start_B, tail_copy, project)
+
+  def project_hidden(self, hidden_xD):
+    return self.backbone.project_hidden(hidden_xD)
 
   def hidden(self, tokens_BxL, valid_BxL=None, t_B=None):
     return self.backbone.hidden(tokens_BxL, valid_BxL, t_B)

@@ -773,6 +773,12 @@ class Transformer(nn.Module):
                                        _full_mask(cfg, valid_BxL, length), project=False)
     return hidden_BxLxD, self.output_tables()[1]
 
+  def project_hidden(self, hidden_xD: jax.Array) -> jax.Array:
+    """float32 logits `[..., vocab_size]` of final-normed hidden states `[..., d_model]`
+    (`features`, or `block_logits` and `extend_shared` without `project`): the
+    model's output projection, row by row."""
+    return project_logits(hidden_xD, self.output_tables()[1])
+
   def output_tables(self) -> tuple[jax.Array, jax.Array]:
     """(float32 input embedding table [num_embeddings, d_model], output projection
     [vocab_size, d_model]): the parameters a head shares with the model. Needs
@@ -783,16 +789,19 @@ class Transformer(nn.Module):
                    else params["unembed"])
     return embed_ExD, unembed_VxD
 
-  def encode(self, tokens_BxL: jax.Array,
-             valid_BxL: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+  def encode(self, tokens_BxL: jax.Array, valid_BxL: jax.Array | None = None,
+             project: bool = True) -> tuple[jax.Array, KVCache]:
     """The full pass, also returning every layer's keys and values.
 
     Args:
       tokens_BxL, valid_BxL: as for `__call__` (no time: see Raises).
+      project: static; False gives the final-normed hidden states in place of the
+        logits (see `block_logits`).
 
     Returns:
-      (float32[B, L, vocab_size] logits, the same as `__call__`'s; the `KVCache`
-      of the `B` states, `valid_NxL` all True when `valid_BxL` is None).
+      (float32[B, L, vocab_size] logits, the same as `__call__`'s (hidden states
+      without `project`); the `KVCache` of the `B` states, `valid_NxL` all True
+      when `valid_BxL` is None).
 
     Raises:
       ValueError: bad inputs as for `__call__`, or a time-conditioned model.
@@ -801,16 +810,17 @@ class Transformer(nn.Module):
     _check_cacheable(cfg)
     _check_inputs(cfg, tokens_BxL, valid_BxL, None)
     length = tokens_BxL.shape[1]
-    logits_BxLxV, keys_values, _ = self._forward(tokens_BxL, None, jnp.arange(length),
-                                                 _full_mask(cfg, valid_BxL, length))
+    logits_BxLxV, keys_values, hidden_BxLxD = self._forward(
+        tokens_BxL, None, jnp.arange(length), _full_mask(cfg, valid_BxL, length),
+        project=project)
     valid_BxL = jnp.ones(tokens_BxL.shape, bool) if valid_BxL is None else valid_BxL
-    return logits_BxLxV, KVCache(
+    return logits_BxLxV if project else hidden_BxLxD, KVCache(
         keys_NxYxLxHxK=jnp.stack([k for k, _ in keys_values], axis=1),
         values_NxYxLxHxK=jnp.stack([v for _, v in keys_values], axis=1),
         valid_NxL=valid_BxL)
 
   def block_logits(self, cache: KVCache, tokens_BxCxS: jax.Array,
-                   start_B: jax.Array) -> jax.Array:
+                   start_B: jax.Array, project: bool = True) -> jax.Array:
     """Logits of the span `[start, start + S)` of `C` copies of each cached state.
 
     Copy `c` of row `b` is the cached state `b` with positions
@@ -829,16 +839,21 @@ class Transformer(nn.Module):
       tokens_BxCxS: int[B, C, S] span tokens, static `S <= L`.
       start_B: int[B] span starts, traced; `start + S <= L` is required and not
         checked (a later start is clamped by `lax.dynamic_slice`).
+      project: static; False returns the final-normed hidden states
+        [B, C, S, d_model] (compute dtype) instead, which `project_hidden` maps to
+        these logits: a caller that reads the logits of a few positions projects
+        only those.
 
     Returns:
-      float32[B, C, S, vocab_size] logits.
+      float32[B, C, S, vocab_size] logits (hidden states without `project`).
 
     Raises:
       ValueError: tokens not an integer [B, C, S] array, a batch that is not
         the cache's, `S > L`, `start_B` not int[B], or a time-conditioned model.
     """
-    logits_BxCxSxV, _, _ = self._span_pass(cache, tokens_BxCxS, start_B)
-    return logits_BxCxSxV
+    logits_BxCxSxV, _, hidden_BxCxSxD = self._span_pass(cache, tokens_BxCxS, start_B,
+                                                        project)
+    return logits_BxCxSxV if project else hidden_BxCxSxD
 
   def block_hidden(self, cache: KVCache, tokens_BxCxS: jax.Array,
                    start_B: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -859,7 +874,7 @@ class Transformer(nn.Module):
     return logits_BxCxSxV, hidden_BxCxSxD
 
   def extend(self, cache: KVCache, tokens_BxCxS: jax.Array,
-             start_B: jax.Array) -> tuple[jax.Array, KVCache]:
+             start_B: jax.Array, project: bool = True) -> tuple[jax.Array, KVCache]:
     """`block_logits`, and the cache with the span's keys and values set to copy 0's.
 
     What moving a block-causal cache forward needs: with the span starting at
@@ -868,7 +883,7 @@ class Transformer(nn.Module):
     positions instead of re-encoding whole sequences.
 
     Args:
-      cache, tokens_BxCxS, start_B: as for `block_logits`.
+      cache, tokens_BxCxS, start_B, project: as for `block_logits`.
 
     Returns:
       (float32[B, C, S, vocab_size] logits, as `block_logits`; the `KVCache`
@@ -880,14 +895,16 @@ class Transformer(nn.Module):
     Raises:
       ValueError: bad inputs as for `block_logits`.
     """
-    logits_BxCxSxV, keys_values, _ = self._span_pass(cache, tokens_BxCxS, start_B)
-    return logits_BxCxSxV, _written(cache, keys_values,
-                                    ((0, tokens_BxCxS.shape[2], start_B),))
+    logits_BxCxSxV, keys_values, hidden_BxCxSxD = self._span_pass(cache, tokens_BxCxS,
+                                                                  start_B, project)
+    return (logits_BxCxSxV if project else hidden_BxCxSxD,
+            _written(cache, keys_values, ((0, tokens_BxCxS.shape[2], start_B),)))
 
   def extend_shared(self, cache: KVCache, shared_BxP: jax.Array, tokens_BxCxT: jax.Array,
                     shared_start_B: jax.Array, start_B: jax.Array,
                     tail_BxR: jax.Array | None = None, tail_start_B: jax.Array | None = None,
-                    tail_copy: int = 0) -> tuple[jax.Array, jax.Array | None, KVCache]:
+                    tail_copy: int = 0, project: bool = True
+                    ) -> tuple[jax.Array, jax.Array | None, KVCache]:
     """`extend` of `C` copies that agree on `P` positions (and `R` more), those computed once.
 
     Copy `c` of row `b` is the cached state with positions `[shared_start_b,
@@ -923,6 +940,8 @@ class Transformer(nn.Module):
       tail_BxR: optional int[B, R], the tail's tokens.
       tail_start_B: int[B] where the tail goes (`+ R <= L`); with `tail_BxR` only.
       tail_copy: static, in `[0, C)`: the copy the tail belongs to.
+      project: static; False gives the final-normed hidden states (compute
+        dtype, `d_model` features) in place of both logits (see `block_logits`).
 
     Returns:
       (float32[B, C, T, vocab_size] logits; float32[B, R, vocab_size] the tail's
@@ -974,19 +993,20 @@ class Transformer(nn.Module):
                   & seen_NxN[None] & (block_BxN[:, None, :] <= block_BxN[:, :, None]))
     context_mask_BxL = context_mask(cfg.attention, cache.valid_NxL,
                                     jnp.minimum(shared_start_B, start_B), 0)
-    logits_Bx1xNxV, keys_values, _ = self._forward(
+    logits_Bx1xNxV, keys_values, hidden_Bx1xNxD = self._forward(
         packed_BxN[:, None, :], None, positions_BxN[:, None, :], mask_BxNxN,
-        (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
+        (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL), project=project)
+    out_Bx1xNxF = logits_Bx1xNxV if project else hidden_Bx1xNxD
     copies_end = length_p + copies * length_t
-    logits_BxCxTxV = logits_Bx1xNxV[:, 0, length_p:copies_end].reshape(
-        batch, copies, length_t, -1)
-    tail_logits_BxRxV = None if tail_BxR is None else logits_Bx1xNxV[:, 0, copies_end:]
+    out_BxCxTxF = out_Bx1xNxF[:, 0, length_p:copies_end].reshape(batch, copies, length_t, -1)
+    tail_BxRxF = None if tail_BxR is None else out_Bx1xNxF[:, 0, copies_end:]
     # The packed row holds the shared positions, then copy 0's.
-    return logits_BxCxTxV, tail_logits_BxRxV, _written(
+    return out_BxCxTxF, tail_BxRxF, _written(
         cache, keys_values, ((0, length_p, shared_start_B), (length_p, length_t, start_B)))
 
-  def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array
-                 ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]], jax.Array]:
+  def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array,
+                 project: bool = True
+                 ) -> tuple[jax.Array | None, list[tuple[jax.Array, jax.Array]], jax.Array]:
     cfg = self.config
     _check_cacheable(cfg)
     check_span_inputs(cache.valid_NxL, tokens_BxCxS, start_B)
@@ -994,7 +1014,7 @@ class Transformer(nn.Module):
         cfg, cache, start_B, tokens_BxCxS.shape[2])
     return self._forward(
         tokens_BxCxS, None, positions_BxS[:, None, :], span_mask_BxSxS,
-        (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL))
+        (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxL), project)
 
   @nn.compact
   def _forward(self, tokens: jax.Array, t_B: jax.Array | None, positions: jax.Array,
@@ -1101,6 +1121,18 @@ class Denoiser:
     return self.model.apply({"params": self.params}, tokens_NxL,
                             *self._conditioning(tokens_NxL), method="hidden")
 
+  def features(self, tokens_NxL: jax.Array) -> jax.Array:
+    """Hidden states [N, L, d_model] (compute dtype) that `project_hidden` maps to
+    `__call__`'s logits: `__call__` without its output projection, for callers that
+    read the logits of a few positions (FeF's rounds over whole copies)."""
+    return self.model.apply({"params": self.params}, tokens_NxL,
+                            *self._conditioning(tokens_NxL), method="features")[0]
+
+  def project_hidden(self, hidden_xD: jax.Array) -> jax.Array:
+    """float32 logits `[..., vocab_size]` of hidden states `[..., d_model]` from
+    `features`, or from `block_logits` / `extend_shared` with `project=False`."""
+    return self.model.apply({"params": self.params}, hidden_xD, method="project_hidden")
+
   @property
   def block_length(self) -> int | None:
     """The model's attention block length in positions (None: bidirectional)."""
@@ -1112,20 +1144,22 @@ class Denoiser:
     cfg = self.model.config
     return cfg.attention == "block_causal" and not cfg.time_conditioning
 
-  def encode(self, tokens_NxL: jax.Array) -> tuple[jax.Array, KVCache]:
-    """(float32[N, L, vocab_size] logits, as `__call__`; the `KVCache` of the states).
+  def encode(self, tokens_NxL: jax.Array, project: bool = True) -> tuple[jax.Array, KVCache]:
+    """(float32[N, L, vocab_size] logits, as `__call__` (hidden states without
+    `project`); the `KVCache` of the states).
 
     Raises:
       ValueError: a time-conditioned model (see `Transformer.encode`).
     """
     valid_NxL = None if self.valid_fn is None else self.valid_fn(tokens_NxL)
-    return self.model.apply({"params": self.params}, tokens_NxL, valid_NxL,
+    return self.model.apply({"params": self.params}, tokens_NxL, valid_NxL, project,
                             method="encode")
 
   def block_logits(self, cache: KVCache, tokens_NxCxS: jax.Array,
-                   start_N: jax.Array) -> jax.Array:
-    """float32[N, C, S, vocab_size]: `Transformer.block_logits` with these parameters."""
-    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
+                   start_N: jax.Array, project: bool = True) -> jax.Array:
+    """float32[N, C, S, vocab_size] (hidden states without `project`):
+    `Transformer.block_logits` with these parameters."""
+    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N, project,
                             method="block_logits")
 
   def block_hidden(self, cache: KVCache, tokens_NxCxS: jax.Array,
@@ -1136,19 +1170,21 @@ class Denoiser:
                             method="block_hidden")
 
   def extend(self, cache: KVCache, tokens_NxCxS: jax.Array,
-             start_N: jax.Array) -> tuple[jax.Array, KVCache]:
-    """(float32[N, C, S, vocab_size] logits, the cache with the span set to copy 0's):
-    `Transformer.extend` with these parameters."""
-    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N,
+             start_N: jax.Array, project: bool = True) -> tuple[jax.Array, KVCache]:
+    """(float32[N, C, S, vocab_size] logits (hidden states without `project`), the
+    cache with the span set to copy 0's): `Transformer.extend` with these parameters."""
+    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N, project,
                             method="extend")
 
   def extend_shared(self, cache: KVCache, shared_NxP: jax.Array, tokens_NxCxT: jax.Array,
                     shared_start_N: jax.Array, start_N: jax.Array,
                     tail_NxR: jax.Array | None = None, tail_start_N: jax.Array | None = None,
-                    tail_copy: int = 0) -> tuple[jax.Array, jax.Array | None, KVCache]:
+                    tail_copy: int = 0, project: bool = True
+                    ) -> tuple[jax.Array, jax.Array | None, KVCache]:
     """(float32[N, C, T, vocab_size] logits, the tail's float32[N, R, vocab_size] or
-    None, the cache with the shared positions and copy 0's written):
-    `Transformer.extend_shared` with these parameters."""
+    None, the cache with the shared positions and copy 0's written; hidden states in
+    place of logits without `project`): `Transformer.extend_shared` with these
+    parameters."""
     return self.model.apply({"params": self.params}, cache, shared_NxP, tokens_NxCxT,
                             shared_start_N, start_N, tail_NxR, tail_start_N, tail_copy,
-                            method="extend_shared")
+                            project, method="extend_shared")
