@@ -21,7 +21,10 @@ differ, against cached keys and values of the rest (carried in
 `SpeculativeState.context`, and optionally refreshed before a round by the
 evaluator's `prepare`). The round only needs the targets (inside the span) and
 the next drafts (the span is written into the previous draft logits), so with
-an exact cache both evaluators give the same round.
+an exact cache both evaluators give the same round. For a denoiser that offers
+its output projection (`output_projection`) the carried drafts and the copies'
+span are hidden states, and a round projects `2W` rows (its targets' drafts and
+its targets) instead of its copies' `W * S`.
 
 A `HeadEvaluator` given as `drafter` replaces step 1 instead: the head drafts
 the round's `W` targets one after another, `d_c ~ q_c(. | xt, committed, d_<c)`,
@@ -58,19 +61,20 @@ class SpeculativeState:
 
   Attributes:
     tokens_BxL: current state; set positions of rank < `start_B` are decided.
-    draft_logits_BxLxV: raw logits that the next drafts are drawn from.
+    draft_features_BxLxF: the raw logits that the next drafts are drawn from, or
+      the features (hidden states) that the round's `project` maps to them.
     start_B: number of decided set positions of each row.
     round_B: rounds run for each row within this set (keys are folded with it).
     stats: running per-row statistics.
     bad_logits_B: whether any denoiser output for the row had NaN or +inf.
-    draft_tokens_BxL: optional: the denoiser input whose logits are
-      `draft_logits_BxLxV` (the accepted-prefix copy), tracked when given (the
+    draft_tokens_BxL: optional: the denoiser input whose output is
+      `draft_features_BxLxF` (the accepted-prefix copy), tracked when given (the
       exact cache recomputes the drafts of a new block from it).
     context: optional: what a `CopyEvaluator` evaluates the copies against
       (a cache), carried across rounds.
   """
   tokens_BxL: jax.Array
-  draft_logits_BxLxV: jax.Array
+  draft_features_BxLxF: jax.Array
   start_B: jax.Array
   round_B: jax.Array
   stats: SampleStats
@@ -86,7 +90,8 @@ class CopyEvaluator:
   Attributes:
     evaluate: (copies int32[B, W, L], the carried `context`) -> (logits
       float[B, W, S, V] of the span of positions `offset_b .. offset_b + S - 1`
-      of every copy, offset int32[B], the context for the next rounds: the
+      of every copy, or, for a round given a `project`, the features it maps to
+      them, offset int32[B], the context for the next rounds: the
       carried one, or one the call updated, e.g. a cache it extended). The span
       must hold every target of the round (every undecided set position). Its
       positions after the set are read only after a round that decides the
@@ -97,7 +102,7 @@ class CopyEvaluator:
       share, evaluated once).
     prepare: optional `(state, active_B) -> state`, run at the start of every
       round before the drafts are drawn: may refresh `state.context` and the
-      draft logits (and must count what it calls in `state.stats`).
+      draft features (and must count what it calls in `state.stats`).
     shared_tail: whether `evaluate` may give every copy the last copy's logits
       at the span's positions after the set (evaluating them once). The round
       then makes the copies past the last target repeat it, so that the last
@@ -134,19 +139,89 @@ class HeadEvaluator:
   units_per_pass: int
 
 
-def whole_sequences(logits_fn: LogitsFn) -> CopyEvaluator:
-  """The default evaluator: the denoiser on the `B * W` whole copies (`S = L`, offset 0)."""
+def output_projection(logits_fn: Any) -> Optional[Callable[[jax.Array], jax.Array]]:
+  """The denoiser's output projection, where it offers to run without it; else None.
+
+  A denoiser that offers `project_hidden` (hidden states [..., F] -> its logits
+  [..., V], row by row, as `fef_jax.models.Denoiser` does) must also offer
+  `features` (int32[N, L] -> hidden states [N, L, F]: `__call__` without the
+  projection) and, where it is block-local, `project=False` on `encode`,
+  `block_logits`, `extend` and `extend_shared`. Samplers then carry hidden
+  states (`F` numbers per position, not `V`) and project the rows they read
+  only: a FeF round its `W` targets, a first-hitting step its one position.
+  """
+  return getattr(logits_fn, "project_hidden", None)
+
+
+def to_logits(project: Optional[Callable[[jax.Array], jax.Array]]
+              ) -> Callable[[jax.Array], jax.Array]:
+  """rows [..., F] -> float32 logits [..., V]: `project` applied (None: the rows are
+  logits already)."""
+  if project is None:
+    return lambda rows: rows.astype(jnp.float32)
+  return lambda rows: project(rows).astype(jnp.float32)
+
+
+def logits_size(features_NxLxF: jax.Array,
+                project: Optional[Callable[[jax.Array], jax.Array]]) -> int:
+  """`V`: the size of the logits that `to_logits(project)` makes of these features
+  (for a projection, read from its output shape for one row, traced, not run)."""
+  if project is None:
+    return features_NxLxF.shape[-1]
+  row_1xF = jax.ShapeDtypeStruct((1, features_NxLxF.shape[-1]), features_NxLxF.dtype)
+  return jax.eval_shape(project, row_1xF).shape[-1]
+
+
+def bad_features(features_NxLxF: jax.Array, tokens_NxL: jax.Array, mask_id: int,
+                 projected: bool) -> jax.Array:
+  """bool[N, L]: masked positions whose logits have a NaN or +inf (`bad_masked`), or,
+  for hidden states that are `projected` later, any NaN or infinity (which the
+  projection would turn into infinite or NaN logits)."""
+  if not projected:
+    return bad_masked(features_NxLxF, tokens_NxL, mask_id)
+  return jnp.any(~jnp.isfinite(features_NxLxF), axis=-1) & (tokens_NxL == mask_id)
+
+
+def call_features(logits_fn: LogitsFn, tokens_NxL: jax.Array, mask_id: int,
+                  project: Optional[Callable[[jax.Array], jax.Array]]
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Runs the denoiser, without its output projection where `project` (its
+  `output_projection`) is given, for a caller that reads the logits of a few
+  positions.
+
+  Returns:
+    (features [N, L, F]: float32 logits, or the hidden states; bool[N] flags of
+    rows with NaN or +inf logits, or non-finite hidden states, at a masked
+    position).
+  """
+  if project is None:
+    return call_denoiser(logits_fn, tokens_NxL, mask_id)
+  features_NxLxF = logits_fn.features(tokens_NxL)
+  return features_NxLxF, jnp.any(bad_features(features_NxLxF, tokens_NxL, mask_id, True),
+                                 axis=-1)
+
+
+def whole_sequences(logits_fn: LogitsFn, features: bool = False) -> CopyEvaluator:
+  """The default evaluator: the denoiser on the `B * W` whole copies (`S = L`, offset 0);
+  with `features`, its `features` (hidden states, for a round given the denoiser's
+  `output_projection`)."""
   def evaluate(copies_BxWxL: jax.Array, context: Any) -> tuple[jax.Array, jax.Array, Any]:
     # The whole copies need no context; it is carried unchanged.
-    return (posterior.evaluate_copies(logits_fn, copies_BxWxL),
+    return (posterior.evaluate_copies(logits_fn.features if features else logits_fn,
+                                      copies_BxWxL),
             jnp.zeros(copies_BxWxL.shape[:1], jnp.int32), context)
   return CopyEvaluator(evaluate)
 
 
+def nan_or_plus_inf(logits_xV: jax.Array) -> jax.Array:
+  """bool[...]: whether each row of logits `[..., V]` has a NaN or a +inf (-inf is a
+  token of probability 0)."""
+  return jnp.any(jnp.isnan(logits_xV) | (logits_xV == jnp.inf), axis=-1)
+
+
 def bad_masked(logits_NxLxV: jax.Array, tokens_NxL: jax.Array, mask_id: int) -> jax.Array:
   """bool[N, L]: masked positions whose logits have a NaN or +inf."""
-  bad_NxL = jnp.any(jnp.isnan(logits_NxLxV) | (logits_NxLxV == jnp.inf), axis=-1)
-  return bad_NxL & (tokens_NxL == mask_id)
+  return nan_or_plus_inf(logits_NxLxV) & (tokens_NxL == mask_id)
 
 
 def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
@@ -161,13 +236,16 @@ def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
 
 
 def call_with_extras(fn: Callable[[jax.Array], tuple[jax.Array, Any]], tokens_NxL: jax.Array,
-                     mask_id: int) -> tuple[jax.Array, Any, jax.Array]:
+                     mask_id: int, features: bool = False) -> tuple[jax.Array, Any, jax.Array]:
   """`call_denoiser` for a denoiser method that returns (logits, extras), e.g. a cache
-  or hidden states: (float32[N, L, V] logits, extras, bool[N] bad-row flags)."""
-  logits_NxLxV, extras = fn(tokens_NxL)
-  logits_NxLxV = logits_NxLxV.astype(jnp.float32)
-  return (logits_NxLxV, extras,
-          jnp.any(bad_masked(logits_NxLxV, tokens_NxL, mask_id), axis=-1))
+  or hidden states: (float32[N, L, V] logits, extras, bool[N] bad-row flags). With
+  `features`, `fn` returns hidden states instead, which keep their dtype and are
+  flagged where not finite (`bad_features`)."""
+  features_NxLxF, extras = fn(tokens_NxL)
+  if not features:
+    features_NxLxF = features_NxLxF.astype(jnp.float32)
+  return (features_NxLxF, extras,
+          jnp.any(bad_features(features_NxLxF, tokens_NxL, mask_id, features), axis=-1))
 
 
 def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
@@ -185,39 +263,42 @@ def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
 
 def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
                   rank_BxL: jax.Array, positions_BxW: jax.Array,
-                  last_copy_B: Optional[jax.Array], window: int, mask_id: int):
+                  last_copy_B: Optional[jax.Array], window: int, mask_id: int,
+                  project: Optional[Callable[[jax.Array], jax.Array]]):
   """Targets from `W` prefix-revealed copies evaluated in one call (the copies after
-  `last_copy_B`, where given, repeat it).
+  `last_copy_B`, where given, repeat it); with `project`, the evaluator gives
+  features, and only the `W` targets are projected.
 
   Returns:
     (target logits float32[B, W, V], bool[B] NaN/+inf-in-a-span flags,
-    `next_drafts(pivot_B, active_B) -> (draft logits, draft tokens)`: the span of
+    `next_drafts(pivot_B, active_B) -> (draft features, draft tokens)`: the span of
     the pivot copy, whose revealed prefix was accepted, written into the drafts;
     the evaluator's context after the call).
   """
   copies_BxWxL = posterior.prefix_revealed_copies(
       state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window, last_copy_B)
-  span_logits_BxWxSxV, offset_B, context = evaluator.evaluate(copies_BxWxL, state.context)
-  span_logits_BxWxSxV = span_logits_BxWxSxV.astype(jnp.float32)
-  span = span_logits_BxWxSxV.shape[2]
-  bad_BxWxS = bad_masked(span_logits_BxWxSxV,
-                         posterior.span_of(copies_BxWxL, offset_B, span), mask_id)
+  span_BxWxSxF, offset_B, context = evaluator.evaluate(copies_BxWxL, state.context)
+  span_BxWxSxF = span_BxWxSxF.astype(state.draft_features_BxLxF.dtype)
+  span = span_BxWxSxF.shape[2]
+  bad_BxWxS = bad_features(span_BxWxSxF, posterior.span_of(copies_BxWxL, offset_B, span),
+                           mask_id, project is not None)
   # Targets lie in the span; invalid targets (past the set) may not, and are clipped.
   span_positions_BxW = jnp.clip(positions_BxW - offset_B[:, None], 0, span - 1)
-  target_logits_BxWxV = posterior.gather_targets(span_logits_BxWxSxV, span_positions_BxW)
+  target_logits_BxWxV = to_logits(project)(
+      posterior.gather_targets(span_BxWxSxF, span_positions_BxW))
 
   def next_drafts(pivot_B, active_B):
-    pivot_span_logits_BxSxV = jnp.take_along_axis(
-        span_logits_BxWxSxV, pivot_B[:, None, None, None], axis=1)[:, 0]
-    draft_logits_BxLxV = jnp.where(
+    pivot_span_BxSxF = jnp.take_along_axis(span_BxWxSxF, pivot_B[:, None, None, None],
+                                           axis=1)[:, 0]
+    draft_features_BxLxF = jnp.where(
         active_B[:, None, None],
-        posterior.write_span(state.draft_logits_BxLxV, pivot_span_logits_BxSxV, offset_B),
-        state.draft_logits_BxLxV)
+        posterior.write_span(state.draft_features_BxLxF, pivot_span_BxSxF, offset_B),
+        state.draft_features_BxLxF)
     draft_tokens_BxL = state.draft_tokens_BxL
     if draft_tokens_BxL is not None:
       pivot_copy_BxL = jnp.take_along_axis(copies_BxWxL, pivot_B[:, None, None], axis=1)[:, 0]
       draft_tokens_BxL = jnp.where(active_B[:, None], pivot_copy_BxL, draft_tokens_BxL)
-    return draft_logits_BxLxV, draft_tokens_BxL
+    return draft_features_BxLxF, draft_tokens_BxL
 
   return target_logits_BxWxV, jnp.any(bad_BxWxS, axis=(1, 2)), next_drafts, context
 
@@ -236,7 +317,7 @@ def _set_in_rank_order(rank_BxL: jax.Array, count_B: jax.Array, num_items: int
 
 
 def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
-                  rank_BxL: jax.Array, count_B: jax.Array, valid_BxW: jax.Array, window: int):
+                  rank_BxL: jax.Array, count_B: jax.Array, window: int):
   """Targets from one head pass over the set in rank order: committed values, then drafts.
 
   Item `r` of the pass reads the values of ranks `< r`: the committed tokens
@@ -252,10 +333,8 @@ def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL:
                             num_items - 1)
   target_logits_BxWxV = evaluator.evaluate(positions_BxK, values_BxK, valid_BxK,
                                            queries_BxW).astype(jnp.float32)
-  bad_BxW = jnp.any(jnp.isnan(target_logits_BxWxV) | (target_logits_BxWxV == jnp.inf),
-                    axis=-1) & valid_BxW
-  return (target_logits_BxWxV, jnp.any(bad_BxW, axis=1),
-          lambda pivot_B, active_B: (state.draft_logits_BxLxV, state.draft_tokens_BxL))
+  return (target_logits_BxWxV,
+          lambda pivot_B, active_B: (state.draft_features_BxLxF, state.draft_tokens_BxL))
 
 
 def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeState,
@@ -286,7 +365,7 @@ def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeStat
     values_BxK = jnp.where(write_BxK, draft_B[:, None], values_BxK)
     return values_BxK, logq_BxWxV.at[:, c].set(logq_BxV)
 
-  vocab_size = state.draft_logits_BxLxV.shape[-1]
+  vocab_size = uniform_BxWxV.shape[-1]
   values_BxK, logq_BxWxV = jax.lax.fori_loop(
       0, window, draft_one,
       (values_BxK, jnp.zeros((batch, window, vocab_size), jnp.float32)))
@@ -299,14 +378,16 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
                        warp_fn: WarpFn, state: SpeculativeState, rank_BxL: jax.Array,
                        count_B: jax.Array, step_keys_B: jax.Array, *, window: int,
                        mask_id: int,
-                       drafter: Optional[HeadEvaluator] = None) -> SpeculativeState:
+                       drafter: Optional[HeadEvaluator] = None,
+                       project: Optional[Callable[[jax.Array], jax.Array]] = None
+                       ) -> SpeculativeState:
   """One draft / verify / accept round for every row (a no-op for decided rows).
 
   Args:
-    denoiser: int32[N, L] -> float[N, L, V], called once on `B * window` rows;
-      or a `CopyEvaluator`, called once on the `[B, window, L]` copies; or a
-      `HeadEvaluator`, called once on the set in rank order (its drafts are
-      not updated by the round).
+    denoiser: int32[N, L] -> float[N, L, V], called once on `B * window` rows
+      (its `features` with `project`); or a `CopyEvaluator`, called once on the
+      `[B, window, L]` copies; or a `HeadEvaluator`, called once on the set in
+      rank order (its drafts are not updated by the round).
     warp_fn: raw logits -> normalized sampling log-probs (same for draft and target).
     state: the loop carry.
     rank_BxL: the ordered set (see `fef_jax.posterior`).
@@ -317,7 +398,10 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     drafter: optional head that drafts the `W` targets sequentially (with copy
       verification; its passes count in `nfe` and `sequences`); default: each of
       the `W` targets drafted independently from its marginal in
-      `state.draft_logits_BxLxV` (only the targets are warped and drawn).
+      `state.draft_features_BxLxF` (only the targets are projected, warped and
+      drawn).
+    project: the denoiser's `output_projection` where the carry's draft
+      features and the copies' evaluations are hidden states; None: logits.
 
   Returns:
     The updated carry: at least one more set position decided in every row
@@ -325,10 +409,11 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   """
   active_B = state.start_B < count_B
   if not isinstance(denoiser, (CopyEvaluator, HeadEvaluator)):
-    denoiser = whole_sequences(denoiser)
+    denoiser = whole_sequences(denoiser, features=project is not None)
   if isinstance(denoiser, CopyEvaluator) and denoiser.prepare is not None:
     state = denoiser.prepare(state, active_B)
-  batch, length, vocab_size = state.draft_logits_BxLxV.shape
+  batch, length = state.tokens_BxL.shape
+  vocab_size = logits_size(state.draft_features_BxLxF, project)
   # One draw per round for the drafts, the acceptance tests and the residual.
   draft_uniform_BxN, accept_uniform_BxW, residual_uniform_BxV = noise.uniforms(
       jax.vmap(jax.random.fold_in)(step_keys_B, state.round_B),
@@ -347,9 +432,9 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   uniform_BxWxV = draft_uniform_BxN.reshape(batch, window, vocab_size)
   if drafter is None:
     # Only the targets' drafts are read (by the copies and the acceptance test), so
-    # only the `W` targets are warped and drawn, not all `L` positions.
-    logq_BxWxV = warp_fn(jnp.take_along_axis(state.draft_logits_BxLxV,
-                                             positions_BxW[..., None], axis=1))
+    # only the `W` targets are projected, warped and drawn, not all `L` positions.
+    logq_BxWxV = warp_fn(to_logits(project)(jnp.take_along_axis(
+        state.draft_features_BxLxF, positions_BxW[..., None], axis=1)))
     # Invalid targets (past the set) are dropped from the scatter: their positions
     # may be set positions, whose drafts must stay.
     drafts_BxL = state.tokens_BxL.at[
@@ -362,12 +447,14 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     draft_units = window * drafter.units_per_pass
   draft_bad_B = jnp.any(jnp.isnan(logq_BxWxV).any(axis=-1) & valid_BxW, axis=1)
   if isinstance(denoiser, HeadEvaluator):
-    target_logits_BxWxV, bad_B, next_drafts = _head_targets(
-        denoiser, state, drafts_BxL, rank_BxL, count_B, valid_BxW, window)
+    target_logits_BxWxV, next_drafts = _head_targets(denoiser, state, drafts_BxL, rank_BxL,
+                                                     count_B, window)
+    span_bad_B = jnp.zeros_like(active_B)
     units, context = denoiser.units_per_pass, state.context
   else:
-    target_logits_BxWxV, bad_B, next_drafts, context = _copy_targets(
-        denoiser, state, drafts_BxL, rank_BxL, positions_BxW, last_copy_B, window, mask_id)
+    target_logits_BxWxV, span_bad_B, next_drafts, context = _copy_targets(
+        denoiser, state, drafts_BxL, rank_BxL, positions_BxW, last_copy_B, window, mask_id,
+        project)
     units = window * denoiser.units_per_copy + denoiser.units_per_round
     if context is not state.context:
       # Rows without targets keep their context.
@@ -375,6 +462,8 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
           lambda new, old: jnp.where(active_B.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
           context, state.context)
 
+  # NaN or +inf in a target's logits (a projected row, or a head's output).
+  target_bad_B = jnp.any(nan_or_plus_inf(target_logits_BxWxV) & valid_BxW, axis=1)
   logp_BxWxV = warp_fn(target_logits_BxWxV)
   draft_BxW = jnp.take_along_axis(drafts_BxL, positions_BxW, axis=1)
   log_ratio_BxW = (jnp.take_along_axis(logp_BxWxV, draft_BxW[..., None], axis=-1)
@@ -399,7 +488,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
                          jnp.where(take_residual_BxL, residual_B[:, None], state.tokens_BxL))
   num_committed_B = num_accepted_B + rejected_B.astype(jnp.int32)
 
-  draft_logits_BxLxV, draft_tokens_BxL = next_drafts(pivot_B, active_B)
+  draft_features_BxLxF, draft_tokens_BxL = next_drafts(pivot_B, active_B)
   active = active_B.astype(jnp.int32)
   draft_calls = 0 if drafter is None else window
   stats = state.stats.add_calls(active_B, calls=1 + draft_calls, units=units + draft_units)
@@ -408,19 +497,22 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
       drafts_examined=stats.drafts_examined + num_committed_B,
       drafts_accepted=stats.drafts_accepted + num_accepted_B)
   return SpeculativeState(
-      tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
+      tokens_BxL=tokens_BxL, draft_features_BxLxF=draft_features_BxLxF,
       start_B=state.start_B + num_committed_B, round_B=state.round_B + active,
-      stats=stats, bad_logits_B=state.bad_logits_B | ((bad_B | draft_bad_B) & active_B),
+      stats=stats,
+      bad_logits_B=state.bad_logits_B | ((span_bad_B | target_bad_B | draft_bad_B) & active_B),
       draft_tokens_BxL=draft_tokens_BxL, context=context)
 
 
 def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn: WarpFn,
-               tokens_BxL: jax.Array, draft_logits_BxLxV: jax.Array, rank_BxL: jax.Array,
+               tokens_BxL: jax.Array, draft_features_BxLxF: jax.Array, rank_BxL: jax.Array,
                count_B: jax.Array, step_keys_B: jax.Array, stats: SampleStats,
                *, window: int, mask_id: int,
                draft_tokens_BxL: Optional[jax.Array] = None,
                context: Any = None,
-               drafter: Optional[HeadEvaluator] = None) -> SpeculativeState:
+               drafter: Optional[HeadEvaluator] = None,
+               project: Optional[Callable[[jax.Array], jax.Array]] = None
+               ) -> SpeculativeState:
   """Decides every row's ordered set exactly, by speculative rounds in a `lax.while_loop`.
 
   Args:
@@ -429,35 +521,39 @@ def decide_set(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator], warp_fn:
       `HeadEvaluator` with `num_items` at least every set's size.
     warp_fn: raw logits -> normalized sampling log-probs.
     tokens_BxL: the state; set positions must be masked.
-    draft_logits_BxLxV: raw logits to draft the first round from; any function
-      of already revealed tokens keeps the result exact (only speed changes).
+    draft_features_BxLxF: raw logits to draft the first round from (or, with
+      `project`, the hidden states it maps to them); any function of already
+      revealed tokens keeps the result exact (only speed changes).
     rank_BxL: the ordered set of each row (see `fef_jax.posterior`).
     count_B: set size of each row (0 allowed).
     step_keys_B: one PRNG key per row.
     stats: statistics to add this set's rounds to.
     window: static verification window `W >= 1`.
     mask_id: the mask token.
-    draft_tokens_BxL: optional: the input that `draft_logits_BxLxV` came from;
+    draft_tokens_BxL: optional: the input that `draft_features_BxLxF` came from;
       given, the carry tracks it (see `SpeculativeState`).
     context: optional: the initial context of a `CopyEvaluator` (a cache).
     drafter: optional head that drafts each round's targets sequentially (see
       `verification_round`); its `num_items` must cover every set.
+    project: the denoiser's `output_projection`, where the draft features and
+      the copies' evaluations are its hidden states (see `verification_round`).
 
   Returns:
     The final carry: `tokens_BxL` with every set position decided, the draft
-    logits for the next set (and their input, if tracked), the context, and
+    features for the next set (and their input, if tracked), the context, and
     updated statistics. Rounds per row are at most
     the set size, since each round decides at least one position.
   """
   batch = tokens_BxL.shape[0]
   init = SpeculativeState(
-      tokens_BxL=tokens_BxL, draft_logits_BxLxV=draft_logits_BxLxV,
+      tokens_BxL=tokens_BxL, draft_features_BxLxF=draft_features_BxLxF,
       start_B=jnp.zeros((batch,), jnp.int32), round_B=jnp.zeros((batch,), jnp.int32),
       stats=stats, bad_logits_B=jnp.zeros((batch,), bool),
       draft_tokens_BxL=draft_tokens_BxL, context=context)
 
   def body(state):
     return verification_round(denoiser, warp_fn, state, rank_BxL, count_B,
-                              step_keys_B, window=window, mask_id=mask_id, drafter=drafter)
+                              step_keys_B, window=window, mask_id=mask_id, drafter=drafter,
+                              project=project)
 
   return jax.lax.while_loop(lambda s: jnp.any(s.start_B < count_B), body, init)

@@ -33,6 +33,7 @@ class SampleStats:
 
   @classmethod
   def zeros(cls, batch_size: int) -> "SampleStats":
+    """Statistics of `batch_size` rows before any call: every field int32 zeros[B]."""
     zero_B = jnp.zeros((batch_size,), jnp.int32)
     return cls(nfe=zero_B, sequences=zero_B, rounds=zero_B, tokens=zero_B,
                drafts_examined=zero_B, drafts_accepted=zero_B)

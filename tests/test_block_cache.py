@@ -393,8 +393,9 @@ def test_fused_rounds_make_the_uncached_decisions_without_refresh_calls(options,
   # The next block is evaluated once, as the last copy sees it (`shared_tail`): the
   # uncached rounds make the same decisions under the same rule for the next drafts.
   whole_sequences = speculative.whole_sequences
-  monkeypatch.setattr(speculative, "whole_sequences", lambda logits_fn: dataclasses.replace(
-      whole_sequences(logits_fn), shared_tail=True))
+  monkeypatch.setattr(speculative, "whole_sequences",
+                      lambda logits_fn, **kwargs: dataclasses.replace(
+                          whole_sequences(logits_fn, **kwargs), shared_tail=True))
   plain = run()
   agreement = np.mean(np.asarray(plain.tokens) == np.asarray(cached.tokens))
   assert agreement >= 0.999, agreement

@@ -431,7 +431,7 @@ def test_head_drafts_scored_with_the_backbone_marginals_are_rejected(monkeypatch
                             rank_BxL.shape[1] - 1)
     positions_BxW = jnp.take_along_axis(posterior.positions_by_rank(rank_BxL), ranks_BxW,
                                         axis=1)
-    logq_BxLxV = warp_fn(state.draft_logits_BxLxV)
+    logq_BxLxV = warp_fn(state.draft_features_BxLxF)
     return drafts_BxL, jnp.take_along_axis(logq_BxLxV, positions_BxW[..., None], axis=1)
 
   monkeypatch.setattr(speculative, "_head_drafts", marginal_q)

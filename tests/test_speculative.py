@@ -23,7 +23,7 @@ def _first_round(num_rows, length, window, seed):
   tokens = jnp.full((num_rows, length), chain.mask_id, jnp.int32)
   state = speculative.SpeculativeState(
       tokens_BxL=tokens,
-      draft_logits_BxLxV=jnp.zeros((num_rows, length, 4)),  # uniform drafts q = 1/V
+      draft_features_BxLxF=jnp.zeros((num_rows, length, 4)),  # uniform drafts q = 1/V
       start_B=jnp.zeros((num_rows,), jnp.int32), round_B=jnp.zeros((num_rows,), jnp.int32),
       stats=SampleStats.zeros(num_rows), bad_logits_B=jnp.zeros((num_rows,), bool))
   rank = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (num_rows, length))
@@ -94,7 +94,7 @@ def test_a_round_warps_and_draws_only_its_window_of_targets():
 
   state = speculative.SpeculativeState(
       tokens_BxL=jnp.full((num_rows, length), chain.mask_id, jnp.int32),
-      draft_logits_BxLxV=jnp.zeros((num_rows, length, 4)),
+      draft_features_BxLxF=jnp.zeros((num_rows, length, 4)),
       start_B=jnp.zeros((num_rows,), jnp.int32), round_B=jnp.zeros((num_rows,), jnp.int32),
       stats=SampleStats.zeros(num_rows), bad_logits_B=jnp.zeros((num_rows,), bool))
   rank = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (num_rows, length))
@@ -119,7 +119,7 @@ def test_the_last_target_keeps_its_draft_when_the_window_runs_past_the_set():
   tokens = jnp.concatenate([jnp.zeros((num_rows, length - 1), jnp.int32),
                             jnp.full((num_rows, 1), chain.mask_id, jnp.int32)], axis=1)
   state = speculative.SpeculativeState(
-      tokens_BxL=tokens, draft_logits_BxLxV=jnp.zeros((num_rows, length, 4)),
+      tokens_BxL=tokens, draft_features_BxLxF=jnp.zeros((num_rows, length, 4)),
       start_B=jnp.full((num_rows,), length - 1, jnp.int32),
       round_B=jnp.zeros((num_rows,), jnp.int32), stats=SampleStats.zeros(num_rows),
       bad_logits_B=jnp.zeros((num_rows,), bool))
@@ -155,7 +155,7 @@ def test_a_set_smaller_than_the_window_drafts_on_from_the_copy_that_reveals_it_a
 
   state = speculative.SpeculativeState(
       tokens_BxL=jnp.full((num_rows, length), chain.mask_id, jnp.int32),
-      draft_logits_BxLxV=jnp.broadcast_to(log_p_V, (num_rows, length, 4)),
+      draft_features_BxLxF=jnp.broadcast_to(log_p_V, (num_rows, length, 4)),
       start_B=jnp.zeros((num_rows,), jnp.int32), round_B=jnp.zeros((num_rows,), jnp.int32),
       stats=SampleStats.zeros(num_rows), bad_logits_B=jnp.zeros((num_rows,), bool))
   rank = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (num_rows, length))
@@ -171,6 +171,6 @@ def test_a_set_smaller_than_the_window_drafts_on_from_the_copy_that_reveals_it_a
     out = outs[shared_tail]
     np.testing.assert_array_equal(out.start_B, set_size)
     np.testing.assert_array_equal(out.stats.drafts_accepted, set_size)
-    np.testing.assert_array_equal(out.draft_logits_BxLxV[:, set_size:, 0], revealed)
+    np.testing.assert_array_equal(out.draft_features_BxLxF[:, set_size:, 0], revealed)
   # The rule changes only where the next drafts come from, not the decisions.
   np.testing.assert_array_equal(outs[False].tokens_BxL, outs[True].tokens_BxL)

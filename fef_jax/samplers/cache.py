@@ -54,7 +54,10 @@ How the sampler uses it (`fef_jax.samplers.loop`):
   states only, and their logits are the new drafts (any function of revealed
   tokens is a valid draft source).
 - Rounds (`evaluator`): one `block_logits` call of the `W` copies' windows
-  against the cache; its logits overwrite the window of the draft logits. In
+  against the cache; its logits overwrite the window of the draft logits (for a
+  denoiser that offers its output projection the calls return hidden states,
+  the drafts are carried as hidden states and a round projects its `W` targets
+  only, see `speculative.output_projection`). In
   exact mode with marginal drafts (`fused_rounds`) a round instead evaluates
   `[start - S, start + 2S)`: the decided block before the window
   goes into the cache and the block after it gets the last copy's logits, the
@@ -109,7 +112,10 @@ class BlockLocalDenoiser(Protocol):
   def block_logits(self, cache: Any, tokens_NxCxS: jax.Array,
                    start_N: jax.Array) -> jax.Array:
     """float[N, C, S, V]: logits of positions `start .. start + S - 1` of `C` copies of
-    each cached state, the copies holding `tokens_NxCxS` there."""
+    each cached state, the copies holding `tokens_NxCxS` there. A denoiser that
+    offers `project_hidden` also takes `project=False` here and in
+    `extend_shared`, and then returns the hidden states those logits are
+    projected from (see `fef_jax.speculative.output_projection`)."""
 
   def extend(self, cache: Any, tokens_NxCxS: jax.Array,
              start_N: jax.Array) -> tuple[jax.Array, Any]:
@@ -269,20 +275,27 @@ def window_length(config: SamplerConfig, denoiser: BlockLocalDenoiser) -> int:
 
 
 def initial(denoiser: BlockLocalDenoiser, config: SamplerConfig, tokens_BxL: jax.Array,
-            in_block_BxL: jax.Array) -> tuple[jax.Array, Context, jax.Array]:
-  """The sampler's first call: (float32 logits [B, L, V], the `Context` of the
-  first generation block's windows (`in_block_BxL`: its positions), bool[B]
-  NaN/+inf-at-a-mask flags)."""
-  logits_BxLxV, cache, bad_B = speculative.call_with_extras(denoiser.encode, tokens_BxL,
-                                                            config.mask_id)
+            in_block_BxL: jax.Array, features: bool = False
+            ) -> tuple[jax.Array, Context, jax.Array]:
+  """The sampler's first call: (float32 logits [B, L, V], or with `features` the
+  hidden states they are projected from, see `speculative.output_projection`; the
+  `Context` of the first generation block's windows (`in_block_BxL`: its
+  positions); bool[B] NaN/+inf-at-a-mask flags)."""
+  features_BxLxF, cache, bad_B = speculative.call_with_extras(
+      _encode(denoiser, features), tokens_BxL, config.mask_id, features)
   start_B = window_start(config.cache, in_block_BxL, window_length(config, denoiser))
-  return logits_BxLxV, Context(cache, start_B, jnp.zeros_like(start_B)), bad_B
+  return features_BxLxF, Context(cache, start_B, jnp.zeros_like(start_B)), bad_B
+
+
+def _encode(denoiser: BlockLocalDenoiser, features: bool):
+  """`denoiser.encode`, giving hidden states with `features`."""
+  return functools.partial(denoiser.encode, project=False) if features else denoiser.encode
 
 
 def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.Array,
             start_B: jax.Array, tokens_BxL: jax.Array, draft_tokens_BxL: jax.Array | None,
-            draft_logits_BxLxV: jax.Array, context: Context, stats: SampleStats,
-            bad_logits_B: jax.Array, units_per_position: int = 1
+            draft_features_BxLxF: jax.Array, context: Context, stats: SampleStats,
+            bad_logits_B: jax.Array, units_per_position: int = 1, features: bool = False
             ) -> tuple[jax.Array, Context, SampleStats, jax.Array]:
   """Re-encodes the rows of `refresh_B` for windows starting at `start_B`, in one call.
 
@@ -299,7 +312,8 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
     draft_tokens_BxL: exact mode: the inputs of the current draft logits, whose
       logits become the drafts (the uncached path's drafts at the new window);
       None in approximate mode, where the drafts are the states' own logits.
-    draft_logits_BxLxV: the current draft logits.
+    draft_features_BxLxF: the current draft logits (hidden states with
+      `features`).
     context: the current `Context`.
     stats: running statistics; each refreshed row gets one call and the token
       positions encoded for it (`2L` in exact mode, `L` in approximate mode),
@@ -307,9 +321,10 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
     bad_logits_B: running NaN/+inf flags.
     units_per_position: what one encoded position adds to `stats.sequences`
       (the backbone's layers where the loop counts layer-positions).
+    features: whether the drafts are hidden states (see `initial`).
 
   Returns:
-    (draft logits, `Context` with the rounds reset, stats, NaN/+inf flags),
+    (draft features, `Context` with the rounds reset, stats, NaN/+inf flags),
     changed in the refreshed rows only. The call evaluates `2B` whole rows in
     exact mode (or, moving to the next attention block with `extend`, `2B`
     spans of `2S` positions) and `B` whole rows in approximate mode.
@@ -332,47 +347,50 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
   def pick(new, old):
     return jnp.where(refresh_B.reshape((batch,) + (1,) * (old.ndim - 1)), new[:batch], old)
 
-  def finish(draft_logits_BxLxV, cache, context, stats, bad_B, units):
+  def finish(draft_features_BxLxF, cache, context, stats, bad_B, units):
     new_context = Context(jax.tree.map(pick, cache, context.cache),
                           jnp.where(refresh_B, start_B, context.start_B),
                           jnp.where(refresh_B, 0, context.rounds_B))
-    return draft_logits_BxLxV, new_context, stats.add_calls(refresh_B, units=units), bad_B
+    return draft_features_BxLxF, new_context, stats.add_calls(refresh_B, units=units), bad_B
 
-  def encode_rows(draft_logits_BxLxV, context, stats, bad_logits_B):
-    logits_NxLxV, cache_N, bad_N = speculative.call_with_extras(denoiser.encode, inputs_NxL,
-                                                                config.mask_id)
+  def encode_rows(draft_features_BxLxF, context, stats, bad_logits_B):
+    features_NxLxF, cache_N, bad_N = speculative.call_with_extras(
+        _encode(denoiser, features), inputs_NxL, config.mask_id, features)
     # The cache comes from the current states (rows :B), the drafts from the last B rows.
     return finish(
-        jnp.where(refresh_B[:, None, None], logits_NxLxV[-batch:], draft_logits_BxLxV),
+        jnp.where(refresh_B[:, None, None],
+                  features_NxLxF[-batch:].astype(draft_features_BxLxF.dtype),
+                  draft_features_BxLxF),
         cache_N, context, stats, bad_logits_B | (bad_N[-batch:] & refresh_B), units_per_row)
 
   if (fused or draft_tokens_BxL is None or not hasattr(denoiser, "extend")
       or 2 * span > length):
     run = encode_rows
   else:
-    def extend_spans(draft_logits_BxLxV, context, stats, bad_logits_B):
+    def extend_spans(draft_features_BxLxF, context, stats, bad_logits_B):
       old_start_B = context.start_B
       inputs_Bx2xL = jnp.stack([tokens_BxL, draft_tokens_BxL], axis=1)
       span_Bx2x2S = posterior.span_of(inputs_Bx2xL, old_start_B, 2 * span)
-      logits_Bx2x2SxV, cache = denoiser.extend(context.cache, span_Bx2x2S, old_start_B)
-      drafts_BxSxV = logits_Bx2x2SxV[:, 1, span:].astype(jnp.float32)
-      bad_B = jnp.any(speculative.bad_masked(drafts_BxSxV, span_Bx2x2S[:, 1, span:],
-                                             config.mask_id), axis=-1)
+      out_Bx2x2SxF, cache = denoiser.extend(context.cache, span_Bx2x2S, old_start_B,
+                                            **({"project": False} if features else {}))
+      drafts_BxSxF = out_Bx2x2SxF[:, 1, span:].astype(draft_features_BxLxF.dtype)
+      bad_B = jnp.any(speculative.bad_features(drafts_BxSxF, span_Bx2x2S[:, 1, span:],
+                                               config.mask_id, features), axis=-1)
       return finish(
           jnp.where(refresh_B[:, None, None],
-                    posterior.write_span(draft_logits_BxLxV, drafts_BxSxV, start_B),
-                    draft_logits_BxLxV),
+                    posterior.write_span(draft_features_BxLxF, drafts_BxSxF, start_B),
+                    draft_features_BxLxF),
           cache, context, stats, bad_logits_B | (bad_B & refresh_B),
           2 * 2 * span * units_per_position)
 
-    def run(draft_logits_BxLxV, context, stats, bad_logits_B):
+    def run(draft_features_BxLxF, context, stats, bad_logits_B):
       # The span holds both windows only when the new one follows the old one.
       adjacent = jnp.all(~refresh_B | (start_B == context.start_B + span))
       return jax.lax.cond(adjacent, extend_spans, encode_rows,
-                          draft_logits_BxLxV, context, stats, bad_logits_B)
+                          draft_features_BxLxF, context, stats, bad_logits_B)
 
   return jax.lax.cond(jnp.any(refresh_B), run, lambda *carry: carry,
-                      draft_logits_BxLxV, context, stats, bad_logits_B)
+                      draft_features_BxLxF, context, stats, bad_logits_B)
 
 
 def fused_rounds(config: SamplerConfig, denoiser: BlockLocalDenoiser, length: int) -> bool:
@@ -411,7 +429,8 @@ def fusing_pays(window: int, span: int) -> bool:
 
 
 def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
-              units_per_position: int = 1) -> speculative.CopyEvaluator:
+              units_per_position: int = 1, features: bool = False
+              ) -> speculative.CopyEvaluator:
   """A round's evaluation of the copies' window `[start, start + S)` against the context
   (with `fused_rounds`, which also extends the cache, also the block before the
   window and the block after it, each once for all copies, and the span returned
@@ -421,16 +440,19 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
   layer-positions; fused: also `2S` per round) towards `stats.sequences`. With
   `cache="approximate"` and `refresh_every=r > 0`, a round of a row that has
   run `r` rounds against its context first re-encodes its state (one more
-  call, `L` units), and the state's logits become the round's drafts.
+  call, `L` units), and the state's logits become the round's drafts. With
+  `features`, the evaluation (and a refresh's drafts) are the denoiser's hidden
+  states, for a round given its `speculative.output_projection`.
   """
   span = window_length(config, denoiser)
   fused = fused_rounds(config, denoiser, length)
+  lazy = {"project": False} if features else {}
 
   def evaluate(copies_BxWxL: jax.Array,
                context: Context) -> tuple[jax.Array, jax.Array, Context]:
     window_BxWxS = posterior.span_of(copies_BxWxL, context.start_B, span)
     if not fused:
-      return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B),
+      return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B, **lazy),
               context.start_B, context)
     # Exact windows are attention blocks and L is a multiple of S: the window fits.
     start_B = context.start_B
@@ -447,30 +469,31 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
     last_B = start_B + 2 * span > length
     offset_B = jnp.where(last_B, start_B - span, start_B)
     tail_start_B = jnp.where(last_B, start_B - span, start_B + span)
-    logits_BxWxSxV, tail_BxSxV, cache = denoiser.extend_shared(
+    window_BxWxSxF, tail_BxSxF, cache = denoiser.extend_shared(
         context.cache, posterior.span_of(state_Bx1xL, shared_start_B, span)[:, 0],
         window_BxWxS, shared_start_B, start_B,
         posterior.span_of(state_Bx1xL, tail_start_B, span)[:, 0], tail_start_B,
-        copies_BxWxL.shape[1] - 1)
+        copies_BxWxL.shape[1] - 1, **lazy)
     # The span [offset, offset + 2S): [window, tail], or [tail, window] in the last
     # block. One slice of [tail, window, tail], not a select of two joins: on a 2-core
     # CPU the three ops, ready at once, hand a round's work to the other core
     # (BENCHMARKS.md, "Where the time goes").
-    tail_BxWxSxV = jnp.broadcast_to(tail_BxSxV[:, None], logits_BxWxSxV.shape)
-    span_BxWx2SxV = jax.vmap(lambda x, o: jax.lax.dynamic_slice_in_dim(x, o, 2 * span, axis=1))(
-        jnp.concatenate([tail_BxWxSxV, logits_BxWxSxV, tail_BxWxSxV], axis=2),
+    tail_BxWxSxF = jnp.broadcast_to(tail_BxSxF[:, None], window_BxWxSxF.shape)
+    span_BxWx2SxF = jax.vmap(lambda x, o: jax.lax.dynamic_slice_in_dim(x, o, 2 * span, axis=1))(
+        jnp.concatenate([tail_BxWxSxF, window_BxWxSxF, tail_BxWxSxF], axis=2),
         jnp.where(last_B, 0, span))
-    return span_BxWx2SxV, offset_B, context.replace(cache=cache)
+    return span_BxWx2SxF, offset_B, context.replace(cache=cache)
 
   def prepare(state: speculative.SpeculativeState,
               active_B: jax.Array) -> speculative.SpeculativeState:
     due_B = active_B & (state.context.rounds_B >= config.refresh_every)
-    logits_BxLxV, context, stats, bad_B = refresh(
+    draft_features_BxLxF, context, stats, bad_B = refresh(
         denoiser, config, due_B, state.context.start_B, state.tokens_BxL, None,
-        state.draft_logits_BxLxV, state.context, state.stats, state.bad_logits_B,
-        units_per_position)
+        state.draft_features_BxLxF, state.context, state.stats, state.bad_logits_B,
+        units_per_position, features)
     context = context.replace(rounds_B=context.rounds_B + active_B.astype(jnp.int32))
-    return state.replace(draft_logits_BxLxV=logits_BxLxV, context=context, stats=stats,
+    return state.replace(draft_features_BxLxF=draft_features_BxLxF, context=context,
+                         stats=stats,
                          bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0

@@ -14,6 +14,7 @@ result does not depend on the other rows of the batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Optional
 
@@ -65,8 +66,11 @@ Plan = Callable[[SamplerConfig, StepContext], jax.Array]
 
 @flax.struct.dataclass
 class LoopState:
+  """The carry of a sampler's step loop: the sequence, where each row is in its blocks
+  and steps, the statistics so far and whether any logits were NaN or +inf."""
   tokens_BxL: jax.Array
-  logits_BxLxV: Optional[jax.Array]  # FeF only: draft logits carried across steps
+  # FeF only: the drafts' logits, or hidden states (`draft_projection`), across steps.
+  draft_features_BxLxF: Optional[jax.Array]
   cur_block_B: jax.Array
   block_step_B: jax.Array
   step_B: jax.Array
@@ -138,18 +142,26 @@ def one_token_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConf
   position by the rule's score, drawn from its marginal), but the position is
   chosen first, so only its logits are warped and only its token is drawn:
   `[B, V]` work instead of the `[B, L, V]` warp and draw of every position, and
-  an argmax instead of the plan's sort. `plan` and `steps_per_block_B` are unused.
+  an argmax instead of the plan's sort; a denoiser that offers its output
+  projection (`speculative.output_projection`) projects that position only.
+  `plan` and `steps_per_block_B` are unused.
   """
   del plan, steps_per_block_B
-  logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, state.tokens_BxL, config.mask_id)
-  _, length, vocab_size = logits_BxLxV.shape
+  project = speculative.output_projection(logits_fn)
+  features_BxLxF, bad_B = speculative.call_features(logits_fn, state.tokens_BxL,
+                                                    config.mask_id, project)
+  length = features_BxLxF.shape[1]
+  vocab_size = speculative.logits_size(features_BxLxF, project)
   eligible_BxL = _eligible(config, state, block_BxL)
   score_uniform_BxL, token_uniform_BxV = noise.uniforms(step_keys_B, (length, vocab_size))
   position_B = selection.best(
       selection.scores(config.select, None, state.tokens_BxL, score_uniform_BxL),
       eligible_BxL)
-  log_probs_BxV = warp_fn(jnp.take_along_axis(logits_BxLxV, position_B[:, None, None],
-                                              axis=1)[:, 0])
+  logits_BxV = speculative.to_logits(project)(
+      jnp.take_along_axis(features_BxLxF, position_B[:, None, None], axis=1)[:, 0])
+  # The projected row too: NaN in the projection alone leaves the hidden states finite.
+  bad_B = bad_B | speculative.nan_or_plus_inf(logits_BxV)
+  log_probs_BxV = warp_fn(logits_BxV)
   token_B = noise.categorical(log_probs_BxV, token_uniform_BxV)
   commit_BxL = eligible_BxL & (jnp.arange(length)[None, :] == position_B[:, None])
   return _commit(state, commit_BxL, token_B[:, None], bad_B, active_B)
@@ -167,12 +179,13 @@ def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
   """
   start_B = cache.window_start(config.cache, in_block_BxL,
                                cache.window_length(config, denoiser))
-  logits_BxLxV, context, stats, bad_B = cache.refresh(
+  draft_features_BxLxF, context, stats, bad_B = cache.refresh(
       denoiser, config, active_B & (start_B != state.context.start_B), start_B,
-      state.tokens_BxL, state.draft_tokens_BxL, state.logits_BxLxV, state.context,
-      state.stats, state.bad_logits_B, units_per_position)
-  return state.replace(logits_BxLxV=logits_BxLxV, context=context, stats=stats,
-                       bad_logits_B=bad_B)
+      state.tokens_BxL, state.draft_tokens_BxL, state.draft_features_BxLxF, state.context,
+      state.stats, state.bad_logits_B, units_per_position,
+      draft_projection(config, denoiser) is not None)
+  return state.replace(draft_features_BxLxF=draft_features_BxLxF, context=context,
+                       stats=stats, bad_logits_B=bad_B)
 
 
 def _head_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig, state: LoopState,
@@ -184,7 +197,7 @@ def _head_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig, state: Lo
   logits_BxLxV, hidden, bad_B = head.backbone(denoiser, state.tokens_BxL, config.mask_id)
   stats = state.stats.add_calls(active_B,
                                 units=state.tokens_BxL.shape[1] * denoiser.num_layers)
-  state = state.replace(logits_BxLxV=logits_BxLxV, stats=stats,
+  state = state.replace(draft_features_BxLxF=logits_BxLxV, stats=stats,
                         bad_logits_B=state.bad_logits_B | (bad_B & active_B))
   return state, head.evaluator(denoiser, hidden, num_items)
 
@@ -203,11 +216,11 @@ def _head_window_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig,
       config.mask_id)
   logits_BxLxV = jnp.where(
       active_B[:, None, None],
-      posterior.write_span(state.logits_BxLxV, logits_BxSxV, state.context.start_B),
-      state.logits_BxLxV)
+      posterior.write_span(state.draft_features_BxLxF, logits_BxSxV, state.context.start_B),
+      state.draft_features_BxLxF)
   stats = state.stats.add_calls(active_B, units=span * denoiser.num_layers)
   state = state.replace(
-      logits_BxLxV=logits_BxLxV, stats=stats,
+      draft_features_BxLxF=logits_BxLxV, stats=stats,
       draft_tokens_BxL=jnp.where(active_B[:, None], state.tokens_BxL, state.draft_tokens_BxL),
       bad_logits_B=state.bad_logits_B | (bad_B & active_B))
   return state, head.evaluator(denoiser, hidden_BxLxD, num_items)
@@ -215,6 +228,16 @@ def _head_window_backbone(denoiser: head.HeadDenoiser, config: SamplerConfig,
 
 def _uses_head(config: SamplerConfig) -> bool:
   return config.method == "fef" and "head" in (config.verifier, config.drafter)
+
+
+def draft_projection(config: SamplerConfig, logits_fn: LogitsFn):
+  """FeF's carried drafts are hidden states, projected where read, when the denoiser
+  offers its output projection (`speculative.output_projection`, returned; else
+  None). The head paths carry logits: a head reads the backbone's hidden states
+  beside them."""
+  if config.method != "fef" or _uses_head(config):
+    return None
+  return speculative.output_projection(logits_fn)
 
 
 def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
@@ -236,13 +259,15 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   context_keys_B, order_keys_B, keep_keys_B, spec_keys_B = _split_rows(step_keys_B, 4)
   eligible_BxL = _eligible(config, state, block_BxL)
   denoiser, drafter = logits_fn, None
+  project = draft_projection(config, logits_fn)
   # With a head, `stats.sequences` counts layer-positions (see `run`).
   units_per_position = logits_fn.num_layers if _uses_head(config) else 1
   if config.cache != "none":
     # Before the drafts are read: a new window's drafts come from the refresh.
     state = _enter_window(logits_fn, config, state, block_BxL == state.cur_block_B[:, None],
                           active_B, units_per_position)
-    denoiser = cache.evaluator(logits_fn, config, state.tokens_BxL.shape[1], units_per_position)
+    denoiser = cache.evaluator(logits_fn, config, state.tokens_BxL.shape[1], units_per_position,
+                               project is not None)
   if _uses_head(config):
     # A set lies in one generation block, so block_length items hold any set.
     length = state.tokens_BxL.shape[1]
@@ -253,10 +278,12 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
       denoiser = head_evaluator
     else:
       if config.cache == "none":
-        denoiser = speculative.CopyEvaluator(speculative.whole_sequences(logits_fn).evaluate,
-                                             units_per_copy=length * logits_fn.num_layers)
+        denoiser = dataclasses.replace(speculative.whole_sequences(logits_fn),
+                                       units_per_copy=length * logits_fn.num_layers)
       drafter = head_evaluator
-  ctx = _context(state, eligible_BxL, steps_per_block_B, warp_fn(state.logits_BxLxV),
+  # Every position's logits: projected here only where the plan or order reads them.
+  ctx = _context(state, eligible_BxL, steps_per_block_B,
+                 warp_fn(speculative.to_logits(project)(state.draft_features_BxLxF)),
                  context_keys_B)
   if config.steps is None:
     # One step per block: the plan would choose every eligible position, so its
@@ -275,10 +302,11 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
         selection.scores(order_rule, ctx.log_probs_BxLxV, ctx.x0_BxL,
                          noise.uniforms(order_keys_B, (length,))[0]), decide_BxL)
   decided = speculative.decide_set(
-      denoiser, warp_fn, state.tokens_BxL, state.logits_BxLxV, rank_BxL,
+      denoiser, warp_fn, state.tokens_BxL, state.draft_features_BxLxF, rank_BxL,
       jnp.sum(decide_BxL, axis=1).astype(jnp.int32), spec_keys_B, state.stats,
       window=config.window, mask_id=config.mask_id,
-      draft_tokens_BxL=state.draft_tokens_BxL, context=state.context, drafter=drafter)
+      draft_tokens_BxL=state.draft_tokens_BxL, context=state.context, drafter=drafter,
+      project=project)
   tokens_BxL = decided.tokens_BxL
   if config.mode == "joint_then_remask":
     keep_BxL = selection.top_k(
@@ -286,7 +314,8 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
                          noise.uniforms(keep_keys_B, (length,))[0]),
         decide_BxL, jnp.sum(chosen_BxL, axis=1))
     tokens_BxL = jnp.where(decide_BxL & ~keep_BxL, config.mask_id, tokens_BxL)
-  return state.replace(tokens_BxL=tokens_BxL, logits_BxLxV=decided.draft_logits_BxLxV,
+  return state.replace(tokens_BxL=tokens_BxL,
+                       draft_features_BxLxF=decided.draft_features_BxLxF,
                        draft_tokens_BxL=decided.draft_tokens_BxL, context=decided.context,
                        stats=decided.stats,
                        bad_logits_B=state.bad_logits_B | decided.bad_logits_B)
@@ -341,7 +370,8 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   # nested loop (see fef_jax.unrolled_threefry).
   row_keys_B = jax.random.split(unrolled_threefry.as_unrolled(key), batch)
   stats = SampleStats.zeros(batch)
-  logits_BxLxV, bad_B = None, jnp.zeros((batch,), bool)
+  project = draft_projection(config, logits_fn)
+  draft_features_BxLxF, bad_B = None, jnp.zeros((batch,), bool)
   draft_tokens_BxL = context = None
   unit = length if config.cache != "none" else 1
   step = independent_step
@@ -352,17 +382,18 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
   if _uses_head(config) and config.cache == "none":
     step = fef_step
     # Every step runs the backbone first; the carry only needs the logits' shape.
-    logits_BxLxV = jnp.zeros(jax.eval_shape(logits_fn, tokens_BxL).shape, jnp.float32)
+    draft_features_BxLxF = jnp.zeros(jax.eval_shape(logits_fn, tokens_BxL).shape, jnp.float32)
   elif config.method == "fef":
     step = fef_step
     if config.cache != "none":
       # The first call also caches the states for the first window.
-      logits_BxLxV, context, bad_B = cache.initial(logits_fn, config, tokens_BxL,
-                                                   block_BxL == 0)
+      draft_features_BxLxF, context, bad_B = cache.initial(logits_fn, config, tokens_BxL,
+                                                           block_BxL == 0, project is not None)
       if config.cache == "exact":
         draft_tokens_BxL = tokens_BxL
     else:
-      logits_BxLxV, bad_B = speculative.call_denoiser(logits_fn, tokens_BxL, config.mask_id)
+      draft_features_BxLxF, bad_B = speculative.call_features(logits_fn, tokens_BxL,
+                                                              config.mask_id, project)
     stats = stats.add_calls(jnp.ones((batch,), bool), units=unit)
 
   def body(state: LoopState) -> LoopState:
@@ -377,7 +408,7 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
     one = active_B.astype(jnp.int32)
     return state.replace(block_step_B=state.block_step_B + one, step_B=state.step_B + one)
 
-  init = LoopState(tokens_BxL=tokens_BxL, logits_BxLxV=logits_BxLxV,
+  init = LoopState(tokens_BxL=tokens_BxL, draft_features_BxLxF=draft_features_BxLxF,
                    cur_block_B=jnp.full((batch,), -1, jnp.int32),
                    block_step_B=jnp.zeros((batch,), jnp.int32),
                    step_B=jnp.zeros((batch,), jnp.int32), stats=stats, bad_logits_B=bad_B,
