@@ -252,6 +252,39 @@ def test_extend_shared_equals_the_full_pass_of_every_copy(layout, tail_copy):
                                       getattr(cache, name)[b, :, ~written_L])
 
 
+def test_without_projection_every_pass_gives_the_hidden_states_its_logits_come_from():
+  # What the samplers carry and project row by row (fef_jax.speculative.output_projection).
+  tokens, valid = _tokens_and_valid(6)
+  start_B = jnp.asarray([4, 8, 4], jnp.int32)
+  span, _ = _copies_and_reference(BLOCK_CAUSAL, tokens, valid, start_B, 2, seed=7)
+  _, cache = _call(BLOCK_CAUSAL, "encode", tokens, valid)
+  rng = np.random.default_rng(8)
+  shared, tail = (jnp.asarray(rng.integers(0, VOCAB, (3, SPAN)), jnp.int32) for _ in range(2))
+
+  def run(name, project, *args, **kwargs):
+    return jax.jit(functools.partial(models.Transformer(BLOCK_CAUSAL).apply,
+                                     {"params": _params()}, method=name, project=project,
+                                     **kwargs))(*args)
+
+  calls = {
+      "encode": lambda project: run("encode", project, tokens, valid)[0],
+      "block_logits": lambda project: run("block_logits", project, cache, span, start_B),
+      "extend": lambda project: run("extend", project, cache, span, start_B)[0],
+      # The block before the window shared, and the block after it as copy 1 sees it.
+      "extend_shared": lambda project: run(
+          "extend_shared", project, cache, shared, span, start_B - SPAN, start_B,
+          tail_BxR=tail, tail_start_B=start_B + SPAN, tail_copy=1)[:2],
+  }
+  chain = roundoff.fef_chain(BLOCK_CAUSAL, LENGTH)
+  for name, call in calls.items():
+    logits, hidden = call(True), call(False)
+    for got, want in zip(jax.tree.leaves(hidden), jax.tree.leaves(logits)):
+      assert got.shape == want.shape[:-1] + (BLOCK_CAUSAL.d_model,), name
+      projected = _call(BLOCK_CAUSAL, "project_hidden", got)
+      # The same pass; only the projection is a separate program.
+      roundoff.assert_within(projected, want, roundoff.two_pass_bound(chain, want), name)
+
+
 @pytest.mark.parametrize("tail_start, tail_copy, message", [
     (None, 0, "needs tail_start_B"), (jnp.full(2, 8, jnp.int32), 2, "tail_copy must be"),
     (jnp.full(2, 8, jnp.int32), -1, "tail_copy must be"),

@@ -775,8 +775,8 @@ class Transformer(nn.Module):
 
   def project_hidden(self, hidden_xD: jax.Array) -> jax.Array:
     """float32 logits `[..., vocab_size]` of final-normed hidden states `[..., d_model]`
-    (`features`, or `block_logits` and `extend_shared` without `project`): the
-    model's output projection, row by row."""
+    (`features`, or `encode`, `block_logits`, `extend` and `extend_shared` without
+    `project`): the model's output projection, row by row."""
     return project_logits(hidden_xD, self.output_tables()[1])
 
   def output_tables(self) -> tuple[jax.Array, jax.Array]:

@@ -113,9 +113,9 @@ class BlockLocalDenoiser(Protocol):
                    start_N: jax.Array) -> jax.Array:
     """float[N, C, S, V]: logits of positions `start .. start + S - 1` of `C` copies of
     each cached state, the copies holding `tokens_NxCxS` there. A denoiser that
-    offers `project_hidden` also takes `project=False` here and in
-    `extend_shared`, and then returns the hidden states those logits are
-    projected from (see `fef_jax.speculative.output_projection`)."""
+    offers `project_hidden` also takes `project=False` here and in `encode`,
+    `extend` and `extend_shared`, and then returns the hidden states those
+    logits are projected from (see `fef_jax.speculative.output_projection`)."""
 
   def extend(self, cache: Any, tokens_NxCxS: jax.Array,
              start_N: jax.Array) -> tuple[jax.Array, Any]:
