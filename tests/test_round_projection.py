@@ -1,13 +1,13 @@
 """Samplers project only the rows they read.
 
-A FeF verification round reads the logits of `W` targets (one per copy) and of the
-pivot copy's span (the next drafts), out of the `W` copies' `S` (or `L`) positions; a
-first-hitting step with a value-free choice reads one position's. For a denoiser that
-offers its hidden states and output projection (`features`,
-`block_logits(..., project=False)`, `extend_shared(..., project=False)` and
-`project_hidden`, as `fef_jax.models.Denoiser` does), they project those rows only
-(`W + S` instead of `W S`; 1 instead of `L`): the same decisions, for a fraction of
-the output projection, which dominates a call for a large vocabulary.
+A FeF verification round reads the logits of its `W` targets (one per copy) and of
+their drafts, out of the `W` copies' `S` (or `L`) positions; a first-hitting step with
+a value-free choice reads one position's. For a denoiser that offers its hidden states
+and output projection (`features`, `project=False` on its block-local methods, and
+`project_hidden`, as `fef_jax.models.Denoiser` does), the samplers carry hidden states
+and project those rows only (`2W` instead of `W S`; 1 instead of `L`): the same
+decisions, for a fraction of the output projection, which dominates a call for a large
+vocabulary.
 """
 import dataclasses
 import math
@@ -37,9 +37,9 @@ def _config(attention, block_length=None):
   return dataclasses.replace(BIDIRECTIONAL, attention=attention, block_length=block_length)
 
 
-def _denoiser(config, cls=spec_head.SpecHeadDenoiser, **fields):
+def _denoiser(config, cls=spec_head.SpecHeadDenoiser):
   return cls(spec_head.SpecHeadTransformer(config),
-             spec_head.init_params(BIDIRECTIONAL, jax.random.key(0)), **fields)
+             spec_head.init_params(BIDIRECTIONAL, jax.random.key(0)))
 
 
 class _LogitsOnly:
@@ -153,8 +153,7 @@ class _NaNProjection(spec_head.SpecHeadDenoiser):
 ])
 @pytest.mark.parametrize("prompt", [PROMPT, LENGTH - 1])
 def test_nan_in_the_rows_a_sampler_projects_is_refused(cls, method, options, prompt):
-  # With one masked position a round's targets are all it projects: no later round
-  # drafts from the pivot's (NaN) rows.
+  # With one masked position, one round: its targets and their drafts are all it projects.
   config = _config("block_causal", 4) if options.get("cache") else _config("bidirectional")
   with pytest.raises(FloatingPointError, match="NaN"):
     fj.sample(_denoiser(config, cls), _tokens(2, prompt), jax.random.key(0), method,

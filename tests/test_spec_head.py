@@ -547,12 +547,13 @@ class _NaNHead(_OracleWithHead):
     return jnp.full_like(logits, jnp.nan)
 
 
-def test_nan_head_drafts_are_reported():
+@pytest.mark.parametrize("role", ["drafter", "verifier"])
+def test_nan_head_drafts_and_targets_are_reported(role):
   good = _oracle_with_head()
   tokens = jnp.full((2, LENGTH), MASK_ID, jnp.int32)
   with pytest.raises(FloatingPointError, match="NaN"):
     fj.sample(_NaNHead(good.oracle, good.head_model), tokens, jax.random.key(0), "fef",
-              mask_id=MASK_ID, drafter="head", window=2)
+              mask_id=MASK_ID, window=2, **{role: "head"})
 
 
 def test_bad_drafter_options_raise():
