@@ -194,11 +194,9 @@ def call_features(logits_fn: LogitsFn, tokens_NxL: jax.Array, mask_id: int,
     rows with NaN or +inf logits, or non-finite hidden states, at a masked
     position).
   """
-  if project is None:
-    return call_denoiser(logits_fn, tokens_NxL, mask_id)
-  features_NxLxF = logits_fn.features(tokens_NxL)
-  return features_NxLxF, jnp.any(bad_features(features_NxLxF, tokens_NxL, mask_id, True),
-                                 axis=-1)
+  projected = project is not None
+  return _checked((logits_fn.features if projected else logits_fn)(tokens_NxL), tokens_NxL,
+                  mask_id, projected)
 
 
 def whole_sequences(logits_fn: LogitsFn, features: bool = False) -> CopyEvaluator:
@@ -224,6 +222,15 @@ def bad_masked(logits_NxLxV: jax.Array, tokens_NxL: jax.Array, mask_id: int) -> 
   return nan_or_plus_inf(logits_NxLxV) & (tokens_NxL == mask_id)
 
 
+def _checked(out_NxLxF: jax.Array, tokens_NxL: jax.Array, mask_id: int,
+             projected: bool) -> tuple[jax.Array, jax.Array]:
+  """(a denoiser's output, cast to float32 unless it is hidden states `projected` later;
+  bool[N] flags of rows with a bad output at a masked position, `bad_features`)."""
+  if not projected:
+    out_NxLxF = out_NxLxF.astype(jnp.float32)
+  return out_NxLxF, jnp.any(bad_features(out_NxLxF, tokens_NxL, mask_id, projected), axis=-1)
+
+
 def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
                   mask_id: int) -> tuple[jax.Array, jax.Array]:
   """Runs the denoiser; also flags rows whose masked positions got NaN or +inf logits.
@@ -231,8 +238,7 @@ def call_denoiser(logits_fn: LogitsFn, tokens_NxL: jax.Array,
   Returns:
     (float32[N, L, V] logits, bool[N] bad-row flags).
   """
-  logits_NxLxV = logits_fn(tokens_NxL).astype(jnp.float32)
-  return logits_NxLxV, jnp.any(bad_masked(logits_NxLxV, tokens_NxL, mask_id), axis=-1)
+  return _checked(logits_fn(tokens_NxL), tokens_NxL, mask_id, False)
 
 
 def call_with_extras(fn: Callable[[jax.Array], tuple[jax.Array, Any]], tokens_NxL: jax.Array,
@@ -241,11 +247,9 @@ def call_with_extras(fn: Callable[[jax.Array], tuple[jax.Array, Any]], tokens_Nx
   or hidden states: (float32[N, L, V] logits, extras, bool[N] bad-row flags). With
   `features`, `fn` returns hidden states instead, which keep their dtype and are
   flagged where not finite (`bad_features`)."""
-  features_NxLxF, extras = fn(tokens_NxL)
-  if not features:
-    features_NxLxF = features_NxLxF.astype(jnp.float32)
-  return (features_NxLxF, extras,
-          jnp.any(bad_features(features_NxLxF, tokens_NxL, mask_id, features), axis=-1))
+  out_NxLxF, extras = fn(tokens_NxL)
+  out_NxLxF, bad_N = _checked(out_NxLxF, tokens_NxL, mask_id, features)
+  return out_NxLxF, extras, bad_N
 
 
 def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:

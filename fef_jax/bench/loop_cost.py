@@ -57,9 +57,9 @@ def in_loop_block_seconds(denoiser, tokens_BxL: jax.Array, copies: int, span: in
   positions per row, in the middle of the sequence, against the rows' cache."""
   batch, length = tokens_BxL.shape
   _, cache = jax.jit(denoiser.encode)(tokens_BxL)
-  start_B = jnp.full((batch,), length // 2 // span * span, jnp.int32)
-  window_BxCxS = jnp.repeat(jax.lax.dynamic_slice_in_dim(tokens_BxL, int(start_B[0]), span,
-                                                         axis=1)[:, None], copies, axis=1)
+  start = length // 2 // span * span
+  start_B = jnp.full((batch,), start, jnp.int32)
+  window_BxCxS = jnp.repeat(tokens_BxL[:, None, start:start + span], copies, axis=1)
   return in_loop_call_seconds(lambda w: denoiser.block_logits(cache, w, start_B),
                               window_BxCxS, repeats)
 

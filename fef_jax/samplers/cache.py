@@ -282,14 +282,16 @@ def initial(denoiser: BlockLocalDenoiser, config: SamplerConfig, tokens_BxL: jax
   `Context` of the first generation block's windows (`in_block_BxL`: its
   positions); bool[B] NaN/+inf-at-a-mask flags)."""
   features_BxLxF, cache, bad_B = speculative.call_with_extras(
-      _encode(denoiser, features), tokens_BxL, config.mask_id, features)
+      functools.partial(denoiser.encode, **_hidden_states(features)), tokens_BxL,
+      config.mask_id, features)
   start_B = window_start(config.cache, in_block_BxL, window_length(config, denoiser))
   return features_BxLxF, Context(cache, start_B, jnp.zeros_like(start_B)), bad_B
 
 
-def _encode(denoiser: BlockLocalDenoiser, features: bool):
-  """`denoiser.encode`, giving hidden states with `features`."""
-  return functools.partial(denoiser.encode, project=False) if features else denoiser.encode
+def _hidden_states(features: bool) -> dict[str, bool]:
+  """The keyword arguments that make a block-local pass (`encode`, `block_logits`,
+  `extend`, `extend_shared`) return hidden states instead of logits, with `features`."""
+  return {"project": False} if features else {}
 
 
 def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.Array,
@@ -355,7 +357,8 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
 
   def encode_rows(draft_features_BxLxF, context, stats, bad_logits_B):
     features_NxLxF, cache_N, bad_N = speculative.call_with_extras(
-        _encode(denoiser, features), inputs_NxL, config.mask_id, features)
+        functools.partial(denoiser.encode, **_hidden_states(features)), inputs_NxL,
+        config.mask_id, features)
     # The cache comes from the current states (rows :B), the drafts from the last B rows.
     return finish(
         jnp.where(refresh_B[:, None, None],
@@ -372,7 +375,7 @@ def refresh(denoiser: BlockLocalDenoiser, config: SamplerConfig, refresh_B: jax.
       inputs_Bx2xL = jnp.stack([tokens_BxL, draft_tokens_BxL], axis=1)
       span_Bx2x2S = posterior.span_of(inputs_Bx2xL, old_start_B, 2 * span)
       out_Bx2x2SxF, cache = denoiser.extend(context.cache, span_Bx2x2S, old_start_B,
-                                            **({"project": False} if features else {}))
+                                            **_hidden_states(features))
       drafts_BxSxF = out_Bx2x2SxF[:, 1, span:].astype(draft_features_BxLxF.dtype)
       bad_B = jnp.any(speculative.bad_features(drafts_BxSxF, span_Bx2x2S[:, 1, span:],
                                                config.mask_id, features), axis=-1)
@@ -446,7 +449,7 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
   """
   span = window_length(config, denoiser)
   fused = fused_rounds(config, denoiser, length)
-  lazy = {"project": False} if features else {}
+  lazy = _hidden_states(features)
 
   def evaluate(copies_BxWxL: jax.Array,
                context: Context) -> tuple[jax.Array, jax.Array, Context]:

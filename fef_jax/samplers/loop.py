@@ -169,21 +169,21 @@ def one_token_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConf
 
 def _enter_window(denoiser: cache.BlockLocalDenoiser, config: SamplerConfig,
                   state: LoopState, in_block_BxL, active_B,
-                  units_per_position: int) -> LoopState:
+                  units_per_position: int, features: bool) -> LoopState:
   """Cached FeF: refreshes the rows whose window moved (`cache.refresh`, which
   counts the call; `stats.sequences` is in token positions here, or in
   layer-positions with a head, see `run`).
 
   The window holds the current generation block (`in_block_BxL`: its
   positions, decided or not), so it moves only when a row enters a new block.
+  With `features` the drafts are hidden states (`draft_projection`).
   """
   start_B = cache.window_start(config.cache, in_block_BxL,
                                cache.window_length(config, denoiser))
   draft_features_BxLxF, context, stats, bad_B = cache.refresh(
       denoiser, config, active_B & (start_B != state.context.start_B), start_B,
       state.tokens_BxL, state.draft_tokens_BxL, state.draft_features_BxLxF, state.context,
-      state.stats, state.bad_logits_B, units_per_position,
-      draft_projection(config, denoiser) is not None)
+      state.stats, state.bad_logits_B, units_per_position, features)
   return state.replace(draft_features_BxLxF=draft_features_BxLxF, context=context,
                        stats=stats, bad_logits_B=bad_B)
 
@@ -265,7 +265,7 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   if config.cache != "none":
     # Before the drafts are read: a new window's drafts come from the refresh.
     state = _enter_window(logits_fn, config, state, block_BxL == state.cur_block_B[:, None],
-                          active_B, units_per_position)
+                          active_B, units_per_position, project is not None)
     denoiser = cache.evaluator(logits_fn, config, state.tokens_BxL.shape[1], units_per_position,
                                project is not None)
   if _uses_head(config):
