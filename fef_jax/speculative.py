@@ -162,16 +162,6 @@ def to_logits(project: Optional[Callable[[jax.Array], jax.Array]]
   return lambda rows: project(rows).astype(jnp.float32)
 
 
-def logits_size(features_NxLxF: jax.Array,
-                project: Optional[Callable[[jax.Array], jax.Array]]) -> int:
-  """`V`: the size of the logits that `to_logits(project)` makes of these features
-  (for a projection, read from its output shape for one row, traced, not run)."""
-  if project is None:
-    return features_NxLxF.shape[-1]
-  row_1xF = jax.ShapeDtypeStruct((1, features_NxLxF.shape[-1]), features_NxLxF.dtype)
-  return jax.eval_shape(project, row_1xF).shape[-1]
-
-
 def bad_features(features_NxLxF: jax.Array, tokens_NxL: jax.Array, mask_id: int,
                  projected: bool) -> jax.Array:
   """bool[N, L]: masked positions whose logits have a NaN or +inf (`bad_masked`), or,
@@ -252,17 +242,17 @@ def call_with_extras(fn: Callable[[jax.Array], tuple[jax.Array, Any]], tokens_Nx
   return out_NxLxF, extras, bad_N
 
 
-def _residual_log_probs(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
-  """log norm(max(p - q, 0)); falls back to p where the residual has no mass.
+def _residual_weights(logp_BxV: jax.Array, logq_BxV: jax.Array) -> jax.Array:
+  """max(p - q, 0), unnormalized (`noise.weighted_draw` needs no normalization); p
+  where the residual has no mass.
 
   The fallback is only reachable through float round-off: a rejection implies
   p(d) < q(d), hence p != q and a residual of positive mass.
   """
-  residual_BxV = jnp.maximum(jnp.exp(logp_BxV) - jnp.exp(logq_BxV), 0.0)
-  mass_Bx1 = jnp.sum(residual_BxV, axis=-1, keepdims=True)
-  usable_Bx1 = mass_Bx1 > 1e-6
-  return jnp.where(usable_Bx1, jnp.log(residual_BxV / jnp.where(usable_Bx1, mass_Bx1, 1.0)),
-                   logp_BxV)
+  p_BxV = jnp.exp(logp_BxV)
+  residual_BxV = jnp.maximum(p_BxV - jnp.exp(logq_BxV), 0.0)
+  usable_Bx1 = jnp.sum(residual_BxV, axis=-1, keepdims=True) > 1e-6
+  return jnp.where(usable_Bx1, residual_BxV, p_BxV)
 
 
 def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL: jax.Array,
@@ -342,10 +332,10 @@ def _head_targets(evaluator: HeadEvaluator, state: SpeculativeState, drafts_BxL:
 
 
 def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeState,
-                 rank_BxL: jax.Array, count_B: jax.Array, uniform_BxWxV: jax.Array,
+                 rank_BxL: jax.Array, count_B: jax.Array, uniform_BxWxU: jax.Array,
                  window: int) -> tuple[jax.Array, jax.Array]:
   """The round's `W` drafts, each from the head given the committed values and the
-  drafts before it (`W` head passes; draft `c` reads the uniforms `uniform_BxWxV[:, c]`).
+  drafts before it (`W` head passes; draft `c` reads the uniforms `uniform_BxWxU[:, c]`).
 
   Returns:
     (int32[B, L] drafts, at the set positions of ranks `start .. start + W - 1`;
@@ -357,22 +347,20 @@ def _head_drafts(drafter: HeadEvaluator, warp_fn: WarpFn, state: SpeculativeStat
   # Committed values at ranks < start; masks (never read: the head is causal) after.
   values_BxK = jnp.take_along_axis(state.tokens_BxL, positions_BxK, axis=1)
 
-  def draft_one(c, carry):
-    values_BxK, logq_BxWxV = carry
+  def draft_one(values_BxK, c_and_uniform_BxU):
+    c, uniform_BxU = c_and_uniform_BxU
     item_B = jnp.minimum(state.start_B + c, num_items - 1)
     logits_BxV = drafter.evaluate(positions_BxK, values_BxK, valid_BxK, item_B[:, None])[:, 0]
     logq_BxV = warp_fn(logits_BxV.astype(jnp.float32))
-    draft_B = noise.categorical(logq_BxV, uniform_BxWxV[:, c])
+    draft_B = noise.categorical(logq_BxV, uniform_BxU)
     # Past the set's end the clipped item may be the set's last one: keep its draft.
     write_BxK = ((jnp.arange(num_items)[None, :] == item_B[:, None])
                  & (state.start_B + c < count_B)[:, None])
-    values_BxK = jnp.where(write_BxK, draft_B[:, None], values_BxK)
-    return values_BxK, logq_BxWxV.at[:, c].set(logq_BxV)
+    return jnp.where(write_BxK, draft_B[:, None], values_BxK), logq_BxV
 
-  vocab_size = uniform_BxWxV.shape[-1]
-  values_BxK, logq_BxWxV = jax.lax.fori_loop(
-      0, window, draft_one,
-      (values_BxK, jnp.zeros((batch, window, vocab_size), jnp.float32)))
+  values_BxK, logq_WxBxV = jax.lax.scan(
+      draft_one, values_BxK, (jnp.arange(window), jnp.moveaxis(uniform_BxWxU, 1, 0)))
+  logq_BxWxV = jnp.moveaxis(logq_WxBxV, 0, 1)
   rows_Bx1 = jnp.arange(batch)[:, None]
   drafts_BxL = state.tokens_BxL.at[rows_Bx1, positions_BxK].set(values_BxK)
   return drafts_BxL, logq_BxWxV
@@ -417,11 +405,10 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   if isinstance(denoiser, CopyEvaluator) and denoiser.prepare is not None:
     state = denoiser.prepare(state, active_B)
   batch, length = state.tokens_BxL.shape
-  vocab_size = logits_size(state.draft_features_BxLxF, project)
   # One draw per round for the drafts, the acceptance tests and the residual.
-  draft_uniform_BxN, accept_uniform_BxW, residual_uniform_BxV = noise.uniforms(
-      jax.vmap(jax.random.fold_in)(step_keys_B, state.round_B),
-      (window * vocab_size, window, vocab_size))
+  draws = noise.UNIFORMS_PER_DRAW
+  draft_uniform_BxN, accept_uniform_BxW, residual_uniform_BxU = noise.uniforms(
+      jax.vmap(jax.random.fold_in)(step_keys_B, state.round_B), (window * draws, window, draws))
 
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
   valid_BxW = target_rank_BxW < count_B[:, None]
@@ -433,7 +420,7 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     last_copy_B = None
   # Invalid targets (past the set) get some position; every use of theirs is masked.
   positions_BxW = posterior.positions_of_ranks(rank_BxL, target_rank_BxW)
-  uniform_BxWxV = draft_uniform_BxN.reshape(batch, window, vocab_size)
+  uniform_BxWxU = draft_uniform_BxN.reshape(batch, window, draws)
   if drafter is None:
     # Only the targets' drafts are read (by the copies and the acceptance test), so
     # only the `W` targets are projected, warped and drawn, not all `L` positions.
@@ -443,11 +430,11 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
     # may be set positions, whose drafts must stay.
     drafts_BxL = state.tokens_BxL.at[
         jnp.arange(batch)[:, None], jnp.where(valid_BxW, positions_BxW, length)].set(
-            noise.categorical(logq_BxWxV, uniform_BxWxV), mode="drop")
+            noise.categorical(logq_BxWxV, uniform_BxWxU), mode="drop")
     draft_units = 0
   else:
     drafts_BxL, logq_BxWxV = _head_drafts(drafter, warp_fn, state, rank_BxL, count_B,
-                                          uniform_BxWxV, window)
+                                          uniform_BxWxU, window)
     draft_units = window * drafter.units_per_pass
   draft_bad_B = jnp.any(jnp.isnan(logq_BxWxV).any(axis=-1) & valid_BxW, axis=1)
   if isinstance(denoiser, HeadEvaluator):
@@ -482,8 +469,8 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
   pivot_B = jnp.minimum(num_accepted_B, window - 1 if last_copy_B is None else last_copy_B)
   pivot_logp_BxV = jnp.take_along_axis(logp_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
   pivot_logq_BxV = jnp.take_along_axis(logq_BxWxV, pivot_B[:, None, None], axis=1)[:, 0]
-  residual_B = noise.categorical(_residual_log_probs(pivot_logp_BxV, pivot_logq_BxV),
-                                 residual_uniform_BxV)
+  residual_B = noise.weighted_draw(_residual_weights(pivot_logp_BxV, pivot_logq_BxV),
+                                   residual_uniform_BxU)
 
   offset_BxL = rank_BxL - state.start_B[:, None]
   take_draft_BxL = (offset_BxL >= 0) & (offset_BxL < num_accepted_B[:, None])

@@ -96,8 +96,9 @@ def _context(state: LoopState, eligible_BxL, steps_per_block_B, log_probs_BxLxV,
              keys_B) -> StepContext:
   """The plan's view of the step; its randomness (the proposals `x0` and the plan's
   uniforms) is one draw from `keys_B` (`fef_jax.noise`)."""
-  batch, length, vocab_size = log_probs_BxLxV.shape
-  x0_uniform_BxN, plan_uniform_BxN = noise.uniforms(keys_B, (length * vocab_size, length + 1))
+  batch, length, _ = log_probs_BxLxV.shape
+  draws = noise.UNIFORMS_PER_DRAW
+  x0_uniform_BxN, plan_uniform_BxN = noise.uniforms(keys_B, (length * draws, length + 1))
   return StepContext(
       eligible_BxL=eligible_BxL,
       remaining_B=jnp.sum(eligible_BxL, axis=1).astype(jnp.int32),
@@ -105,7 +106,7 @@ def _context(state: LoopState, eligible_BxL, steps_per_block_B, log_probs_BxLxV,
       steps_per_block_B=steps_per_block_B,
       log_probs_BxLxV=log_probs_BxLxV,
       x0_BxL=noise.categorical(log_probs_BxLxV,
-                               x0_uniform_BxN.reshape(batch, length, vocab_size)),
+                               x0_uniform_BxN.reshape(batch, length, draws)),
       uniform_BxN=plan_uniform_BxN)
 
 
@@ -151,9 +152,9 @@ def one_token_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConf
   features_BxLxF, bad_B = speculative.call_features(logits_fn, state.tokens_BxL,
                                                     config.mask_id, project)
   length = features_BxLxF.shape[1]
-  vocab_size = speculative.logits_size(features_BxLxF, project)
   eligible_BxL = _eligible(config, state, block_BxL)
-  score_uniform_BxL, token_uniform_BxV = noise.uniforms(step_keys_B, (length, vocab_size))
+  score_uniform_BxL, token_uniform_BxU = noise.uniforms(step_keys_B,
+                                                        (length, noise.UNIFORMS_PER_DRAW))
   position_B = selection.best(
       selection.scores(config.select, None, state.tokens_BxL, score_uniform_BxL),
       eligible_BxL)
@@ -162,7 +163,7 @@ def one_token_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConf
   # The projected row too: NaN in the projection alone leaves the hidden states finite.
   bad_B = bad_B | speculative.nan_or_plus_inf(logits_BxV)
   log_probs_BxV = warp_fn(logits_BxV)
-  token_B = noise.categorical(log_probs_BxV, token_uniform_BxV)
+  token_B = noise.categorical(log_probs_BxV, token_uniform_BxU)
   commit_BxL = eligible_BxL & (jnp.arange(length)[None, :] == position_B[:, None])
   return _commit(state, commit_BxL, token_B[:, None], bad_B, active_B)
 
