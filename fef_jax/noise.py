@@ -67,8 +67,8 @@ def _inverse_cdf(weights_xN: jax.Array, uniform_x: jax.Array) -> jax.Array:
   Only indices of positive weight are candidates: XLA computes a cumulative sum as a
   tree of partial sums, so the running sum can step down by round-off at an index of
   zero weight, and counting the sums below the threshold could land there. The
-  threshold stays below the largest sum (in float32, `u * s < s` for every `u < 1`),
-  so some candidate is always found.
+  threshold stays below the largest sum (in float32, `u * s < s` for every `u < 1` and
+  normal `s`), so some candidate is always found.
   """
   positive_xN = weights_xN > 0
   cumulative_xN = jnp.cumsum(weights_xN, axis=-1)
