@@ -61,17 +61,24 @@ def _block_size(vocab_size: int) -> int:
 
 
 def _inverse_cdf(weights_xN: jax.Array, uniform_x: jax.Array) -> jax.Array:
+  """int32 `[...]`: an index drawn with probability proportional to `weights` by one
+  uniform (`_first_above` of the running sums)."""
+  return _first_above(weights_xN, jnp.cumsum(weights_xN, axis=-1), uniform_x)
+
+
+def _first_above(weights_xN: jax.Array, cumulative_xN: jax.Array,
+                 uniform_x: jax.Array) -> jax.Array:
   """int32 `[...]`: the first index of positive weight whose running sum exceeds `u`
   times the largest such sum, or 0 where no weight is positive.
 
-  Only indices of positive weight are candidates: XLA computes a cumulative sum as a
-  tree of partial sums, so the running sum can step down by round-off at an index of
-  zero weight, and counting the sums below the threshold could land there. The
-  threshold stays below the largest sum (in float32, `u * s < s` for every `u < 1` and
-  normal `s`), so some candidate is always found.
+  Only indices of positive weight are candidates: XLA may compute a cumulative sum as
+  a tree of partial sums (TPU's associative scan, the blocked scan it builds for long
+  axes on CPU), so the running sum can change by round-off at an index of zero weight
+  and be the first to exceed the threshold. The threshold stays below the largest sum
+  (in float32, `u * s < s` for every `u < 1` and normal `s`), so some candidate is
+  always found.
   """
   positive_xN = weights_xN > 0
-  cumulative_xN = jnp.cumsum(weights_xN, axis=-1)
   total_x = jnp.max(jnp.where(positive_xN, cumulative_xN, 0.0), axis=-1)
   found_xN = positive_xN & (cumulative_xN > (uniform_x * total_x)[..., None])
   return jnp.argmax(found_xN, axis=-1).astype(jnp.int32)

@@ -92,6 +92,16 @@ def test_extreme_uniforms_never_draw_an_excluded_entry():
   assert np.all(WEIGHTS[draws] > 0)
 
 
+def test_a_running_sum_that_moves_at_a_zero_weight_does_not_draw_it():
+  """A tree-shaped cumulative sum may round the sum at a zero weight above the one
+  before it; the first sum above the threshold would then be at that index."""
+  weights = jnp.asarray([1.0, 0.0, 1.0])
+  cumulative = jnp.asarray([1.0, np.nextafter(np.float32(1), np.float32(2)), 2.0])
+  # Threshold u * 2 = 1: past the first token's interval, into the third's.
+  assert int(noise._first_above(weights, cumulative, jnp.asarray(0.5))) == 2
+  assert int(noise._first_above(weights, cumulative, jnp.asarray(0.25))) == 0
+
+
 def test_rows_without_a_law_draw_an_id_in_range():
   """NaN logits, or no token allowed, are reported by the samplers; the draw itself
   must still be a valid id so that nothing indexes out of range first."""
