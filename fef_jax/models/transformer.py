@@ -1130,7 +1130,8 @@ class Denoiser:
 
   def project_hidden(self, hidden_xD: jax.Array) -> jax.Array:
     """float32 logits `[..., vocab_size]` of hidden states `[..., d_model]` from
-    `features`, or from `block_logits` / `extend_shared` with `project=False`."""
+    `features`, or from `encode`, `block_logits`, `extend` or `extend_shared` with
+    `project=False`."""
     return self.model.apply({"params": self.params}, hidden_xD, method="project_hidden")
 
   @property

@@ -496,8 +496,7 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
         units_per_position, features)
     context = context.replace(rounds_B=context.rounds_B + active_B.astype(jnp.int32))
     return state.replace(draft_features_BxLxF=draft_features_BxLxF, context=context,
-                         stats=stats,
-                         bad_logits_B=bad_B)
+                         stats=stats, bad_logits_B=bad_B)
 
   refreshing = config.cache == "approximate" and config.refresh_every > 0
   copy_blocks, round_blocks = (1, 2) if fused else (1, 0)
