@@ -92,7 +92,9 @@ class CopyEvaluator:
       float[B, W, S, V] of the span of positions `offset_b .. offset_b + S - 1`
       of every copy, or, for a round given a `project`, the features it maps to
       them, offset int32[B], the context for the next rounds: the
-      carried one, or one the call updated, e.g. a cache it extended). The span
+      carried one, or one the call updated, e.g. a cache it extended; it is
+      kept for every row, those without targets included, so an update must
+      leave what a later round of such a row reads as it was). The span
       must hold every target of the round (every undecided set position). Its
       positions after the set are read only after a round that decides the
       rest of its set, and then from the pivot copy (see `shared_tail`).
@@ -447,11 +449,6 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
         denoiser, state, drafts_BxL, rank_BxL, positions_BxW, last_copy_B, window, mask_id,
         project)
     units = window * denoiser.units_per_copy + denoiser.units_per_round
-    if context is not state.context:
-      # Rows without targets keep their context.
-      context = jax.tree.map(
-          lambda new, old: jnp.where(active_B.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
-          context, state.context)
 
   # NaN or +inf in a target's logits (a projected row, or a head's output).
   target_bad_B = jnp.any(nan_or_plus_inf(target_logits_BxWxV) & valid_BxW, axis=1)
