@@ -28,7 +28,8 @@ def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
   result = json.loads((tmp_path / "benchmark_train.json").read_text())["rows"][0]
   assert "host overhead" in (tmp_path / "benchmark_train.md").read_text()
   phases = result["startup_s"]
-  assert list(phases) == ["imports", "data", "init", "restore", "place", "compile+first step"]
+  assert list(phases) == ["imports", "data", "init", "restore", "place", "writer",
+                          "compile+first step"]
   assert all(seconds >= 0 for seconds in phases.values())
   assert result["startup_total_s"] == pytest.approx(sum(phases.values()))
   for name in ("compile_s", "device_step_s", "host_batch_s", "unprefetched_step_s",

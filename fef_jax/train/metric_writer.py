@@ -12,8 +12,6 @@ import numbers
 import os
 from typing import Any
 
-import tensorboardX
-
 
 class MetricWriter:
   """Appends metrics to `workdir/metrics.jsonl` and `workdir/tensorboard/`.
@@ -26,6 +24,11 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     self._samples = open(os.path.join(workdir, "samples.jsonl"), "a")
+    # Imported here, not with the module: tensorboardX imports torch where it is installed
+    # (~0.8 s on the 2-core CPU), which every entry point that imports the training code
+    # (compare, evaluate, generate) would pay; a training run pays it here, while its train
+    # step compiles on another thread (`train.compile_ahead`).
+    import tensorboardX  # pylint: disable=import-outside-toplevel
     self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def scalars(self, step: int, metrics: dict[str, Any]) -> None:

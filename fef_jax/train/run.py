@@ -213,7 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   """Trains (or resumes) until `config.optimizer.total_steps`.
 
   The startup phases until the first step has run ("data", "init", "restore",
-  "place", "compile+first step") are timed into `timed` (if given) and, with
+  "place", "writer", "compile+first step") are timed into `timed` (if given) and, with
   `progress`, printed once above the progress bar. "init" is the state's shapes, and
   on a fresh run its values; the train step compiles from the shapes on a thread
   meanwhile (`compile_ahead`), so "compile+first step" is what is left of it.
@@ -305,7 +305,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
   flops_per_token = transformer.flops_per_token(model.config, source.arrays["tokens"].shape[1])
   metrics: dict[str, Any] = {}
   bar = tqdm(total=total, initial=int(state.step), disable=not progress, desc="train")
-  writer = metric_writer.MetricWriter(workdir)
+  with timed("writer"):
+    writer = metric_writer.MetricWriter(workdir)
   last_saved = manager.latest_step()
   # The step is counted on the host: reading `state.step` would wait for the device
   # after every step, and the next step could not be queued behind the running one.
