@@ -26,8 +26,8 @@ class MetricWriter:
     self._samples = open(os.path.join(workdir, "samples.jsonl"), "a")
     # Imported here, not with the module: tensorboardX imports torch where it is installed
     # (~0.8 s on the 2-core CPU), which every entry point that imports the training code
-    # (compare, evaluate, generate) would pay; a training run pays it here, while its train
-    # step compiles on another thread (`train.compile_ahead`).
+    # (compare, evaluate, generate) would pay; a training run pays it here (its startup
+    # phase "writer").
     import tensorboardX  # pylint: disable=import-outside-toplevel
     self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
