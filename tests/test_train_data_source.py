@@ -4,6 +4,8 @@ import json
 import os
 import pathlib
 import struct
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -100,6 +102,18 @@ def test_metric_writer_writes_json_lines_and_tensorboard_scalars(tmp_path):
   assert _read_scalars(tmp_path / "tensorboard") == {"loss": [(1, 2.5), (2, 1.25)]}
   sample = json.loads((tmp_path / "samples.jsonl").read_text())
   assert sample == {"step": 2, "name": "samples/x", "texts": ["a\nb"]}
+
+
+def test_training_code_imports_tensorboardx_only_when_asked():
+  # tensorboardX imports torch where it is installed (~0.8 s): the entry points that
+  # import the training code without training must not pay it.
+  script = (
+      "import sys\n"
+      "from fef_jax.train import run, metric_writer\n"
+      "assert 'tensorboardX' not in sys.modules, 'imported with the training code'\n"
+      "metric_writer.import_in_background().join()\n"
+      "assert 'tensorboardX' in sys.modules, 'not imported by the background thread'\n")
+  subprocess.run([sys.executable, "-c", script], check=True, cwd=pathlib.Path(__file__).parents[1])
 
 
 def test_text_run_logs_tensorboard_periodic_samples_and_keeps_the_best_checkpoint(tmp_path):

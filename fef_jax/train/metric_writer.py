@@ -7,10 +7,26 @@ which needs no TensorFlow.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import numbers
 import os
+import threading
 from typing import Any
+
+
+def import_in_background() -> threading.Thread:
+  """Starts importing `tensorboardX` on a daemon thread and returns the thread.
+
+  A run calls this first thing, so that the import (which pulls in torch where it is
+  installed) runs beside its data and init phases; a `MetricWriter` made later waits
+  for it (Python lets one thread import a module while others wait for it). If the
+  import fails, the thread reports it and the `MetricWriter` raises the ImportError.
+  """
+  thread = threading.Thread(target=importlib.import_module, args=("tensorboardX",),
+                            name="import-tensorboardX", daemon=True)
+  thread.start()
+  return thread
 
 
 class MetricWriter:
@@ -26,8 +42,8 @@ class MetricWriter:
     self._samples = open(os.path.join(workdir, "samples.jsonl"), "a")
     # Imported here, not with the module: tensorboardX imports torch where it is installed
     # (~0.8 s on the 2-core CPU), which every entry point that imports the training code
-    # (compare, evaluate, generate) would pay; a training run pays it here (its startup
-    # phase "writer").
+    # (compare, evaluate, generate) would pay; a training run starts it early
+    # (`import_in_background`) and waits for what is left here (its startup phase "writer").
     import tensorboardX  # pylint: disable=import-outside-toplevel
     self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 

@@ -247,6 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
       disk is full); the ones before it are intact and a rerun resumes from them.
   """
   from tqdm.auto import tqdm
+  metric_writer.import_in_background()
   os.makedirs(workdir, exist_ok=True)
   sharding.initialize_distributed()
   timed = timed if timed is not None else phases_lib.Phases()
