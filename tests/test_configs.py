@@ -5,12 +5,17 @@ import os
 import subprocess
 import sys
 
+import types
+
+from absl import flags
 import jax
+from ml_collections import config_flags
 import pytest
 
 from fef_jax import models
 from fef_jax.train import memory
 from fef_jax.train import optim
+from fef_jax.train import run
 from fef_jax.train import step as train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,11 +23,20 @@ CONFIGS = ["tiny", "shakespeare", "gpu", "gpu_350m", "gpu_1b", "tpu_pod", "gsm8k
 
 
 def _model(config, vocab_size=258, length=None):
-  fields = dict(config.model)
-  assert fields.pop("head_layers") == 0  # no config trains a speculative head by default
-  return models.TransformerConfig(vocab_size=vocab_size, mask_id=vocab_size,
-                                  max_length=length or config.data.get("length", 16),
-                                  **fields)
+  assert config.model.head_layers == 0  # no config trains a speculative head by default
+  source = types.SimpleNamespace(vocab_size=vocab_size, mask_id=vocab_size)
+  return run.model_config(config, source, length or config.data.get("length", 16))
+
+
+def _command_line_config(*overrides):
+  """The tiny config as `experiments.train` parses it with these flags."""
+  argv = ["train", f"--config={os.path.join(REPO, 'experiments', 'configs', 'tiny.py')}",
+          *overrides]
+  flag_values = flags.FlagValues()
+  # The overrides become flags when the config flag is defined, read from sys_argv.
+  config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -55,6 +69,27 @@ def test_fit_warning_names_the_fixes_only_past_the_headroom():
   assert memory.fit_warning({"total": 10**15}, None) is None  # no known limit (CPU)
   warning = memory.fit_warning({"total": fits["total"] + 1}, limit)
   assert "batch_size" in warning and "remat" in warning and "10.00 GiB" in warning
+
+
+@pytest.mark.parametrize("flag,remat,policy", [
+    (None, False, "none"), ("none", False, "none"), ("full", True, "full"),
+    ("True", True, "full"), ("false", False, "none"),
+    ("dots_saveable", "dots_saveable", "dots_saveable"),
+    ("dots_with_no_batch_dims_saveable", "dots_with_no_batch_dims_saveable",
+     "dots_with_no_batch_dims_saveable")])
+def test_remat_takes_every_policy_name_on_the_command_line(flag, remat, policy):
+  config = _command_line_config(*([f"--config.model.remat={flag}"] if flag else []))
+  model_cfg = _model(config)
+  assert model_cfg.remat == remat and type(model_cfg.remat) is type(remat)
+  assert model_cfg.remat_policy == policy
+  if policy in ("none", "full"):  # as earlier runs' checkpoint fingerprints spell them
+    assert f"remat={remat}," in repr(model_cfg)
+
+
+def test_an_unknown_remat_policy_is_an_error_naming_the_field():
+  config = _command_line_config("--config.model.remat=everything")
+  with pytest.raises(ValueError, match="remat must be a bool or one of"):
+    _model(config)
 
 
 def test_tpu_pod_config_shards_and_lowers_on_8_simulated_devices():

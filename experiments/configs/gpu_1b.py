@@ -11,6 +11,6 @@ from experiments.configs import gpu
 
 def get_config() -> ml_collections.ConfigDict:
   config = gpu.get_config()
-  config.model.update(d_model=2048, num_layers=24, num_heads=16, mlp_dim=6144, remat=True)
+  config.model.update(d_model=2048, num_layers=24, num_heads=16, mlp_dim=6144, remat="full")
   config.optimizer.learning_rate = 2e-4
   return config

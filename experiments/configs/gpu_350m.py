@@ -3,8 +3,8 @@
 Memory (printed at startup): ~5.5 GiB of float32 parameters, AdamW moments and EMA, and
 ~25 GiB of activations estimated at batch 32 x 512 without rematerialization. On an
 H100 80GB (JAX's default pool: 75% of the card) batch 32 trains at 28% MFU, while batch
-64 (estimated 56 GiB) ran out of memory; set --config.model.remat=True for larger
-batches or smaller GPUs.
+64 (estimated 56 GiB) ran out of memory; set --config.model.remat=full (or another
+policy, e.g. dots_with_no_batch_dims_saveable) for larger batches or smaller GPUs.
 """
 import ml_collections
 

@@ -28,11 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       kind="task", task="permutation", task_kwargs=dict(alphabet_size=8, length=5),
       num_examples=50_000, num_eval_examples=1024))
-  # remat: False/True or a policy name (fef_jax.models.transformer.REMAT_POLICIES);
+  # remat: a policy name (fef_jax.models.transformer.REMAT_POLICIES: none, full,
+  # dots_saveable, dots_with_no_batch_dims_saveable); true/false mean full/none;
   # attention_impl: "auto" (cuDNN flash attention where it can run, else XLA), "xla", "cudnn".
   config.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=3, num_heads=4, mlp_dim=192, time_conditioning=False,
-      tie_embeddings=True, remat=False, attention="bidirectional",
+      tie_embeddings=True, remat="none", attention="bidirectional",
       block_length=ml_collections.config_dict.placeholder(int),
       attention_impl="auto",
       head_layers=0))  # > 0: a single-pass speculative head (fef_jax.models.spec_head)

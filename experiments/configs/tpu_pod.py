@@ -11,6 +11,6 @@ from experiments.configs import gpu
 def get_config() -> ml_collections.ConfigDict:
   config = gpu.get_config()
   config.batch_size = 512
-  config.model.remat = True
+  config.model.remat = "full"
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=8, tensor=1))
   return config

@@ -135,5 +135,5 @@ def fit_warning(estimate_bytes: dict[str, int], limit_bytes: int | None) -> str 
   return (f"the memory estimate {readable_bytes(estimate_bytes['total'])} exceeds "
           f"{HEADROOM:.0%} of the {readable_bytes(limit_bytes)} JAX may use on a device: "
           f"the step will probably run out of memory. Lower batch_size, set "
-          f"model.remat=True or loss.logits_chunk, shard over more devices, or raise "
+          f"model.remat=full or loss.logits_chunk, shard over more devices, or raise "
           f"XLA_PYTHON_CLIENT_MEM_FRACTION.")

@@ -47,12 +47,30 @@ def model_config(config: ml_collections.ConfigDict, source: data_source.DataSour
   """The transformer config for this data (vocabulary and mask id come from the data);
   a `SpecHeadConfig` when `config.model.head_layers` is set and positive."""
   fields = dict(config.model)
+  if "remat" in fields:
+    fields["remat"] = remat_option(fields["remat"])
   head_layers = fields.pop("head_layers", 0)
   if head_layers:
     return spec_head.SpecHeadConfig(vocab_size=source.vocab_size, mask_id=source.mask_id,
                                     max_length=length, head_layers=head_layers, **fields)
   return transformer.TransformerConfig(vocab_size=source.vocab_size, mask_id=source.mask_id,
                                        max_length=length, **fields)
+
+
+def remat_option(value: bool | str) -> bool | str:
+  """`config.model.remat` as `TransformerConfig.remat` takes it.
+
+  The configs hold a string, so that any policy of `transformer.REMAT_POLICIES` can be
+  given on the command line (`--config.model.remat=dots_saveable`; a bool field would
+  take only true or false). `"none"` and `"full"`, and the command line's spellings of
+  a bool (`"false"`, `"true"`, any case), become False and True: the values the
+  checkpoint fingerprints of earlier runs hold, so those runs still resume. Other
+  values pass through (`TransformerConfig` rejects what is not a policy).
+  """
+  if isinstance(value, str):
+    return {"none": False, "false": False, "full": True, "true": True}.get(value.lower(),
+                                                                          value)
+  return value
 
 
 def build_model(model_cfg: transformer.TransformerConfig):
