@@ -20,6 +20,15 @@
 #            re-recorded for new buffer addresses would show as a smaller gap here
 #   breakdown_1step  the 85M breakdown at one step per call (the configs train 10 steps
 #            per call since 2026-12-06; the H100 numbers of that day are of one per call)
+#   breakdown_xla  the 85M breakdown with XLA's attention in place of cuDNN's (the default
+#            "auto" picks cuDNN on an H100/H200): which kernel the configs should use
+#   breakdown_350m_remat  gpu_350m.py at batch 64, which ran out of memory without remat,
+#            with the projections' outputs kept and attention recomputed
+#            (remat=dots_with_no_batch_dims_saveable)
+#   breakdown_1b  gpu_1b.py (1.3B, 24 x 2048, every block rematerialized), one step per
+#            call, 3 timed steps (a step of batch 64 x 512 is about 0.7 s at 40% MFU)
+# Every breakdown's table header names its compute dtype, remat policy and attention kernel.
+# The last three stages have not run on a GPU yet: give them generous limits.
 # Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
 # OUT/<stage>/ and reports its wall-clock.
 #
@@ -96,6 +105,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
          --config.model.mlp_dim=128 --config.batch_size=4 --config.data.length=32
          --config.eval_batch_size=4 --config.sample.every=0)
   breakdown=("${train[@]}" --steps=2 --profile_steps=2)
+  remat350=()  # the smoke's batch of 4 stays
   profile=(--d_model=16 --num_layers=1 --length=8 --masked=4 --vocab_size=8 --runs=2
            --samplers=first_hitting)
   stages=${STAGES:-rounds loop profile compare train breakdown}
@@ -107,9 +117,10 @@ else
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
   breakdown=(--config.sample.every=0 --steps=20 --profile_steps=20)
+  remat350=(--config.batch_size=64)
   profile=(--runs=20)
   stages=${STAGES:-breakdown breakdown_1step breakdown_nocb compare profile rounds loop train
-    breakdown_350m}
+    breakdown_350m breakdown_xla breakdown_350m_remat breakdown_1b}
 fi
 if [ -n "${COMPARE_MODELS:-}" ]; then
   compare+=("--config.compare.models=$COMPARE_MODELS")
@@ -126,22 +137,32 @@ run_stage() {  # run_stage NAME SECONDS
       --workdir="$out/compare" "${compare[@]}" ;;
     train) stage "$@" "$py" -m experiments.train --config=experiments/configs/gpu.py \
       --config.data.path="$data" --workdir="$out/train" "${train[@]}" ;;
-    breakdown|breakdown_nocb|breakdown_1step)
-      local flags=${XLA_FLAGS:-} calls=()
+    breakdown|breakdown_nocb|breakdown_1step|breakdown_xla)
+      local flags=${XLA_FLAGS:-} options=()
       if [ "$1" = breakdown_nocb ]; then flags+=" --xla_gpu_enable_command_buffer="; fi
-      if [ "$1" = breakdown_1step ]; then calls=(--config.steps_per_call=1); fi
+      if [ "$1" = breakdown_1step ]; then options=(--config.steps_per_call=1); fi
+      if [ "$1" = breakdown_xla ]; then options=(--config.model.attention_impl=xla); fi
       XLA_FLAGS="$flags" stage "$@" "$py" -m experiments.benchmark_train \
         --config=experiments/configs/gpu.py --config.data.path="$data" \
-        --workdir="$out/$1" "${breakdown[@]}" "${calls[@]}" ;;
+        --workdir="$out/$1" "${breakdown[@]}" "${options[@]}" ;;
     breakdown_350m) stage "$@" "$py" -m experiments.benchmark_train \
       --config=experiments/configs/gpu_350m.py --config.data.path="$data" \
       --workdir="$out/breakdown_350m" "${breakdown[@]}" --steps=5 ;;
+    breakdown_350m_remat) stage "$@" "$py" -m experiments.benchmark_train \
+      --config=experiments/configs/gpu_350m.py --config.data.path="$data" \
+      --workdir="$out/breakdown_350m_remat" "${breakdown[@]}" --steps=5 "${remat350[@]}" \
+      --config.model.remat=dots_with_no_batch_dims_saveable ;;
+    breakdown_1b) stage "$@" "$py" -m experiments.benchmark_train \
+      --config=experiments/configs/gpu_1b.py --config.data.path="$data" \
+      --workdir="$out/breakdown_1b" "${breakdown[@]}" --config.steps_per_call=1 --steps=3 \
+      --profile_steps=2 ;;
   esac
 }
 
 for entry in $stages; do  # every name checked before any stage spends the lease's time
   case ${entry%%:*} in
-    rounds|loop|profile|compare|train|breakdown|breakdown_nocb|breakdown_1step|breakdown_350m) ;;
+    rounds|loop|profile|compare|train|breakdown|breakdown_nocb|breakdown_1step|breakdown_350m\
+      |breakdown_xla|breakdown_350m_remat|breakdown_1b) ;;
     *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
   esac
 done

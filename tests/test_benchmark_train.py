@@ -50,6 +50,10 @@ def test_benchmark_train_writes_a_consistent_breakdown(tmp_path):
   # Four steps per call (as trained), every time per step.
   assert result["steps_per_call"] == 4
   assert "4 step(s) per call" in (tmp_path / "benchmark_train.md").read_text()
+  # The tiny config's numerics, as the row says them (a CPU runs XLA's attention).
+  assert (result["dtype"], result["remat"], result["attention"]) == ("float32", "none", "xla")
+  assert "float32 compute, remat none, xla attention" in (
+      tmp_path / "benchmark_train.md").read_text()
   assert result["tokens_per_step"] == result["batch_size"] * result["length"]
   assert result["tokens_per_second"] == pytest.approx(
       result["tokens_per_step"] / result["pipelined_step_s"])

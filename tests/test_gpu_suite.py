@@ -53,6 +53,23 @@ def test_gpu_suite_runs_the_chosen_stages_in_order_within_their_limits(tmp_path)
   assert {"./loop.log", "./rounds.log", "./loop/loop_cost.json"} <= names
 
 
+@pytest.mark.slow
+def test_gpu_suite_option_stages_train_with_the_options_they_name(tmp_path):
+  # At smoke size every breakdown trains the same tiny model; the stages differ in the
+  # options they pass, which each row records (on a GPU "auto" attention is cuDNN's).
+  stages = {"breakdown_xla": ("bfloat16", "none", "xla"),
+            "breakdown_350m_remat": ("bfloat16", "dots_with_no_batch_dims_saveable", "xla"),
+            "breakdown_1b": ("bfloat16", "full", "xla")}
+  env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, STAGES=" ".join(stages))
+  done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+  for stage, numerics in stages.items():
+    row = json.loads((tmp_path / stage / "benchmark_train.json").read_text())["rows"][0]
+    assert (row["dtype"], row["remat"], row["attention"]) == numerics, stage
+    assert row["pipelined_step_s"] > 0
+
+
 def test_gpu_suite_rejects_an_unknown_stage(tmp_path):
   env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, STAGES="loop:5 bogus")
   done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,

@@ -118,7 +118,8 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10,
     profile_steps: steps to trace op by op (0: none; rounded up to whole calls).
 
   Returns:
-    A flat dict of the quantities in the module docstring, plus `params`,
+    A flat dict of the quantities in the module docstring, plus `params`, the
+    step's numerics (`dtype`, `remat`, `attention`: `model_numerics`),
     `tokens_per_step`, `tokens_per_second`, `tflops`, `mfu` (None where the
     device's peak is unknown), `memory` (`fef_jax.train.memory.estimate`) and
     the XLA memory analysis of the compiled step (`xla_temp_bytes`, or None).
@@ -195,6 +196,7 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10,
       "params": transformer.num_params(model.config),
       "batch_size": config.batch_size, "length": length, "tokens_per_step": tokens_per_step,
       "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+      **model_numerics(model.config, length),
       "startup_s": startup, "startup_total_s": sum(startup.values()),
       "compile_s": compile_s, "device_step_s": device_step_s, "host_batch_s": host_batch_s,
       "unprefetched_step_s": unprefetched_step_s, "pipelined_step_s": pipelined_step_s,
@@ -213,6 +215,19 @@ def measure(config: ml_collections.ConfigDict, workdir: str, *, steps: int = 10,
       "profile": profile,
       "device_busy": _device_busy(profile, pipelined_step_s),
   }
+
+
+def model_numerics(config: transformer.TransformerConfig, length: int) -> dict[str, str]:
+  """What a training step of `config` over `length` positions runs with, so that rows
+  measured with different options say which they are: `dtype` (compute), `remat` (the
+  policy's name in `transformer.REMAT_POLICIES`) and `attention` (the full pass's kernel
+  on this backend, `"xla"` or `"cudnn"`; a training pass always has a mask).
+
+  Raises:
+    ValueError: `attention_impl="cudnn"` where cuDNN cannot run.
+  """
+  return {"dtype": jax.numpy.dtype(config.dtype).name, "remat": config.remat_policy,
+          "attention": transformer.attention_implementation(config, length, masked=True)}
 
 
 def _device_busy(profile: list[dict[str, Any]] | None, step_s: float) -> float | None:
@@ -254,7 +269,8 @@ def format_table(result: dict[str, Any]) -> str:
   ]
   header = (f"{result['params'] / 1e6:.1f}M parameters, batch {result['batch_size']} x "
             f"{result['length']} tokens, {result['steps_per_call']} step(s) per call, "
-            f"{result['devices']} x {result['device_kind']}")
+            f"{result['dtype']} compute, remat {result['remat']}, {result['attention']} "
+            f"attention, {result['devices']} x {result['device_kind']}")
   if result["device_busy"] is not None:
     rows.append(("device busy (kernels per step / step as trained)",
                  f"{100 * result['device_busy']:.1f}%"))
