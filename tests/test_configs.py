@@ -9,6 +9,7 @@ import types
 
 from absl import flags
 import jax
+import jax.numpy as jnp
 from ml_collections import config_flags
 import pytest
 
@@ -84,6 +85,21 @@ def test_remat_takes_every_policy_name_on_the_command_line(flag, remat, policy):
   assert model_cfg.remat_policy == policy
   if policy in ("none", "full"):  # as earlier runs' checkpoint fingerprints spell them
     assert f"remat={remat}," in repr(model_cfg)
+
+
+@pytest.mark.parametrize("flag,dtype", [(None, jnp.float32), ("float32", jnp.float32),
+                                        ("bfloat16", jnp.bfloat16), ("float16", jnp.float16)])
+def test_the_compute_dtype_is_set_on_the_command_line_by_name(flag, dtype):
+  config = _command_line_config(*([f"--config.model.dtype={flag}"] if flag else []))
+  model_cfg = _model(config)
+  assert model_cfg.dtype is dtype
+  # JAX's scalar type, as the checkpoint fingerprints of earlier runs spell it.
+  assert f"dtype=<class 'jax.numpy.{jnp.dtype(dtype).name}'>" in repr(model_cfg)
+
+
+def test_an_unknown_compute_dtype_is_an_error_naming_the_field():
+  with pytest.raises(ValueError, match="config.model.dtype must be one of"):
+    _model(_command_line_config("--config.model.dtype=int8"))
 
 
 def test_an_unknown_remat_policy_is_an_error_naming_the_field():

@@ -4,7 +4,6 @@ solutions are; a BPE tokenizer is trained on the training file and saved with th
 Sized for one GPU (bf16); on a CPU override e.g. `--config.model.num_layers=2
 --config.optimizer.total_steps=200` to try it.
 """
-import jax.numpy as jnp
 import ml_collections
 
 from experiments.configs import tiny
@@ -18,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
       kind="gsm8k", path="../shared/data/gsm8k/train.jsonl", length=320,
       eval_fraction=0.02, tokenizer="bpe", bpe_vocab_size=4096))
   config.model.update(d_model=512, num_layers=8, num_heads=8, mlp_dim=1536,
-                      dtype=jnp.bfloat16)
+                      dtype="bfloat16")
   config.optimizer.learning_rate = 6e-4
   config.optimizer.total_steps = 20_000
   config.optimizer.warmup_steps = 500

@@ -9,7 +9,6 @@ project.
     python -m experiments.text_quality --config=experiments/configs/text_quality_gpu.py \
         --workdir=runs/text_quality_gpu
 """
-import jax.numpy as jnp
 import ml_collections
 
 from experiments.configs import text_quality
@@ -22,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.length = 256
   config.data.eval_fraction = 0.1
   config.model.update(d_model=512, num_layers=8, num_heads=8, mlp_dim=1536,
-                      dtype=jnp.bfloat16)
+                      dtype="bfloat16")
   config.optimizer.update(learning_rate=6e-4, total_steps=20_000, warmup_steps=500)
   config.log_every = 100
   config.eval_every = 1000

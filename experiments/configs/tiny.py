@@ -30,12 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
       num_examples=50_000, num_eval_examples=1024))
   # remat: a policy name (fef_jax.models.transformer.REMAT_POLICIES: none, full,
   # dots_saveable, dots_with_no_batch_dims_saveable); true/false mean full/none;
-  # attention_impl: "auto" (cuDNN flash attention where it can run, else XLA), "xla", "cudnn".
+  # attention_impl: "auto" (cuDNN flash attention where it can run, else XLA), "xla", "cudnn";
+  # dtype: the compute dtype's name ("float32", "bfloat16", "float16"; parameters stay
+  # float32).
   config.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=3, num_heads=4, mlp_dim=192, time_conditioning=False,
       tie_embeddings=True, remat="none", attention="bidirectional",
       block_length=ml_collections.config_dict.placeholder(int),
-      attention_impl="auto",
+      attention_impl="auto", dtype="float32",
       head_layers=0))  # > 0: a single-pass speculative head (fef_jax.models.spec_head)
   # mu_dtype: Adam's first moment; None (float32) or "bfloat16".
   config.optimizer = ml_collections.ConfigDict(dict(

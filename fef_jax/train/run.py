@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
@@ -42,6 +43,9 @@ from fef_jax.train import step_chunks
 from fef_jax.train import step as train_lib
 
 
+_COMPUTE_DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
+
+
 def model_config(config: ml_collections.ConfigDict, source: data_source.DataSource,
                  length: int) -> transformer.TransformerConfig:
   """The transformer config for this data (vocabulary and mask id come from the data);
@@ -49,6 +53,8 @@ def model_config(config: ml_collections.ConfigDict, source: data_source.DataSour
   fields = dict(config.model)
   if "remat" in fields:
     fields["remat"] = remat_option(fields["remat"])
+  if "dtype" in fields:
+    fields["dtype"] = compute_dtype(fields["dtype"])
   head_layers = fields.pop("head_layers", 0)
   if head_layers:
     return spec_head.SpecHeadConfig(vocab_size=source.vocab_size, mask_id=source.mask_id,
@@ -71,6 +77,23 @@ def remat_option(value: bool | str) -> bool | str:
     return {"none": False, "false": False, "full": True, "true": True}.get(value.lower(),
                                                                           value)
   return value
+
+
+def compute_dtype(value: Any) -> Any:
+  """`config.model.dtype` as `TransformerConfig.dtype` takes it: a name (what the configs
+  hold, so that `--config.model.dtype=bfloat16` parses) becomes JAX's scalar type of that
+  name, e.g. `jnp.bfloat16`, whose repr the checkpoint fingerprints of earlier runs hold;
+  anything else passes through (`TransformerConfig` rejects what is not floating).
+
+  Raises:
+    ValueError: a name other than bfloat16, float16 or float32.
+  """
+  if not isinstance(value, str):
+    return value
+  if value not in _COMPUTE_DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {tuple(_COMPUTE_DTYPES)}, "
+                     f"got {value!r}")
+  return _COMPUTE_DTYPES[value]
 
 
 def build_model(model_cfg: transformer.TransformerConfig):
