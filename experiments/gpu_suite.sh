@@ -45,6 +45,8 @@
 #   STAGES="breakdown:100 breakdown_1step:100 breakdown_nocb:100 compare:180 rounds:90" \
 #   TAR=$OUT/suite.tgz COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt \
 #   bash experiments/gpu_suite.sh OUT
+# One command may run 600 s at most; the training options' stages fit a second one, e.g.
+#   STAGES="breakdown_xla:100 breakdown_350m_remat:150 breakdown_1b:200" TAR=... DATA=...
 # TAR=<file> packs OUT's logs, tables and JSON (not checkpoints) into one file at the end.
 #
 # The device machine has no network and lacks ml-collections and tensorboardX, and
