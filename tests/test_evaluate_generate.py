@@ -51,6 +51,35 @@ def test_generate_experiment_samples_a_checkpoint_in_a_batch(llada_dir, method, 
   assert out.count(">>> ") == 2
 
 
+def test_generate_experiment_samples_a_model_trained_on_text(tmp_path):
+  # A tiny byte-level Shakespeare run (the same flags make the same model for both).
+  flags = ["--config=experiments/configs/shakespeare.py", f"--workdir={tmp_path}",
+           f"--config.data.path={DATA_DIR / 'tinyshakespeare' / 'input.txt'}",
+           "--config.data.length=32", "--config.model.d_model=32", "--config.model.num_layers=1",
+           "--config.model.num_heads=2", "--config.model.mlp_dim=64", "--config.batch_size=4",
+           "--config.eval_batch_size=4", "--config.optimizer.total_steps=2",
+           "--config.optimizer.warmup_steps=1", "--config.steps_per_call=1",
+           "--config.log_every=2", "--config.eval_every=2", "--config.checkpoint.every=2",
+           "--config.sample.every=0"]
+  _run("experiments.train", *flags)
+  out = _run("experiments.generate", *flags, "--prompt=ROMEO:", "--prompt=To be",
+             "--gen_length=8", "--method=fef", "--options=block_length=4,window=4")
+  stats = json.loads(out[out.index("{"):])
+  assert stats["method"] == "fef" and stats["tokens"] == 8
+  assert ">>> ROMEO:" in out and ">>> To be" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    ((), "give --checkpoint_dir, or --config and --workdir"),
+    (("--checkpoint_dir=x", "--workdir=y"), "not both"),
+    (("--workdir=y",), "needs both --config and --workdir"),
+    (("--config=experiments/configs/shakespeare.py", "--workdir=y", "--chat"), "chat template")])
+def test_generate_experiment_names_a_missing_or_conflicting_model(flags, message):
+  done = subprocess.run([sys.executable, "-m", "experiments.generate", *flags], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+
+
 def test_hf_completion_stops_at_end_of_turn_tokens(llada_dir):
   model = hf.load(str(llada_dir))
   stops = completion.hf_stop_ids(model)
