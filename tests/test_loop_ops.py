@@ -1,8 +1,11 @@
 """Loop-body op counts of compiled samplers (the CPU-side proxy for GPU launches)."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fef_jax import api
+from fef_jax import samplers
 from fef_jax.bench import loop_ops
 from tests.helpers import tiny_block_causal_denoiser
 
@@ -44,6 +47,7 @@ HLO = """HloModule m, entry_computation_layout={(s32[])->s32[]}
   %p = (s32[], f32[4]{0}) parameter(0)
   %x = f32[4]{0} get-tuple-element(%p), index=1
   %f = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused
+  %cp = f32[4]{0} copy(%x)
   %s = (s32[], f32[4]{0}) call(%p), to_apply=%helper
   %k = s32[] constant(0)
   %c = (s32[], f32[4]{0}) conditional(%k, %p), branch_computations={%branch, %helper}
@@ -64,8 +68,10 @@ def test_loops_are_found_with_their_depth_and_working_ops():
   assert set(loops) == {"outer", "inner", "inner2"}
   outer, inner, inner2 = loops["outer"], loops["inner"], loops["inner2"]
   assert (outer["depth"], outer["parent"]) == (1, "main")
-  # fusion, call, conditional; not the parameter, constant, tuple or tuple element.
-  assert outer["ops"] == 3 and outer["kinds"] == {"fusion": 1, "call": 1, "conditional": 1}
+  # fusion, copy, call, conditional; not the parameter, constant, tuple or tuple element.
+  assert outer["ops"] == 4 and outer["kinds"] == {"fusion": 1, "copy": 1, "call": 1,
+                                                  "conditional": 1}
+  assert outer["copies"] == ["f32[4]"] and inner["copies"] == []
   # Reached through a call and a conditional branch from the outer body: nested once.
   assert (inner["depth"], inner["parent"]) == (2, "helper")
   assert inner["ops"] == 1 and inner["kinds"] == {"exponential": 1}
@@ -94,3 +100,18 @@ def test_a_cached_fef_sampler_has_a_round_loop_inside_its_step_loop():
   assert fef_round["ops"] > 20 and fef_step["kinds"].get("while", 0) >= 1
   with pytest.raises(ValueError):
     loop_ops.sampler_loop_ops(denoiser, tokens, key, "fef", mask_id=6, window=0)
+
+
+def test_a_fused_cached_round_writes_the_cache_in_place():
+  # Blocks of 2 with `W = 2`: each round writes two spans into the loop-carried cache
+  # (`Transformer.extend_shared`). Unless the writes depend on the pass that reads the
+  # old cache, XLA copies the whole cache (every layer's keys and values) twice per round.
+  denoiser = tiny_block_causal_denoiser()
+  tokens = jnp.array([[1, 2, 6, 6, 6, 6, 6, 6]], jnp.int32)
+  config = samplers.make_config("fef", 6, block_length=2, cache="exact", window=2)
+  text = api._run.lower(denoiser, tokens, jax.random.key(1), config).compile().as_text()  # pylint: disable=protected-access
+  cache_shape = "f32[1,1,8,1,16]"  # [B, layers, L, heads, head dim]
+  fef_round = max((loop for loop in loop_ops.while_bodies(text) if loop["depth"] == 2),
+                  key=lambda l: l["ops"])
+  assert f"{cache_shape}{{" in text  # the shape the cache has in this program
+  assert cache_shape not in fef_round["copies"], fef_round["copies"]

@@ -33,6 +33,7 @@ _CALLEE = re.compile(r"(?:body|condition|calls|to_apply|true_computation|false_c
                      r"=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _COMMENT = re.compile(r"/\*.*?\*/")  # e.g. /*index=5*/ inside long tuple types
+_COPY_SHAPE = re.compile(r"=\s*([a-z]\w*\[[\d,]*\])(?:\{[^}]*\})?\s+copy\(")
 
 
 def _computations(hlo_text: str) -> dict[str, list[str]]:
@@ -65,7 +66,10 @@ def while_bodies(hlo_text: str) -> list[dict[str, Any]]:
     entry computation or a computation it calls, +1 per enclosing loop body),
     `ops` (its instructions that launch work: everything but parameters,
     constants, tuples, tuple elements and bitcasts; a nested `while`,
-    `conditional` or `call` counts as one) and `kinds` (op name -> count).
+    `conditional` or `call` counts as one), `kinds` (op name -> count) and
+    `copies` (the shape of each `copy` op's result, e.g. `"f32[1,3,16,4,24]"`:
+    the buffers XLA copies per iteration, often to keep a value that an
+    in-place update overwrites readable).
 
   Raises:
     ValueError: the text holds no computation (not HLO text).
@@ -100,8 +104,11 @@ def while_bodies(hlo_text: str) -> list[dict[str, Any]]:
   for body, parent in bodies.items():
     kinds = collections.Counter(
         op for op in map(_opcode, computations.get(body, [])) if op and op not in _FREE)
+    copies = [match.group(1) for match in map(_COPY_SHAPE.search, computations.get(body, []))
+              if match]
     rows.append({"body": body, "parent": parent, "depth": depth(body),
-                 "ops": sum(kinds.values()), "kinds": dict(kinds.most_common())})
+                 "ops": sum(kinds.values()), "kinds": dict(kinds.most_common()),
+                 "copies": copies})
   return sorted(rows, key=lambda r: (r["depth"], -r["ops"]))
 
 

@@ -656,15 +656,27 @@ def _span_masks(config: TransformerConfig, cache: KVCache, start_B: jax.Array,
 
 
 def _written(cache: KVCache, keys_values: list[tuple[jax.Array, jax.Array]],
-             pieces: tuple[tuple[int, int, jax.Array], ...]) -> KVCache:
+             pieces: tuple[tuple[int, int, jax.Array], ...], hidden: jax.Array) -> KVCache:
   """`cache` with copy 0's keys and values of a span pass written in.
 
   `keys_values` holds every layer's (keys, values) `[B, C, N, ...]` of the pass;
   each of `pieces`, `(offset, size, start_B)`, writes copy 0's positions
   `[offset, offset + size)` to `[start_b, start_b + size)` of row `b`, in order.
+  `hidden` is the pass's final hidden state `[B, ...]`, which every layer's
+  attention over the old cache feeds.
   """
+  # The written values are made to depend on `hidden` by adding an exact zero (a
+  # finite number times 0, which XLA cannot fold). Without that, nothing in the data
+  # flow orders the pass's reads of the old cache before the in-place write, and
+  # inside a sampler's loop XLA copies the whole cache twice per call to keep the old
+  # one readable (an optimization barrier does not order them: XLA:CPU drops it before
+  # it inserts copies).
+  zero_B = 0 * jnp.nan_to_num(hidden.reshape(hidden.shape[0], -1)[:, 0])
+
   def write(cache_NxYxLxHxK, layers):
     new_BxYxNxHxK = jnp.stack([entry[:, 0] for entry in layers], axis=1)
+    new_BxYxNxHxK = new_BxYxNxHxK + zero_B.astype(new_BxYxNxHxK.dtype)[:, None, None, None,
+                                                                         None]
     for offset, size, start_B in pieces:
       cache_NxYxLxHxK = jax.vmap(lambda old, new, start: jax.lax.dynamic_update_slice_in_dim(
           old, new.astype(old.dtype), start, axis=1))(
@@ -898,7 +910,8 @@ class Transformer(nn.Module):
     logits_BxCxSxV, keys_values, hidden_BxCxSxD = self._span_pass(cache, tokens_BxCxS,
                                                                   start_B, project)
     return (logits_BxCxSxV if project else hidden_BxCxSxD,
-            _written(cache, keys_values, ((0, tokens_BxCxS.shape[2], start_B),)))
+            _written(cache, keys_values, ((0, tokens_BxCxS.shape[2], start_B),),
+                     hidden_BxCxSxD))
 
   def extend_shared(self, cache: KVCache, shared_BxP: jax.Array, tokens_BxCxT: jax.Array,
                     shared_start_B: jax.Array, start_B: jax.Array,
@@ -1002,7 +1015,8 @@ class Transformer(nn.Module):
     tail_BxRxF = None if tail_BxR is None else out_Bx1xNxF[:, 0, copies_end:]
     # The packed row holds the shared positions, then copy 0's.
     return out_BxCxTxF, tail_BxRxF, _written(
-        cache, keys_values, ((0, length_p, shared_start_B), (length_p, length_t, start_B)))
+        cache, keys_values, ((0, length_p, shared_start_B), (length_p, length_t, start_B)),
+        hidden_Bx1xNxD)
 
   def _span_pass(self, cache: KVCache, tokens_BxCxS: jax.Array, start_B: jax.Array,
                  project: bool = True
