@@ -61,3 +61,5 @@ def test_the_benchmark_traces_each_sampler_on_cpu(tmp_path):
   # FeF over the cache: its rounds are a loop inside the loop of steps.
   assert max(loop["depth"] for loop in rows[1]["loops"] if loop["ops"] > 20) == 2
   assert "### `first_hitting`, batch 1" in (tmp_path / "op_profile.md").read_text()
+  assert all(isinstance(loop["copies"], list) for row in rows for loop in row["loops"])
+  assert " copies)" in (tmp_path / "op_profile.md").read_text()

@@ -148,8 +148,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
   for row in rows:
     lines += [f"### `{row['sampler']}`, batch {row['batch']}: {row['ms_per_call']:.3f} ms "
               f"per `fj.sample` call, {row['nfe']:.0f} sequential calls", ""]
-    loops = ", ".join(f"depth {loop['depth']}: {loop['ops']}" for loop in row["loops"])
-    lines += [f"Ops per iteration of each `while` body (compiled, `loop_ops`): {loops}", ""]
+    loops = ", ".join(f"depth {loop['depth']}: {loop['ops']} ({len(loop['copies'])} copies)"
+                      for loop in row["loops"])
+    lines += [f"Ops per iteration of each `while` body (compiled, `loop_ops`; copies: buffers "
+              f"XLA copies per iteration): {loops}", ""]
     lines += format_processes(row["processes"], "call")
   return "\n".join(lines)
 
