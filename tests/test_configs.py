@@ -83,7 +83,7 @@ def test_remat_takes_every_policy_name_on_the_command_line(flag, remat, policy):
   model_cfg = _model(config)
   assert model_cfg.remat == remat and type(model_cfg.remat) is type(remat)
   assert model_cfg.remat_policy == policy
-  if policy in ("none", "full"):  # as earlier runs' checkpoint fingerprints spell them
+  if policy in ("none", "full"):  # as model configs printed when the configs held bools
     assert f"remat={remat}," in repr(model_cfg)
 
 
@@ -93,7 +93,7 @@ def test_the_compute_dtype_is_set_on_the_command_line_by_name(flag, dtype):
   config = _command_line_config(*([f"--config.model.dtype={flag}"] if flag else []))
   model_cfg = _model(config)
   assert model_cfg.dtype is dtype
-  # JAX's scalar type, as the checkpoint fingerprints of earlier runs spell it.
+  # JAX's scalar type, as model configs printed when the configs held it.
   assert f"dtype=<class 'jax.numpy.{jnp.dtype(dtype).name}'>" in repr(model_cfg)
 
 

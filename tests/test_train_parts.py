@@ -1,20 +1,24 @@
 """Training parts that do not need the transformer: masks, optimizer, steps, checkpoints."""
+import dataclasses
 import functools
 import json
 import os
 import resource
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fef_jax import models
 from fef_jax import schedules
 from fef_jax.train import checkpoint
 from fef_jax.train import divergence
 from fef_jax.train import masking
 from fef_jax.train import mfu
 from fef_jax.train import optim
+from fef_jax.train import run
 from fef_jax.train import step as train_lib
 
 V, L, MASK = 5, 8, 5
@@ -131,6 +135,36 @@ def test_checkpoint_of_another_configuration_is_rejected_clearly(tmp_path):
     checkpoint.restore_latest(manager, checkpoint.abstract(state), "model=B")
   assert checkpoint.restore_latest(
       checkpoint.make_manager(str(tmp_path / "empty")), checkpoint.abstract(state), "x") is None
+
+
+def test_a_checkpoint_resumes_under_other_execution_options_only(tmp_path):
+  # The fingerprint leaves out how a step computes (remat, compute dtype, attention
+  # kernel), also from checkpoints written when it held them, but not the model's shape.
+  source = types.SimpleNamespace(fingerprint="byte")
+  base = models.TransformerConfig(vocab_size=11, mask_id=11, max_length=16, d_model=32,
+                                  num_layers=2, num_heads=4, mlp_dim=64)
+  same = [dataclasses.replace(base, remat=r, dtype=d, attention_impl=a)
+          for r, d, a in [("full", jnp.bfloat16, "xla"),
+                          ("dots_with_no_batch_dims_saveable", jnp.float16, "auto")]]
+  assert {run.fingerprint(source, c) for c in [base, *same]} == {run.fingerprint(source, base)}
+  assert run.fingerprint(source, dataclasses.replace(base, d_model=64)) != run.fingerprint(
+      source, base)
+  assert run.fingerprint(source, base) == (
+      "model=TransformerConfig(vocab_size=11, mask_id=11, max_length=16, d_model=32, "
+      "num_layers=2, num_heads=4, mlp_dim=64, rope_theta=10000.0, time_conditioning=False, "
+      "tie_embeddings=True);data=byte")
+  state, _, _ = _toy_setup()
+  manager = checkpoint.make_manager(str(tmp_path))
+  checkpoint.save(manager, 1, state, {}, f"model={base!r};data=byte")  # as stored before
+  manager.wait_until_finished()
+  restored, _ = checkpoint.restore_latest(manager, checkpoint.abstract(state),
+                                          run.fingerprint(source, same[0]),
+                                          canonical=run.canonical_fingerprint)
+  assert int(restored.step) == int(state.step)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="another configuration"):
+    checkpoint.restore_latest(manager, checkpoint.abstract(state),
+                              run.fingerprint(source, dataclasses.replace(base, d_model=64)),
+                              canonical=run.canonical_fingerprint)
 
 
 def test_mfu_is_achieved_flops_over_the_known_peak():

@@ -1,6 +1,7 @@
 """Training end to end: the tiny default learns; a run killed with SIGKILL, or stopped by
 SIGTERM (which checkpoints first), resumes bit-identically; a diverging run stops at the
-first non-finite step and leaves the last good checkpoint intact."""
+first non-finite step and leaves the last good checkpoint intact; a run resumes with other
+execution options (remat, compute dtype, attention kernel)."""
 import json
 import os
 import re
@@ -192,3 +193,25 @@ def _final_state(workdir):
   restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))
   return restored["state"]
+
+
+def test_a_run_resumes_with_other_execution_options(tmp_path):
+  # Remat, the compute dtype and the attention kernel change how a step computes, not the
+  # state: a run trained without them resumes with them (here: from the command line).
+  small = ["--config.model.d_model=16", "--config.model.num_layers=1",
+           "--config.model.num_heads=2", "--config.model.mlp_dim=32",
+           "--config.optimizer.warmup_steps=1", "--config.steps_per_call=1",
+           "--config.log_every=2", "--config.eval_every=2", "--config.checkpoint.every=2",
+           "--config.sample.every=0", "--config.sample.samplers=()"]
+  subprocess.run(_train_command(tmp_path, *small, "--config.optimizer.total_steps=2"),
+                 cwd=REPO, check=True, capture_output=True, timeout=600)
+  done = subprocess.run(_train_command(tmp_path, *small, "--config.optimizer.total_steps=4",
+                                       "--config.model.remat=full",
+                                       "--config.model.dtype=bfloat16",
+                                       "--config.model.attention_impl=xla"),
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(tmp_path / "metrics.jsonl") as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps.count(2) == 1 and max(steps) == 4  # resumed at step 2, not started again
+  assert ocp.CheckpointManager(os.path.abspath(tmp_path / "checkpoints")).latest_step() == 4

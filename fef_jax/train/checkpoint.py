@@ -169,10 +169,15 @@ def wait_all(managers: list[Optional[ocp.CheckpointManager]], *, raise_errors: b
     logging.warning("%s", failure)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   fingerprint: str) -> Optional[tuple[Any, dict[str, Any]]]:
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, fingerprint: str,
+                   canonical: Optional[Callable[[str], str]] = None
+                   ) -> Optional[tuple[Any, dict[str, Any]]]:
   """(state, data_state) of the newest checkpoint that restores intact, or None when
   there is none.
+
+  The checkpoint's stored fingerprint, mapped by `canonical` if given (e.g. leaving out
+  what a resumed run may change, in checkpoints written before that was left out), must
+  equal `fingerprint`.
 
   A checkpoint whose files cannot be read, or whose arrays fail their checksums
   (a truncated, corrupted or partly deleted checkpoint), is skipped with a
@@ -190,6 +195,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
     try:
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
       stored_fingerprint, data_state = meta["fingerprint"], meta["data_state"]
+      if canonical is not None:
+        stored_fingerprint = canonical(stored_fingerprint)
     except Exception as e:  # pylint: disable=broad-except  # any unreadable metadata
       failures.append(f"step {step} ({where}): metadata unreadable: {type(e).__name__}: {e}")
       continue

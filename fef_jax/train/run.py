@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -69,9 +70,9 @@ def remat_option(value: bool | str) -> bool | str:
   The configs hold a string, so that any policy of `transformer.REMAT_POLICIES` can be
   given on the command line (`--config.model.remat=dots_saveable`; a bool field would
   take only true or false). `"none"` and `"full"`, and the command line's spellings of
-  a bool (`"false"`, `"true"`, any case), become False and True: the values the
-  checkpoint fingerprints of earlier runs hold, so those runs still resume. Other
-  values pass through (`TransformerConfig` rejects what is not a policy).
+  a bool (`"false"`, `"true"`, any case), become False and True, so model configs print
+  as they did when the configs held bools. Other values pass through
+  (`TransformerConfig` rejects what is not a policy).
   """
   if isinstance(value, str):
     return {"none": False, "false": False, "full": True, "true": True}.get(value.lower(),
@@ -82,8 +83,9 @@ def remat_option(value: bool | str) -> bool | str:
 def compute_dtype(value: Any) -> Any:
   """`config.model.dtype` as `TransformerConfig.dtype` takes it: a name (what the configs
   hold, so that `--config.model.dtype=bfloat16` parses) becomes JAX's scalar type of that
-  name, e.g. `jnp.bfloat16`, whose repr the checkpoint fingerprints of earlier runs hold;
-  anything else passes through (`TransformerConfig` rejects what is not floating).
+  name, e.g. `jnp.bfloat16`, so model configs print as they did when the configs held
+  those types; anything else passes through (`TransformerConfig` rejects what is not
+  floating).
 
   Raises:
     ValueError: a name other than bfloat16, float16 or float32.
@@ -117,9 +119,22 @@ def fresh_state(config: ml_collections.ConfigDict, model_cfg: transformer.Transf
   return train_lib.create_train_state(init_params(model_cfg, init_key), optimizer, state_key)
 
 
+# Model fields that choose how a step computes, not what it computes: the parameters and
+# optimizer state do not depend on them, so a run may resume with other values (e.g.
+# rematerialize to fit a smaller device). Matched in a config's repr, as fingerprints hold it.
+_EXECUTION_OPTION = re.compile(r", (?:remat|dtype|attention_impl)=(?:<[^>]*>|'[^']*'|[^,)]*)")
+
+
+def canonical_fingerprint(text: str) -> str:
+  """A fingerprint (as `fingerprint` makes it, or as any earlier run stored it) without the
+  model's execution options `remat`, `dtype` and `attention_impl`."""
+  return _EXECUTION_OPTION.sub("", text)
+
+
 def fingerprint(source: data_source.DataSource, model: transformer.TransformerConfig) -> str:
-  """What a checkpoint must agree on to be resumed: model shape and data vocabulary."""
-  return f"model={model!r};data={source.fingerprint}"
+  """What a checkpoint must agree on to be resumed: the model's shape and the data's
+  vocabulary, not its execution options (`canonical_fingerprint`)."""
+  return canonical_fingerprint(f"model={model!r};data={source.fingerprint}")
 
 
 def setup(config: ml_collections.ConfigDict, tokenizer_dir: str | None = None,
@@ -242,7 +257,7 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, best: bo
   device = jax.sharding.SingleDeviceSharding(host_init.default_device())
   restored = checkpoint.restore_latest(
       manager, checkpoint.abstract(state, jax.tree.map(lambda _: device, state)),
-      fingerprint(source, model.config))
+      fingerprint(source, model.config), canonical=canonical_fingerprint)
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {directory}: train first "
                             f"(python -m experiments.train --workdir={workdir})")
@@ -318,7 +333,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                                       call_batch_shapes(config, source.arrays, mesh))
            if jax.process_count() == 1 else None)
   with timed("restore"):
-    restored = checkpoint.restore_latest(manager, placed_shapes, run_fingerprint)
+    restored = checkpoint.restore_latest(manager, placed_shapes, run_fingerprint,
+                                         canonical=canonical_fingerprint)
   if restored is not None:
     state, data_state = restored
     iterator.restore(data_state)
