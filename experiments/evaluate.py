@@ -8,8 +8,9 @@ A model trained with experiments.train on text data:
     python -m experiments.evaluate --config=experiments/configs/gsm8k.py --workdir=runs/gsm8k \
         --benchmark=gsm8k --data=../shared/data/gsm8k/test.jsonl --limit=100
 
-Prints the score with its 95% interval and the sampler's cost; writes every item
-to --out (JSON).
+The model flags (`--checkpoint_dir`, or `--config`, `--workdir` and `--best`; `--chat`,
+`--dtype`) are `experiments.model_flags`'. Prints the score with its 95% interval and the
+sampler's cost; writes every item to --out (JSON).
 """
 import json
 import os
@@ -19,20 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
+from experiments import model_flags
 from fef_jax import compile_cache
 from fef_jax.eval import benchmarks
-from fef_jax.eval import completion
 from fef_jax.eval.exactness import parse_sampler
 from fef_jax.types import SampleStats
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config of --workdir.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run of experiments.train to evaluate.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint_dir", None, "A LLaDA / Dream checkpoint.")
-_CHAT = flags.DEFINE_bool("chat", False, "Wrap prompts in the checkpoint's chat template.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
-                           "Checkpoint compute and parameter dtype.")
 _BENCHMARK = flags.DEFINE_enum("benchmark", "gsm8k", benchmarks.BENCHMARKS, "Benchmark.")
 _DATA = flags.DEFINE_string("data", "../shared/data/gsm8k/test.jsonl", "Benchmark file.")
 _LIMIT = flags.DEFINE_integer("limit", None, "Score the first N problems only.")
@@ -47,25 +41,14 @@ _OUT = flags.DEFINE_string("out", None, "Where to write the JSON result "
                            "(default: <workdir or .>/eval_<benchmark>_<method>.json).")
 
 
-def _completion_fn(options):
-  key = jax.random.key(_SEED.value)
-  common = dict(gen_length=_GEN_LENGTH.value, method=_METHOD.value,
-                batch_size=_BATCH.value, **options)
-  if _CHECKPOINT.value:
-    from fef_jax.models import hf
-    model = hf.load(_CHECKPOINT.value, dtype=getattr(jnp, _DTYPE.value))
-    return completion.hf_completion_fn(model, key, chat=_CHAT.value, **common)
-  if not (_CONFIG.value and _WORKDIR.value):
-    raise app.UsageError("give --checkpoint_dir, or --config and --workdir")
-  return completion.trained_completion_fn(_CONFIG.value, _WORKDIR.value, key, **common)
-
-
 def main(argv):
   del argv
   compile_cache.enable()
   _, options = parse_sampler(f"{_METHOD.value}:{_OPTIONS.value}" if _OPTIONS.value
                              else _METHOD.value)
-  complete = _completion_fn(options)
+  complete = model_flags.completion_fn(jax.random.key(_SEED.value),
+                                       gen_length=_GEN_LENGTH.value, method=_METHOD.value,
+                                       batch_size=_BATCH.value, **options)
   result = benchmarks.run(_BENCHMARK.value, complete, _DATA.value, batch_size=_BATCH.value,
                           limit=_LIMIT.value, num_shots=_SHOTS.value,
                           shots_path=_SHOTS_PATH.value, progress=True)
@@ -78,7 +61,7 @@ def main(argv):
   print(json.dumps({k: v for k, v in summary.items() if k != "items"}, indent=1))
   print(f"{_BENCHMARK.value}: {score['value']:.4f} "
         f"[{score['low']:.4f}, {score['high']:.4f}] over {score['n']} problems")
-  out = _OUT.value or os.path.join(_WORKDIR.value or ".",
+  out = _OUT.value or os.path.join(model_flags.WORKDIR.value or ".",
                                    f"eval_{_BENCHMARK.value}_{_METHOD.value}.json")
   with open(out, "w") as f:
     json.dump(summary, f, indent=1)

@@ -80,6 +80,15 @@ def test_generate_experiment_names_a_missing_or_conflicting_model(flags, message
   assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("module", ["experiments.evaluate", "experiments.generate"])
+def test_entry_points_refuse_a_checkpoint_option_with_a_trained_model(module):
+  done = subprocess.run([sys.executable, "-m", module,
+                         "--config=experiments/configs/shakespeare.py", "--workdir=y",
+                         "--dtype=float32"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode != 0 and "--config.model.dtype" in done.stderr, done.stderr[-2000:]
+
+
 def test_hf_completion_stops_at_end_of_turn_tokens(llada_dir):
   model = hf.load(str(llada_dir))
   stops = completion.hf_stop_ids(model)

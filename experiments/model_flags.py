@@ -1,0 +1,47 @@
+"""The flags that name the model of a sampling entry point (`generate`, `evaluate`): a
+pretrained LLaDA / Dream checkpoint (`--checkpoint_dir`), or a run of `experiments.train`
+on text (`--config` and `--workdir`)."""
+import jax
+import jax.numpy as jnp
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from fef_jax.eval import completion
+from fef_jax.train import sharding
+
+CHECKPOINT = flags.DEFINE_string("checkpoint_dir", None, "A LLaDA / Dream checkpoint.")
+CONFIG = config_flags.DEFINE_config_file("config", None, "Training config of --workdir.")
+WORKDIR = flags.DEFINE_string("workdir", None, "A run of experiments.train on text data.")
+BEST = flags.DEFINE_bool("best", False, "With --workdir: its best checkpoint, not the latest.")
+CHAT = flags.DEFINE_bool("chat", False, "Wrap prompts in the checkpoint's chat template.")
+DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
+                          "Checkpoint compute and parameter dtype.")
+
+
+def completion_fn(key: jax.Array, **common) -> completion.CompletionFn:
+  """The completion function of the model the flags name (`fef_jax.eval.completion`).
+
+  A checkpoint's parameters are split over all devices (an `fsdp` mesh axis) when there
+  are several; a trained run's latest (or `--best`) checkpoint is restored.
+
+  Args:
+    key: PRNG key of the sampler.
+    **common: `gen_length`, `method`, `batch_size` and the sampler's options.
+
+  Raises:
+    app.UsageError: the flags name no model, both kinds, or options of the other kind.
+  """
+  try:
+    completion.check_model_choice(checkpoint_dir=CHECKPOINT.value, config=CONFIG.value,
+                                  workdir=WORKDIR.value, chat=CHAT.value,
+                                  dtype_given=flags.FLAGS["dtype"].present)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if CHECKPOINT.value:
+    from fef_jax.models import hf  # pylint: disable=import-outside-toplevel
+    mesh = sharding.make_mesh(data=1, fsdp=-1) if jax.device_count() > 1 else None
+    model = hf.load(CHECKPOINT.value, dtype=getattr(jnp, DTYPE.value), mesh=mesh)
+    return completion.hf_completion_fn(model, key, chat=CHAT.value, **common)
+  return completion.trained_completion_fn(CONFIG.value, WORKDIR.value, key, best=BEST.value,
+                                          **common)
