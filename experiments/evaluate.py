@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 
 from experiments import model_flags
 from fef_jax import compile_cache
@@ -43,6 +44,7 @@ _OUT = flags.DEFINE_string("out", None, "Where to write the JSON result "
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs a trained run's restore at INFO
   compile_cache.enable()
   _, options = parse_sampler(f"{_METHOD.value}:{_OPTIONS.value}" if _OPTIONS.value
                              else _METHOD.value)
