@@ -19,6 +19,24 @@ DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
                           "Checkpoint compute and parameter dtype.")
 
 
+def _check_model_choice() -> None:
+  """Raises `app.UsageError` unless the flags name one model, a checkpoint or a trained
+  run (both `--config` and `--workdir`), without the other kind's options (a chat
+  template and `--dtype` are a checkpoint's)."""
+  trained = CONFIG.value is not None or WORKDIR.value is not None
+  if bool(CHECKPOINT.value) == trained:
+    raise app.UsageError("give --checkpoint_dir, or --config and --workdir (not both)")
+  if CHECKPOINT.value:
+    return
+  if CONFIG.value is None or WORKDIR.value is None:
+    raise app.UsageError("a trained model needs both --config and --workdir")
+  if CHAT.value:
+    raise app.UsageError("--chat needs a checkpoint's chat template (--checkpoint_dir)")
+  if flags.FLAGS["dtype"].present:
+    raise app.UsageError("--dtype is a checkpoint's; a trained model computes in its "
+                         "config's dtype (--config.model.dtype=bfloat16)")
+
+
 def completion_fn(key: jax.Array, **common) -> completion.CompletionFn:
   """The completion function of the model the flags name (`fef_jax.eval.completion`).
 
@@ -32,12 +50,7 @@ def completion_fn(key: jax.Array, **common) -> completion.CompletionFn:
   Raises:
     app.UsageError: the flags name no model, both kinds, or options of the other kind.
   """
-  try:
-    completion.check_model_choice(checkpoint_dir=CHECKPOINT.value, config=CONFIG.value,
-                                  workdir=WORKDIR.value, chat=CHAT.value,
-                                  dtype_given=flags.FLAGS["dtype"].present)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  _check_model_choice()
   if CHECKPOINT.value:
     from fef_jax.models import hf  # pylint: disable=import-outside-toplevel
     mesh = sharding.make_mesh(data=1, fsdp=-1) if jax.device_count() > 1 else None

@@ -23,30 +23,6 @@ END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
 CompletionFn = Callable[[list[str]], list[str]]
 
 
-def check_model_choice(*, checkpoint_dir: str | None, config: Any, workdir: str | None,
-                       chat: bool, dtype_given: bool) -> None:
-  """Checks that the entry points' flags name one model: a pretrained checkpoint
-  (`checkpoint_dir`) or a trained run (`config` and `workdir`), and that options of the
-  other kind are not given with it (a chat template and `--dtype` are a checkpoint's).
-
-  Raises:
-    ValueError: no model, both kinds, half of a trained run, or a checkpoint's option
-      with a trained run; the message names the flags.
-  """
-  trained = config is not None or workdir is not None
-  if bool(checkpoint_dir) == trained:
-    raise ValueError("give --checkpoint_dir, or --config and --workdir (not both)")
-  if checkpoint_dir:
-    return
-  if config is None or workdir is None:
-    raise ValueError("a trained model needs both --config and --workdir")
-  if chat:
-    raise ValueError("--chat needs a checkpoint's chat template (--checkpoint_dir)")
-  if dtype_given:
-    raise ValueError("--dtype is a checkpoint's; a trained model computes in its config's "
-                     "dtype (--config.model.dtype=bfloat16)")
-
-
 def hf_stop_ids(model: Any) -> tuple[int, ...]:
   """EOS and every end-of-turn token the checkpoint's tokenizer has."""
   ids = {model.eos_id} if model.eos_id is not None else set()
