@@ -29,7 +29,7 @@ def _sample(oracle, method, seed, **options):
 
 
 @pytest.mark.parametrize("window", [1, 3])
-@pytest.mark.parametrize("order", ["left_to_right", "confidence", "random"])
+@pytest.mark.parametrize("order", ["left_to_right", "confidence", "random", "dilated"])
 def test_fef_decides_the_whole_sequence_in_one_step_exactly(order, window):
   table = phrase_table()
   result = _sample(table, "fef", seed=12, order=order, window=window, steps=1)
@@ -44,6 +44,7 @@ def test_fef_decides_the_whole_sequence_in_one_step_exactly(order, window):
     ("fef", dict(steps=2, block_length=3, window=2, select="random")),
     ("first_hitting", {}),
     ("first_hitting", dict(select="position")),
+    ("first_hitting", dict(select="dilated")),
 ])
 def test_other_exact_samplers_match_the_joint(method, options):
   table = phrase_table()

@@ -23,10 +23,12 @@ CONFIGS = [
     ("first_hitting", {}),
     ("first_hitting", dict(select="position", block_length=3)),
     ("first_hitting", dict(select="confidence")),  # the generic step: the plan reads x0
+    ("first_hitting", dict(select="dilated", block_length=4)),
     ("random_sizes", dict(steps=3)),
     ("fef", dict(window=3)),
     ("fef", dict(window=2, steps=4, block_length=4, order="random", top_k=2)),
     ("fef", dict(mode="joint_then_remask", steps=3, window=4, order="confidence")),
+    ("fef", dict(window=3, order="dilated")),
 ]
 IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for m, o in CONFIGS]
 
@@ -104,12 +106,13 @@ def test_rows_are_independent_of_each_other(method, options):
 
 def test_greedy_fef_equals_sequential_greedy_decoding_in_the_same_order():
   hmm, tokens = _hmm(), _prompts()
-  for order, select in (("left_to_right", "position"), ("confidence", "confidence")):
+  for order, select in (("left_to_right", "position"), ("dilated", "dilated"),
+                        ("confidence", "confidence")):
     fef = fj.sample(hmm.logits_fn, tokens, jax.random.key(0), "fef", mask_id=hmm.mask_id,
                     temperature=0.0, window=3, order=order)
     sequential = fj.sample(hmm.logits_fn, tokens, jax.random.key(1), "first_hitting",
                            mask_id=hmm.mask_id, temperature=0.0, select=select)
-    if order == "left_to_right":
+    if order != "confidence":  # one fixed order of the positions: the same decoding
       np.testing.assert_array_equal(fef.tokens, sequential.tokens)
     assert np.all(np.asarray(fef.stats.rounds) <= np.asarray(sequential.stats.rounds))
   # Left to right, greedy FeF is autoregressive greedy decoding: check it by hand.
@@ -361,3 +364,32 @@ def test_best_is_top_k_of_one():
   np.testing.assert_array_equal(
       np.asarray(selection.top_k(scores, eligible, jnp.ones((200,), jnp.int32))),
       np.arange(7)[None, :] == position[:, None])
+
+
+def test_dilated_order_is_the_bit_reversal_of_each_position():
+  for length in (1, 2, 5, 10, 16, 33):
+    bits = max(1, (length - 1).bit_length())
+    want = [int(format(position, f"0{bits}b")[::-1], 2) for position in range(length)]
+    np.testing.assert_array_equal(selection.dilated_order(length), want)
+  # Over 64 positions the first 2^m of the order are evenly spread, 64 / 2^m apart.
+  positions_in_order = np.argsort(np.asarray(selection.dilated_order(64)))
+  for m in range(7):
+    gaps = np.diff(np.sort(positions_in_order[:2**m]))
+    np.testing.assert_array_equal(gaps, np.full(2**m - 1, 64 // 2**m))
+
+
+def test_dilated_order_accepts_more_drafts_where_neighbours_depend_on_each_other():
+  # In a sticky chain neighbours agree w.p. 0.85 while far-apart positions barely
+  # depend on each other, so a round's drafts (each from its marginal) of far-apart
+  # positions are accepted more often: more tokens per round, for the same law
+  # (tests/test_exactness.py). 512 rows: per-round means are known to ~0.1 tokens,
+  # against ~3 and ~6 tokens per round.
+  chain = fj.oracles.MarkovChain.sticky(vocab_size=3, length=32, stay_prob=0.85)
+  tokens = jnp.full((512, chain.length), chain.mask_id, jnp.int32)
+  tokens_per_round = {
+      order: float(fj.sample(chain.logits_fn, tokens, jax.random.key(2), "fef",
+                             mask_id=chain.mask_id, steps=1, window=8,
+                             order=order).stats.tokens_per_round.mean())
+      for order in ("left_to_right", "dilated")}
+  assert tokens_per_round["dilated"] > 1.5 * tokens_per_round["left_to_right"], (
+      tokens_per_round)

@@ -195,6 +195,10 @@ def test_each_row_is_tested_against_the_one_token_decoder_of_its_order():
   assert reference("block_causal", "ancestral:block_length=8,steps=8") == cached
   assert reference("block_causal", "fef:block_length=8,cache=exact,order=random,window=4") == (
       "first_hitting:block_length=8")
+  assert reference("bidirectional", "fef:steps=1,order=dilated,window=4") == (
+      "first_hitting:select=dilated")
+  assert reference("block_causal", "fef:block_length=8,cache=exact,order=dilated,window=4") == (
+      "first_hitting:block_length=8,select=dilated")
 
 
 def test_equal_call_gaps_take_the_cheapest_baseline_with_at_least_fef_calls():

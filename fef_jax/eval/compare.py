@@ -44,14 +44,14 @@ BIDIRECTIONAL = "bidirectional"
 BLOCK_CAUSAL_HEAD = "block_causal_head"
 MODELS = (BIDIRECTIONAL, BLOCK_CAUSAL_HEAD)
 # One token per call at a position chosen from revealed tokens only: exact.
-_EXACT_FIRST_HITTING_SELECT = ("random", "position", "entropy")
+_EXACT_FIRST_HITTING_SELECT = ("random", "position", "entropy", "dilated")
 
 
 def is_exact_one_token(spec: str) -> bool:
   """Whether `spec` decodes one token per sequential call and is exact.
 
   `first_hitting` with a value-independent `select` (`random`, the default,
-  `position` or `entropy`), and FeF with `window=1` (one target per round,
+  `position`, `entropy` or `dilated`), and FeF with `window=1` (one target per round,
   e.g. over an exact cache), unless its targets are approximate
   (`cache="approximate"`) or the head's (`verifier="head"`).
   """
@@ -68,10 +68,11 @@ def default_samplers(answer_length: int, head: bool = False,
                      exact_cache_block: int | None = None) -> tuple[str, ...]:
   """The issue's grid for answers of `answer_length` tokens.
 
-  The exact one-token-per-call references (first-hitting at random positions
-  and left to right); LLaDA low-confidence at 1, 2, 4 tokens per step;
-  Fast-dLLM threshold; EB; ancestral; randomized sizes; FeF commit-set (one
-  step) with windows 2, 4, 8, 16 and joint-then-remask (2 and 4 steps, windows
+  The exact one-token-per-call references (first-hitting at random positions,
+  left to right and in the dilated order); LLaDA low-confidence at 1, 2, 4
+  tokens per step; Fast-dLLM threshold; EB; ancestral; randomized sizes; FeF
+  commit-set (one step) with windows 2, 4, 8, 16, and in the dilated order with
+  windows 4, 8 and `dilated_window(answer_length)`; FeF joint-then-remask (2 and 4 steps, windows
   4, 8, 16); with `head` (a model with a speculative head), FeF with the head's
   sequential drafts verified by the copies (exact; one step, windows 2, 4, 8)
   and FeF verified by the head (the head's joint; one step, windows 4, 8, 16);
@@ -85,11 +86,13 @@ def default_samplers(answer_length: int, head: bool = False,
   """
   def steps(tokens_per_step):
     return max(1, answer_length // tokens_per_step)
-  specs = [REFERENCE, f"{REFERENCE}:select=position"]
+  specs = [REFERENCE, f"{REFERENCE}:select=position", f"{REFERENCE}:select=dilated"]
   specs += [f"confidence:steps={steps(k)}" for k in (1, 2, 4)]
   specs += ["threshold:threshold=0.9", "eb:gamma=0.1", f"ancestral:steps={steps(2)}",
             f"random_sizes:steps={steps(2)}"]
   specs += [f"fef:steps=1,window={w}" for w in (2, 4, 8, 16)]
+  specs += [f"fef:steps=1,order=dilated,window={w}"
+            for w in sorted({4, dilated_window(answer_length), 8})]
   specs += [f"fef:mode=joint_then_remask,steps={s},window={w}" for s in (2, 4)
             for w in (4, 8, 16)]
   if head:
@@ -105,21 +108,35 @@ def default_samplers(answer_length: int, head: bool = False,
   return tuple(specs)
 
 
+def dilated_window(answer_length: int) -> int:
+  """FeF's window for the dilated order over an answer of `answer_length` tokens: half
+  of it (at least 1), the positions of one parity, which the order puts first.
+
+  On PairSum those are the first digits of every pair: nearly independent of each
+  other, so one round accepts them all, and the next drafts each second digit from a
+  copy that reveals its first.
+  """
+  return max(1, answer_length // 2)
+
+
 def cached_samplers(answer_length: int, block_length: int) -> tuple[str, ...]:
   """The grid of a block-causal model (attention blocks of `block_length = K`
   positions) with a speculative head, for answers of `answer_length` tokens.
 
-  The exact one-token-per-call references (first-hitting at random positions
-  and left to right); LLaDA low-confidence at one token per step; uncached FeF
-  (one step, window 2) with marginal and with the head's drafts; the exact
+  The exact one-token-per-call references (first-hitting at random positions,
+  left to right and in the dilated order); LLaDA low-confidence at one token
+  per step; uncached FeF (one step) with window 2 and marginal or the head's
+  drafts, and in the dilated order with `dilated_window(answer_length)`; the exact
   one-token decoder over the exact cache (FeF with `window=1`: one block-local
   call per token, which also moves the cache into the next block, see
   `fef_jax.samplers.cache.fused_rounds`); and FeF over the exact cache,
   blocks of `K` answer positions, with marginal and with the head's drafts, for
   the windows 2, 4, 8 that fit in a block (`w <= K`).
   """
-  specs = [REFERENCE, f"{REFERENCE}:select=position", f"confidence:steps={answer_length}",
-           "fef:steps=1,window=2", "fef:steps=1,window=2,drafter=head"]
+  specs = [REFERENCE, f"{REFERENCE}:select=position", f"{REFERENCE}:select=dilated",
+           f"confidence:steps={answer_length}", "fef:steps=1,window=2",
+           "fef:steps=1,window=2,drafter=head",
+           f"fef:steps=1,order=dilated,window={dilated_window(answer_length)}"]
   cached = f"fef:block_length={block_length},cache=exact"
   specs.append(f"{cached},window=1")
   for window in (2, 4, 8):

@@ -51,6 +51,11 @@ NUM_EXAMPLES = 3  # decoded samples kept per row, to read what the numbers descr
 _Z95 = statistics.NormalDist().inv_cdf(0.975)
 
 
+# First-hitting's `select` for the FeF orders that fix one order of the positions
+# (other orders: first-hitting at random positions).
+_FIRST_HITTING_SELECT = {"left_to_right": "position", "dilated": "dilated"}
+
+
 def _fef_order(spec: str) -> str | None:
   """FeF's order inside a set (`left_to_right` by default); None for other samplers."""
   method, options = parse_sampler(spec)
@@ -63,18 +68,21 @@ def reference_for(variant: str, spec: str, block_length: int) -> str:
   For a model that is not an exact denoiser, the prefix factorizations in different
   orders are different distributions, so an exact FeF row is tested against the
   one-token decoder of its own order: left to right (FeF's default order inside a
-  set) against first-hitting at the leftmost position, random order against
-  first-hitting at random positions. On a block-causal model both run in its
-  attention blocks, left to right as FeF with `window=1` over the exact cache (one
-  block-local call per token). Every other sampler is tested against the random
-  order's reference (the bidirectional model's usual exact sampler) or, on a
-  block-causal model, the cached one.
+  set) against first-hitting at the leftmost position, the dilated order against
+  first-hitting in that order, random order against first-hitting at random
+  positions. On a block-causal model they run in its attention blocks: left to
+  right as FeF with `window=1` over the exact cache (one block-local call per
+  token), the others as first-hitting in blocks. Every other sampler is tested
+  against the random order's reference (the bidirectional model's usual exact
+  sampler) or, on a block-causal model, the cached one.
   """
   order = _fef_order(spec)
-  if variant == "block_causal":
-    return (f"first_hitting:block_length={block_length}" if order == "random"
-            else f"fef:block_length={block_length},cache=exact,window=1")
-  return "first_hitting:select=position" if order == "left_to_right" else "first_hitting"
+  if variant == "block_causal" and order not in ("random", "dilated"):
+    return f"fef:block_length={block_length},cache=exact,window=1"
+  options = [f"block_length={block_length}"] if variant == "block_causal" else []
+  if order in _FIRST_HITTING_SELECT:
+    options.append(f"select={_FIRST_HITTING_SELECT[order]}")
+  return "first_hitting" + (":" + ",".join(options) if options else "")
 
 
 def default_samplers(variant: str, gen_length: int, budgets: Sequence[int],

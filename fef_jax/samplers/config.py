@@ -11,7 +11,7 @@ from fef_jax.samplers.selection import SCORE_RULES
 
 METHODS = ("ancestral", "confidence", "threshold", "eb", "first_hitting",
            "random_sizes", "fef")
-ORDERS = ("left_to_right", "confidence", "random")
+ORDERS = ("left_to_right", "confidence", "random", "dilated")
 MODES = ("commit_set", "joint_then_remask")
 CACHE_MODES = ("none", "exact", "approximate")
 VERIFIERS = ("copies", "head")
@@ -47,7 +47,10 @@ class SamplerConfig:
     temperature, top_k, top_p: the logit warp applied to drafts and targets alike.
     select: score rule choosing which positions a step commits (see
       `selection.scores`).
-    order: FeF: order of a step's set in the prefix factorization.
+    order: FeF: order of a step's set in the prefix factorization: left to
+      right, by the confidence of a proposal (`select="confidence"`'s scores),
+      random, or `dilated` (far-apart positions first, `selection.dilated_order`,
+      so that a round's drafts depend less on each other).
     window: FeF: drafts verified per round (copies per batched call).
     mode: FeF: `commit_set` or `joint_then_remask` (see DESIGN.md).
     cache: FeF: `none` (every round evaluates `window` whole sequences),

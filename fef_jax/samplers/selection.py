@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from fef_jax import warp
 
-SCORE_RULES = ("confidence", "entropy", "position", "random")
+SCORE_RULES = ("confidence", "entropy", "position", "random", "dilated")
 
 
 def generation_blocks(masked_BxL: jax.Array, block_length: int) -> jax.Array:
@@ -46,7 +46,11 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
     position: leftmost first.
     random: uniformly random order: the uniforms `uniform_BxL[:, :L]` (drawn per
       row, so that rows stay independent; read only here) are the scores.
-  `position` and `random` read only `x0_BxL`'s shape (`log_probs_BxLxV` may be None).
+    dilated: a fixed order of the positions in which every prefix is spread evenly
+      over the row (`dilated_order`): positions next to each other, which tend
+      to depend on each other most, come far apart in it.
+  `position`, `random` and `dilated` read only `x0_BxL`'s shape (`log_probs_BxLxV`
+  may be None).
   """
   batch, length = x0_BxL.shape
   if rule == "confidence":
@@ -57,7 +61,29 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
     return -jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32), (batch, length))
   if rule == "random":
     return uniform_BxL[:, :length]
+  if rule == "dilated":
+    return -jnp.broadcast_to(dilated_order(length).astype(jnp.float32), (batch, length))
   raise ValueError(f"unknown score rule {rule!r}; expected one of {SCORE_RULES}")
+
+
+def dilated_order(length: int) -> jax.Array:
+  """int32[L]: each position's place in the dilated order: the bit reversal of its index.
+
+  With `n` bits (`2**n >= L`), position `p` comes at the place given by `p`'s
+  bits read backwards (places of a row shorter than `2**n` skip the unused ones):
+  all even positions before the odd ones, within each parity those `= 0 mod 4`
+  first, and so on, so that the first `k` positions of any run of consecutive
+  positions are about `run / k` apart (the van der Corput sequence). Masked
+  diffusion samplers that commit far-apart tokens together make fewer joint
+  errors (Luxembourg et al., 2025, "Plan for Speed: Dilated Scheduling for
+  Masked Diffusion Language Models"); for FeF the order changes nothing in the
+  law (every order of the prefix factorization is exact for an exact denoiser)
+  but drafts of far-apart positions are accepted more often, since a round
+  stops at its first rejection.
+  """
+  bits = max(1, (length - 1).bit_length())
+  index_L = jnp.arange(length, dtype=jnp.int32)
+  return sum(((index_L >> bit) & 1) << (bits - 1 - bit) for bit in range(bits))
 
 
 def rank_by_score(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
