@@ -9,7 +9,9 @@
 #   profile  op by op (jax.profiler): the kernels a step or cached FeF round launches and
 #            their time, on the comparison's block-causal backbone at batch 1
 #   compare  the sampler comparison on two freshly trained PairSum models (bidirectional;
-#            block-causal with a head, over the exact cache), batch 1, 8 and 256
+#            block-causal with a head, over the exact cache), batch 1, 8 and 256; its
+#            block-causal grid holds the row most likely to reach issue 11's 2x at batch
+#            1 (fef:steps=1,order=dilated,window=5: 3.01 calls per answer on the CPU)
 #   train    training throughput and MFU of experiments/configs/gpu.py (200 steps)
 #   breakdown  where a training step of gpu.py goes (startup phases, compile, device step,
 #            host batch, prefetch, checkpoint, MFU, and an op profile of 20 steps: the
@@ -42,7 +44,7 @@
 # A 15-minute lease leaves about 12 minutes of commands; with the comparison's trained
 # block-causal model carried (copy runs/<compare>/block_causal_head into an ignored
 # folder, carry it, and copy it to OUT/compare/ first):
-#   STAGES="breakdown:100 breakdown_1step:100 breakdown_nocb:100 compare:180 rounds:90" \
+#   STAGES="compare:180 breakdown:100 breakdown_1step:100 breakdown_nocb:100 rounds:90" \
 #   TAR=$OUT/suite.tgz COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt \
 #   bash experiments/gpu_suite.sh OUT
 # One command may run 600 s at most; the training options' stages fit a second one, e.g.

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -69,3 +70,15 @@ def test_experiment_runs_end_to_end_and_fef_beats_one_step_parallel(tmp_path):
     assert fef["tv"] < 2 * fef["tv_floor"] and fef["p_value"] > 1e-3
     assert ancestral["tv"] > 10 * ancestral["tv_floor"] and ancestral["p_value"] < 1e-12
     assert fef["nfe"] < by[(oracle, "first_hitting")]["nfe"]
+
+
+def test_a_rows_samples_do_not_depend_on_the_rest_of_the_grid():
+  def rows(specs):
+    grid = exactness.run_grid(("phrases",), specs, 500, seed=3, progress=False)
+    return {row["sampler"]: (row["tv"], row["nfe"]) for row in grid}
+  alone = rows(("fef:steps=1,window=4",))
+  after_another = rows(("first_hitting", "fef:steps=1,window=4"))
+  assert alone["fef:steps=1,window=4"] == after_another["fef:steps=1,window=4"]
+  keys = {str(jax.random.key_data(exactness.row_key(0, oracle, spec)))
+          for oracle in ("phrases", "hmm") for spec in ("first_hitting", "fef")}
+  assert len(keys) == 4

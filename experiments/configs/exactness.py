@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
       "first_hitting",
       "fef:steps=1,window=4", "fef:steps=1,window=16",
       "fef:steps=1,window=16,order=random",
+      "fef:steps=1,window=4,order=dilated", "fef:steps=1,window=16,order=dilated",
       "fef:steps=4,window=8",
       "fef:mode=joint_then_remask,steps=2,window=16",
   )

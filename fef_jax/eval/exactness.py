@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -181,17 +182,28 @@ def measure(oracle, oracle_name: str, spec: str, num_samples: int,
 
 def run_grid(oracle_names: Sequence[str], sampler_specs: Sequence[str], num_samples: int,
              seed: int, progress: bool = True) -> list[dict[str, Any]]:
-  """Every sampler on every oracle, with a progress bar."""
+  """Every sampler on every oracle, with a progress bar.
+
+  A row's key is `row_key(seed, oracle, spec)`: a row draws the same samples whatever
+  else the grid holds, so adding a row changes no other.
+  """
   from tqdm.auto import tqdm  # only experiments need the progress bar
   jobs = [(o, s) for o in oracle_names for s in sampler_specs]
   rows = []
   bar = tqdm(jobs, disable=not progress, desc="exactness", unit="run")
-  for index, (oracle_name, spec) in enumerate(bar):
+  for oracle_name, spec in bar:
     bar.set_postfix_str(f"{oracle_name} {spec}")
     oracle = build_oracle(oracle_name, seed)
     rows.append(measure(oracle, oracle_name, spec, num_samples,
-                        jax.random.fold_in(jax.random.key(seed), index)))
+                        row_key(seed, oracle_name, spec)))
   return rows
+
+
+def row_key(seed: int, oracle_name: str, spec: str) -> jax.Array:
+  """The PRNG key of one row of the grid: `seed` folded with a CRC-32 of the oracle's
+  name and the sampler spec (stable across runs and Python processes, unlike `hash`)."""
+  return jax.random.fold_in(jax.random.key(seed),
+                            zlib.crc32(f"{oracle_name}|{spec}".encode()) & 0x7FFFFFFF)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
