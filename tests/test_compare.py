@@ -30,6 +30,7 @@ def test_default_grid_has_every_family_the_issue_asks_for():
                    "fef:mode=joint_then_remask,steps=4,window=16",
                    "fef:block_length=4,window=4,cache=approximate",
                    "first_hitting:select=dilated", "fef:steps=1,order=dilated,window=4",
+                   "confidence:steps=4,select=dilated", "confidence:steps=2,select=dilated",
                    "fef:steps=1,order=dilated,window=8"):
     assert expected in specs
   dilated = [s for s in compare.default_samplers(10) if "order=dilated" in s]
@@ -49,7 +50,8 @@ def test_default_grid_has_every_family_the_issue_asks_for():
 def test_block_causal_head_grid_runs_the_exact_cache_with_marginal_and_head_drafts():
   assert compare.cached_samplers(answer_length=10, block_length=2) == (
       "first_hitting", "first_hitting:select=position", "first_hitting:select=dilated",
-      "confidence:steps=10", "fef:steps=1,window=2", "fef:steps=1,window=2,drafter=head",
+      "confidence:steps=10", "confidence:steps=2,select=dilated", "fef:steps=1,window=2",
+      "fef:steps=1,window=2,drafter=head",
       "fef:steps=1,order=dilated,window=5",
       "fef:block_length=2,cache=exact,window=1",
       "fef:block_length=2,cache=exact,window=2",
@@ -106,7 +108,8 @@ def test_pareto_front_keeps_exactly_the_undominated_rows():
 
 def test_exact_one_token_decoders_are_recognised():
   exact = ["first_hitting", "first_hitting:select=position", "first_hitting:select=entropy",
-           "first_hitting:select=dilated", "fef:window=1", "fef:block_length=4,window=1,cache=exact"]
+           "first_hitting:select=dilated", "fef:window=1",
+           "fef:block_length=4,window=1,cache=exact"]
   inexact_or_parallel = ["first_hitting:select=confidence", "confidence:steps=8", "fef",
                          "fef:window=2", "fef:block_length=4,window=1,cache=approximate",
                          "fef:window=1,verifier=head"]
@@ -202,7 +205,7 @@ def test_compare_experiment_runs_end_to_end_with_every_sampler_row(tmp_path):
     # The speed-ups are over the fastest exact one-token decoder of the same model and
     # batch size (the cached one-token decoder is one).
     exact = [r for r in group if compare.is_exact_one_token(r["sampler"])]
-    assert len(exact) == (3 if model == "bidirectional" else 2)  # + the dilated order's
+    assert len(exact) == (3 if model == "bidirectional" else 2)  # + the dilated one
     fastest = min(exact, key=lambda r: r["seconds_per_token"])
     assert {r["reference"] for r in group} == {fastest["sampler"]}
     assert fastest["speedup"] == 1.0 and all(r["speedup"] <= 1.0 for r in exact)

@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.samplers = (
       "ancestral:steps=1", "ancestral:steps=4", "ancestral:steps=16",
       "confidence:steps=1", "confidence:steps=4", "confidence:steps=16",
+      "confidence:steps=4,select=dilated",
       "random_sizes:steps=4",
       "threshold:threshold=0.5", "threshold:threshold=0.9",
       "eb:gamma=0.1", "eb:gamma=1.0",

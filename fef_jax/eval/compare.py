@@ -70,10 +70,11 @@ def default_samplers(answer_length: int, head: bool = False,
 
   The exact one-token-per-call references (first-hitting at random positions,
   left to right and in the dilated order); LLaDA low-confidence at 1, 2, 4
-  tokens per step; Fast-dLLM threshold; EB; ancestral; randomized sizes; FeF
+  tokens per step, and at 2 and 4 in the dilated order (the dilated unmasking
+  schedule: parallel, not exact, but far-apart tokens); Fast-dLLM threshold; EB; ancestral; randomized sizes; FeF
   commit-set (one step) with windows 2, 4, 8, 16, and in the dilated order with
-  windows 4, 8 and `dilated_window(answer_length)`; FeF joint-then-remask (2 and 4 steps, windows
-  4, 8, 16); with `head` (a model with a speculative head), FeF with the head's
+  windows 4, 8 and `dilated_window(answer_length)`; FeF joint-then-remask (2 and
+  4 steps, windows 4, 8, 16); with `head` (a model with a speculative head), FeF with the head's
   sequential drafts verified by the copies (exact; one step, windows 2, 4, 8)
   and FeF verified by the head (the head's joint; one step, windows 4, 8, 16);
   with `approximate_cache` (a bidirectional model), FeF over blocks of half the
@@ -88,6 +89,7 @@ def default_samplers(answer_length: int, head: bool = False,
     return max(1, answer_length // tokens_per_step)
   specs = [REFERENCE, f"{REFERENCE}:select=position", f"{REFERENCE}:select=dilated"]
   specs += [f"confidence:steps={steps(k)}" for k in (1, 2, 4)]
+  specs += [f"confidence:steps={steps(k)},select=dilated" for k in (2, 4)]
   specs += ["threshold:threshold=0.9", "eb:gamma=0.1", f"ancestral:steps={steps(2)}",
             f"random_sizes:steps={steps(2)}"]
   specs += [f"fef:steps=1,window={w}" for w in (2, 4, 8, 16)]
@@ -125,7 +127,7 @@ def cached_samplers(answer_length: int, block_length: int) -> tuple[str, ...]:
 
   The exact one-token-per-call references (first-hitting at random positions,
   left to right and in the dilated order); LLaDA low-confidence at one token
-  per step; uncached FeF (one step) with window 2 and marginal or the head's
+  per step, and in two steps in the dilated order (each step one parity); uncached FeF (one step) with window 2 and marginal or the head's
   drafts, and in the dilated order with `dilated_window(answer_length)`; the exact
   one-token decoder over the exact cache (FeF with `window=1`: one block-local
   call per token, which also moves the cache into the next block, see
@@ -134,7 +136,8 @@ def cached_samplers(answer_length: int, block_length: int) -> tuple[str, ...]:
   the windows 2, 4, 8 that fit in a block (`w <= K`).
   """
   specs = [REFERENCE, f"{REFERENCE}:select=position", f"{REFERENCE}:select=dilated",
-           f"confidence:steps={answer_length}", "fef:steps=1,window=2",
+           f"confidence:steps={answer_length}", "confidence:steps=2,select=dilated",
+           "fef:steps=1,window=2",
            "fef:steps=1,window=2,drafter=head",
            f"fef:steps=1,order=dilated,window={dilated_window(answer_length)}"]
   cached = f"fef:block_length={block_length},cache=exact"
