@@ -35,8 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
       num_samples=64, batch_size=32, modes=("unconditional", "prefix"), prefix_length=32,
       budgets=(8, 16, 32, 64),
       fef_options=dict(
-          bidirectional=("order=random,window=4", "order=random,window=8", "window=4"),
-          block_causal=("order=random,window=8", "window=4", "window=8"),
+          bidirectional=("order=random,window=4", "order=random,window=8",
+                         "order=dilated,window=8", "window=4"),
+          block_causal=("order=random,window=8", "order=dilated,window=8", "window=4",
+                        "window=8"),
           head=("window=4", "window=8")),
       samplers=()))
   return config

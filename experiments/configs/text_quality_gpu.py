@@ -30,9 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
       models=("bidirectional", "block_causal", "head"), block_length=32, num_samples=256,
       batch_size=64, prefix_length=64, budgets=(8, 16, 32, 64, 128, 256),
       fef_options=dict(
-          bidirectional=("order=random,window=8", "order=random,window=16", "window=4",
+          bidirectional=("order=random,window=8", "order=random,window=16",
+                         "order=dilated,window=8", "order=dilated,window=16", "window=4",
                          "window=8", "window=16"),
-          block_causal=("order=random,window=8", "order=random,window=16", "window=4",
+          block_causal=("order=random,window=8", "order=random,window=16",
+                        "order=dilated,window=8", "order=dilated,window=16", "window=4",
                         "window=8", "window=16"),
           head=("window=4", "window=8", "window=16")))
   return config
