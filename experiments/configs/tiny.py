@@ -64,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict(dict(
       num_prompts=512,
       samplers=("ancestral:steps=1", "confidence:steps=1", "confidence:steps=5",
-                "first_hitting", "fef:steps=1,window=5"),
+                "confidence:steps=3,select=dilated", "first_hitting",
+                "fef:steps=1,window=5"),
       every=400, num_periodic=128,
       periodic_samplers=("fef:steps=1,window=5", "confidence:steps=1"),
       gen_length=64, prefix_length=32))
