@@ -13,6 +13,7 @@ import pytest
 
 from experiments.configs import compare as compare_config
 from experiments.configs import compare_blocks4 as compare_blocks4_config
+from experiments.configs import compare_permutation as compare_permutation_config
 from fef_jax.data import synthetic
 from fef_jax.eval import compare
 
@@ -72,6 +73,20 @@ def test_blocks4_config_pads_the_prompt_to_whole_blocks_of_4():
   assert cached.model.block_length == 4
   specs = compare.samplers_for(cached, "block_causal_head", 12)
   assert "fef:block_length=4,cache=exact,window=4,drafter=head" in specs
+
+
+def test_permutation_config_compares_exact_fef_with_the_dilated_schedule():
+  config = compare_permutation_config.get_config()
+  compare.check_config(config)
+  task = synthetic.Permutation(**config.data.task_kwargs)
+  assert task.answer_length == 8
+  specs = compare.samplers_for(compare.training_config(config, "bidirectional"),
+                               "bidirectional", task.answer_length)
+  assert {"confidence:steps=4,select=dilated", "confidence:steps=2,select=dilated",
+          "fef:steps=1,order=dilated,window=4", "first_hitting:select=dilated"} <= set(specs)
+  config.compare.models = compare.MODELS  # blocks of 2 do not divide the 9-token prompt
+  with pytest.raises(ValueError, match="must divide"):
+    compare.check_config(config)
 
 
 def test_default_config_compares_both_models_on_block_aligned_pairs():
