@@ -12,6 +12,9 @@
 #            block-causal with a head, over the exact cache), batch 1, 8 and 256; its
 #            block-causal grid holds the row most likely to reach issue 11's 2x at batch
 #            1 (fef:steps=1,order=dilated,window=5: 3.01 calls per answer on the CPU)
+#   compare_permutation  the comparison on Permutation (compare_permutation.py: one
+#            bidirectional model, trained here), where no parallel schedule is accurate
+#            and exact FeF takes about 4 calls for 8 tokens (about 6 min on the CPU)
 #   train    training throughput and MFU of experiments/configs/gpu.py (200 steps)
 #   breakdown  where a training step of gpu.py goes (startup phases, compile, device step,
 #            host batch, prefetch, checkpoint, MFU, and an op profile of 20 steps: the
@@ -112,7 +115,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   remat350=()  # the smoke's batch of 4 stays
   profile=(--d_model=16 --num_layers=1 --length=8 --masked=4 --vocab_size=8 --runs=2
            --samplers=first_hitting)
-  stages=${STAGES:-rounds loop profile compare train breakdown}
+  stages=${STAGES:-rounds loop profile compare compare_permutation train breakdown}
 else
   rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
           --vocab_size=256 --dtype=bfloat16 --repeats=7)
@@ -123,9 +126,10 @@ else
   breakdown=(--config.sample.every=0 --steps=20 --profile_steps=20)
   remat350=(--config.batch_size=64)
   profile=(--runs=20)
-  stages=${STAGES:-breakdown breakdown_1step breakdown_nocb compare profile rounds loop train
-    breakdown_350m breakdown_xla breakdown_350m_remat breakdown_1b}
+  stages=${STAGES:-breakdown breakdown_1step breakdown_nocb compare compare_permutation profile
+    rounds loop train breakdown_350m breakdown_xla breakdown_350m_remat breakdown_1b}
 fi
+permutation=("${compare[@]}")  # its one model is bidirectional whatever COMPARE_MODELS says
 if [ -n "${COMPARE_MODELS:-}" ]; then
   compare+=("--config.compare.models=$COMPARE_MODELS")
 fi
@@ -139,6 +143,9 @@ run_stage() {  # run_stage NAME SECONDS
       --workdir="$out/profile" ;;
     compare) stage "$@" "$py" -m experiments.compare --config=experiments/configs/compare.py \
       --workdir="$out/compare" "${compare[@]}" ;;
+    compare_permutation) stage "$@" "$py" -m experiments.compare \
+      --config=experiments/configs/compare_permutation.py \
+      --workdir="$out/compare_permutation" "${permutation[@]}" ;;
     train) stage "$@" "$py" -m experiments.train --config=experiments/configs/gpu.py \
       --config.data.path="$data" --workdir="$out/train" "${train[@]}" ;;
     breakdown|breakdown_nocb|breakdown_1step|breakdown_xla)
@@ -165,8 +172,8 @@ run_stage() {  # run_stage NAME SECONDS
 
 for entry in $stages; do  # every name checked before any stage spends the lease's time
   case ${entry%%:*} in
-    rounds|loop|profile|compare|train|breakdown|breakdown_nocb|breakdown_1step|breakdown_350m\
-      |breakdown_xla|breakdown_350m_remat|breakdown_1b) ;;
+    rounds|loop|profile|compare|compare_permutation|train|breakdown|breakdown_nocb\
+      |breakdown_1step|breakdown_350m|breakdown_xla|breakdown_350m_remat|breakdown_1b) ;;
     *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
   esac
 done
@@ -174,7 +181,7 @@ for entry in $stages; do
   run_stage "${entry%%:*}" "$([[ $entry == *:* ]] && echo "${entry#*:}" || echo 0)"
 done
 if [ -n "${TAR:-}" ]; then  # one file to bring back (the device tool returns at most 8)
-  tar czf "$TAR" -C "$out" --exclude='./compare/*/checkpoints' --exclude='./compare/*/best' \
+  tar czf "$TAR" -C "$out" --exclude='./compare*/*/checkpoints' --exclude='./compare*/*/best' \
     --exclude='scratch' --exclude='*/tensorboard' .
   echo "wrote $TAR"
 fi
