@@ -13,6 +13,7 @@ import pytest
 
 from experiments.configs import compare as compare_config
 from experiments.configs import compare_blocks4 as compare_blocks4_config
+from experiments.configs import compare_long as compare_long_config
 from experiments.configs import compare_permutation as compare_permutation_config
 from fef_jax.data import synthetic
 from fef_jax.eval import compare
@@ -87,6 +88,20 @@ def test_permutation_config_compares_exact_fef_with_the_dilated_schedule():
   config.compare.models = compare.MODELS  # blocks of 2 do not divide the 9-token prompt
   with pytest.raises(ValueError, match="must divide"):
     compare.check_config(config)
+
+
+def test_long_config_holds_the_dilated_window_of_its_30_token_answers():
+  config = compare_long_config.get_config()
+  compare.check_config(config)
+  task = synthetic.PairSum(**config.data.task_kwargs)
+  assert (task.prompt_length, task.answer_length) == (16, 30)
+  cached = compare.training_config(config, "block_causal_head")
+  specs = compare.samplers_for(cached, "block_causal_head", task.answer_length)
+  # The 15 first digits (even positions, one parity) in one round; the references.
+  assert {"fef:steps=1,order=dilated,window=15", "first_hitting:select=dilated",
+          "fef:block_length=2,cache=exact,window=1",
+          "fef:block_length=2,cache=exact,window=2"} <= set(specs)
+  assert tuple(config.compare.batch_sizes) == (1,)
 
 
 def test_default_config_compares_both_models_on_block_aligned_pairs():
