@@ -12,6 +12,11 @@
 #            block-causal with a head, over the exact cache), batch 1, 8 and 256; its
 #            block-causal grid holds the row most likely to reach issue 11's 2x at batch
 #            1 (fef:steps=1,order=dilated,window=5: 3.01 calls per answer on the CPU)
+#   compare_long  the comparison on PairSum with 15 pairs (compare_long.py: the block-causal
+#            model, batch 1 and 8): 30-token answers, where exact FeF in the dilated order
+#            takes 3.04 sequential calls against 30 for every exact one-token decoder
+#            (CPU); the row most likely to reach issue 11's 2x (about 4 min to train on
+#            the CPU: carry runs/compare_long/block_causal_head, see below)
 #   compare_permutation  the comparison on Permutation (compare_permutation.py: one
 #            bidirectional model, trained here), where no parallel schedule is accurate
 #            and exact FeF takes about 4 calls for 8 tokens (about 6 min on the CPU)
@@ -44,10 +49,11 @@
 # log keeps what it printed), so a lease's time is spent on the stages that matter most.
 # COMPARE_MODELS overrides compare.models, e.g. "('block_causal_head',)". A model already
 # trained in OUT/compare/<model> (a carried checkpoint) is not trained again.
-# A 15-minute lease leaves about 12 minutes of commands; with the comparison's trained
-# block-causal model carried (copy runs/<compare>/block_causal_head into an ignored
-# folder, carry it, and copy it to OUT/compare/ first):
-#   STAGES="compare:180 breakdown:100 breakdown_1step:100 breakdown_nocb:100 rounds:90" \
+# A 15-minute lease leaves about 12 minutes of commands; with the comparisons' trained
+# block-causal models carried (copy runs/compare/block_causal_head and
+# runs/compare_long/block_causal_head into an ignored folder, carry it, and copy them to
+# OUT/compare/ and OUT/compare_long/ first):
+#   STAGES="compare_long:150 compare:150 breakdown:100 breakdown_1step:90 breakdown_nocb:90" \
 #   TAR=$OUT/suite.tgz COMPARE_MODELS="('block_causal_head',)" DATA=.data/input.txt \
 #   bash experiments/gpu_suite.sh OUT
 # One command may run 600 s at most; the training options' stages fit a second one, e.g.
@@ -99,12 +105,13 @@ if [ "${SMOKE:-0}" = 1 ]; then
           --vocab_size=16 --repeats=2)
   loop=(--d_models=16 --length=8 --vocab_size=8 --batches=1,2 --repeats=2
         --samplers=first_hitting,fef:window=2)
-  compare=(--config.optimizer.total_steps=20 --config.optimizer.warmup_steps=5
-           --config.log_every=10 --config.eval_every=20 --config.checkpoint.every=20
-           --config.sample.every=0 --config.model.num_layers=1 --config.model.d_model=32
-           --config.model.mlp_dim=64 --config.data.num_examples=500
-           --config.eval_batch_size=32 --config.compare.num_prompts=8
-           "--config.compare.batch_sizes=(1, 8)" "--config.compare.models=('bidirectional',)"
+  tiny_compare=(--config.optimizer.total_steps=20 --config.optimizer.warmup_steps=5
+                --config.log_every=10 --config.eval_every=20 --config.checkpoint.every=20
+                --config.sample.every=0 --config.model.num_layers=1 --config.model.d_model=32
+                --config.model.mlp_dim=64 --config.data.num_examples=500
+                --config.eval_batch_size=32 --config.compare.num_prompts=8
+                "--config.compare.batch_sizes=(1, 8)")
+  compare=("${tiny_compare[@]}" "--config.compare.models=('bidirectional',)"
            "--config.compare.samplers=('first_hitting', 'fef:steps=1,window=2')")
   train=(--config.optimizer.total_steps=4 --config.optimizer.warmup_steps=1
          --config.log_every=2 --config.eval_every=4 --config.checkpoint.every=4
@@ -115,19 +122,31 @@ if [ "${SMOKE:-0}" = 1 ]; then
   remat350=()  # the smoke's batch of 4 stays
   profile=(--d_model=16 --num_layers=1 --length=8 --masked=4 --vocab_size=8 --runs=2
            --samplers=first_hitting)
-  stages=${STAGES:-rounds loop profile compare compare_permutation train breakdown}
+  long=("${tiny_compare[@]}"
+        "--config.compare.cached_samplers=('first_hitting', 'fef:steps=1,order=dilated,window=15')")
+  stages=${STAGES:-rounds loop profile compare compare_long compare_permutation train breakdown}
 else
   rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
           --vocab_size=256 --dtype=bfloat16 --repeats=7)
   loop=(--d_models=96 --length=256 --vocab_size=256 --batches=1,64 --repeats=5)
   compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8, 256)")
+  # The rows that matter on a GPU (each costs a compile per batch size): the exact
+  # one-token references, uncached and cached, the dilated schedule, whole-copy FeF left
+  # to right and in the dilated order, cached FeF.
+  long=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8)"
+        "--config.compare.cached_samplers=('first_hitting:select=position', \
+'first_hitting:select=dilated', 'fef:block_length=2,cache=exact,window=1', \
+'confidence:steps=2,select=dilated', 'fef:steps=1,window=2', \
+'fef:steps=1,order=dilated,window=8', 'fef:steps=1,order=dilated,window=15', \
+'fef:block_length=2,cache=exact,window=2')")
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
   breakdown=(--config.sample.every=0 --steps=20 --profile_steps=20)
   remat350=(--config.batch_size=64)
   profile=(--runs=20)
-  stages=${STAGES:-breakdown breakdown_1step breakdown_nocb compare compare_permutation profile
-    rounds loop train breakdown_350m breakdown_xla breakdown_350m_remat breakdown_1b}
+  stages=${STAGES:-compare_long breakdown breakdown_1step breakdown_nocb compare
+    compare_permutation profile rounds loop train breakdown_350m breakdown_xla
+    breakdown_350m_remat breakdown_1b}
 fi
 permutation=("${compare[@]}")  # its one model is bidirectional whatever COMPARE_MODELS says
 if [ -n "${COMPARE_MODELS:-}" ]; then
@@ -143,6 +162,8 @@ run_stage() {  # run_stage NAME SECONDS
       --workdir="$out/profile" ;;
     compare) stage "$@" "$py" -m experiments.compare --config=experiments/configs/compare.py \
       --workdir="$out/compare" "${compare[@]}" ;;
+    compare_long) stage "$@" "$py" -m experiments.compare \
+      --config=experiments/configs/compare_long.py --workdir="$out/compare_long" "${long[@]}" ;;
     compare_permutation) stage "$@" "$py" -m experiments.compare \
       --config=experiments/configs/compare_permutation.py \
       --workdir="$out/compare_permutation" "${permutation[@]}" ;;
@@ -172,7 +193,8 @@ run_stage() {  # run_stage NAME SECONDS
 
 for entry in $stages; do  # every name checked before any stage spends the lease's time
   case ${entry%%:*} in
-    rounds|loop|profile|compare|compare_permutation|train|breakdown|breakdown_nocb\
+    rounds|loop|profile|compare|compare_long|compare_permutation|train|breakdown\
+      |breakdown_nocb\
       |breakdown_1step|breakdown_350m|breakdown_xla|breakdown_350m_remat|breakdown_1b) ;;
     *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
   esac

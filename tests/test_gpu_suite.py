@@ -17,8 +17,8 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
   done = subprocess.run(["bash", "experiments/gpu_suite.sh", str(tmp_path)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
-  for stage in ("rounds", "loop", "profile", "compare", "compare_permutation", "train",
-                "breakdown"):
+  for stage in ("rounds", "loop", "profile", "compare", "compare_long", "compare_permutation",
+                "train", "breakdown"):
     assert f"== {stage}: " in done.stdout
     assert (tmp_path / f"{stage}.log").stat().st_size > 0
   assert json.loads((tmp_path / "rounds" / "round_cost.json").read_text())["rows"]
@@ -27,6 +27,10 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
   rows = json.loads((tmp_path / "compare" / "comparison.json").read_text())["rows"]
   assert sorted({r["batch_size"] for r in rows}) == [1, 8]
   assert {r["model"] for r in rows} == {"bidirectional"}  # the smoke trains one model
+  long = json.loads((tmp_path / "compare_long" / "comparison.json").read_text())
+  assert {r["model"] for r in long["rows"]} == {"block_causal_head"}
+  assert {r["sampler"] for r in long["rows"]} == {
+      "first_hitting", "fef:steps=1,order=dilated,window=15"}
   permutation = json.loads(
       (tmp_path / "compare_permutation" / "comparison.json").read_text())
   assert permutation["info"]["task"] == "permutation" and permutation["rows"]
