@@ -12,6 +12,7 @@ from fef_jax import samplers
 from fef_jax.samplers import cache
 from fef_jax.samplers import head
 from fef_jax.samplers import loop
+from fef_jax.samplers import shared_prefix
 from fef_jax.types import SampleResult
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -99,8 +100,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       that accepts any batch size `N` (FeF calls it on `B * window` rows). It
       sees `mask_id` at masked positions. The logit of `mask_id`, if it lies
       inside the vocabulary, is ignored: the mask is never sampled. With
-      `cache="exact"` it must also be a block-local denoiser with an exact cache,
-      with `cache="approximate"` a block-local denoiser
+      `cache="exact"` or `"prefix"` it must also be a block-local denoiser with
+      an exact cache, with `cache="approximate"` a block-local denoiser
       (`fef_jax.samplers.cache.BlockLocalDenoiser`); with `verifier="head"` a
       denoiser with a speculative head (`fef_jax.samplers.head.HeadDenoiser`),
       as with `drafter="head"` (which with `cache="exact"` also needs the
@@ -127,8 +128,10 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       cache or blocks that do not fit its attention blocks, or, with
       `cache="approximate"`, a denoiser without the block-local interface or a
       block whose masks are not contiguous
-      (`fef_jax.samplers.cache.check_denoiser`), or, with `verifier="head"` or
-      `drafter="head"`, a denoiser without a head. Value checks need concrete
+      (`fef_jax.samplers.cache.check_denoiser`), or, with `cache="prefix"`, a
+      denoiser without an exact cache or a length that is not a whole number of
+      its attention blocks (`fef_jax.samplers.shared_prefix.check_denoiser`), or,
+      with `verifier="head"` or `drafter="head"`, a denoiser without a head. Value checks need concrete
       `tokens` (outside `jax.jit`).
     FloatingPointError: `logits_fn` returned NaN or +inf at a masked position
       (concrete inputs only; the offending rows are named).
@@ -150,7 +153,9 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     concrete_input = np.asarray(tokens_BxL)
   if concrete_input is not None:
     _check_values(concrete_input, config.mask_id, vocab_size)
-  if config.cache != "none":
+  if config.cache == "prefix":
+    shared_prefix.check_denoiser(logits_fn, tokens_BxL.shape[1])
+  elif config.cache != "none":
     cache.check_denoiser(logits_fn, config.cache, config.block_length, config.mask_id,
                          tokens_BxL.shape[1], concrete_input)
   if config.verifier == "head":

@@ -88,8 +88,10 @@ class CopyEvaluator:
   """How a verification round evaluates its `W` copies in one call.
 
   Attributes:
-    evaluate: (copies int32[B, W, L], the carried `context`) -> (logits
-      float[B, W, S, V] of the span of positions `offset_b .. offset_b + S - 1`
+    evaluate: (copies int32[B, W, L], the round's drafts int32[B, L] (the state
+      with every verified target's draft written, what the copy after the last
+      reveals), the targets' positions int32[B, W], the carried `context`) ->
+      (logits float[B, W, S, V] of the span of positions `offset_b .. offset_b + S - 1`
       of every copy, or, for a round given a `project`, the features it maps to
       them, offset int32[B], the context for the next rounds: the
       carried one, or one the call updated, e.g. a cache it extended; it is
@@ -112,12 +114,18 @@ class CopyEvaluator:
       copies reveal every target, and a round that accepts every draft of a
       set smaller than `W` takes the next drafts from the first of them,
       conditioned on the whole set (better drafts for the next set).
+    verifiable: optional `positions int32[B, W] -> bool[B, W]`, true on a prefix
+      of the targets that includes the first: the targets one call can verify
+      exactly; the round verifies only those (a choice made from the positions,
+      not the drafts' values, so the draw stays exact). Default: all.
   """
-  evaluate: Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]
+  evaluate: Callable[[jax.Array, jax.Array, jax.Array, Any],
+                     tuple[jax.Array, jax.Array, Any]]
   units_per_copy: int = 1
   units_per_round: int = 0
   prepare: Optional[Callable[["SpeculativeState", jax.Array], "SpeculativeState"]] = None
   shared_tail: bool = False
+  verifiable: Optional[Callable[[jax.Array], jax.Array]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +203,9 @@ def whole_sequences(logits_fn: LogitsFn, features: bool = False) -> CopyEvaluato
   """The default evaluator: the denoiser on the `B * W` whole copies (`S = L`, offset 0);
   with `features`, its `features` (hidden states, for a round given the denoiser's
   `output_projection`)."""
-  def evaluate(copies_BxWxL: jax.Array, context: Any) -> tuple[jax.Array, jax.Array, Any]:
+  def evaluate(copies_BxWxL: jax.Array, drafts_BxL: jax.Array, positions_BxW: jax.Array,
+               context: Any) -> tuple[jax.Array, jax.Array, Any]:
+    del drafts_BxL, positions_BxW  # every copy is evaluated whole
     # The whole copies need no context; it is carried unchanged.
     return (posterior.evaluate_copies(logits_fn.features if features else logits_fn,
                                       copies_BxWxL),
@@ -273,7 +283,8 @@ def _copy_targets(evaluator: CopyEvaluator, state: SpeculativeState, drafts_BxL:
   """
   copies_BxWxL = posterior.prefix_revealed_copies(
       state.tokens_BxL, drafts_BxL, rank_BxL, state.start_B, window, last_copy_B)
-  span_BxWxSxF, offset_B, context = evaluator.evaluate(copies_BxWxL, state.context)
+  span_BxWxSxF, offset_B, context = evaluator.evaluate(copies_BxWxL, drafts_BxL,
+                                                       positions_BxW, state.context)
   span_BxWxSxF = span_BxWxSxF.astype(state.draft_features_BxLxF.dtype)
   span = span_BxWxSxF.shape[2]
   bad_BxWxS = bad_features(span_BxWxSxF, posterior.span_of(copies_BxWxL, offset_B, span),
@@ -413,15 +424,17 @@ def verification_round(denoiser: Union[LogitsFn, CopyEvaluator, HeadEvaluator],
       jax.vmap(jax.random.fold_in)(step_keys_B, state.round_B), (window * draws, window, draws))
 
   target_rank_BxW = state.start_B[:, None] + jnp.arange(window)[None, :]
+  # Invalid targets (past the set) get some position; every use of theirs is masked.
+  positions_BxW = posterior.positions_of_ranks(rank_BxL, target_rank_BxW)
   valid_BxW = target_rank_BxW < count_B[:, None]
+  if isinstance(denoiser, CopyEvaluator) and denoiser.verifiable is not None:
+    valid_BxW = valid_BxW & denoiser.verifiable(positions_BxW)
   num_valid_B = jnp.sum(valid_BxW, axis=1).astype(jnp.int32)
   if isinstance(denoiser, CopyEvaluator) and denoiser.shared_tail:
     # The copy that reveals every target but the last; the copies after it repeat it.
     last_copy_B = jnp.maximum(num_valid_B - 1, 0)
   else:
     last_copy_B = None
-  # Invalid targets (past the set) get some position; every use of theirs is masked.
-  positions_BxW = posterior.positions_of_ranks(rank_BxL, target_rank_BxW)
   uniform_BxWxU = draft_uniform_BxN.reshape(batch, window, draws)
   if drafter is None:
     # Only the targets' drafts are read (by the copies and the acceptance test), so

@@ -481,7 +481,7 @@ def _phrase_table6():
     ("bidirectional", dict(block_length=2), TypeError, "exact cache"),
     ("oracle", dict(), ValueError, "needs block_length"),
     ("oracle", dict(block_length=4), ValueError, "exceeds"),
-    ("oracle", dict(block_length=2, cache="prefix"), ValueError, "unknown cache"),
+    ("oracle", dict(block_length=2, cache="bogus"), ValueError, "unknown cache"),
     ("oracle4", dict(block_length=2), ValueError, "multiple"),
     ("oracle_prompt", dict(block_length=2), ValueError, "one attention block"),
 ])

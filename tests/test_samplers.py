@@ -29,6 +29,8 @@ CONFIGS = [
     ("fef", dict(window=2, steps=4, block_length=4, order="random", top_k=2)),
     ("fef", dict(mode="joint_then_remask", steps=3, window=4, order="confidence")),
     ("fef", dict(window=3, order="dilated")),
+    ("first_hitting", dict(select="parity")),
+    ("fef", dict(window=3, order="parity")),
 ]
 IDS = [f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items())}" for m, o in CONFIGS]
 

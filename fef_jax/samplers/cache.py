@@ -451,8 +451,9 @@ def evaluator(denoiser: BlockLocalDenoiser, config: SamplerConfig, length: int,
   fused = fused_rounds(config, denoiser, length)
   lazy = _hidden_states(features)
 
-  def evaluate(copies_BxWxL: jax.Array,
+  def evaluate(copies_BxWxL: jax.Array, drafts_BxL: jax.Array, positions_BxW: jax.Array,
                context: Context) -> tuple[jax.Array, jax.Array, Context]:
+    del drafts_BxL, positions_BxW  # the copies' window holds every target
     window_BxWxS = posterior.span_of(copies_BxWxL, context.start_B, span)
     if not fused:
       return (denoiser.block_logits(context.cache, window_BxWxS, context.start_B, **lazy),

@@ -11,9 +11,9 @@ from fef_jax.samplers.selection import SCORE_RULES
 
 METHODS = ("ancestral", "confidence", "threshold", "eb", "first_hitting",
            "random_sizes", "fef")
-ORDERS = ("left_to_right", "confidence", "random", "dilated")
+ORDERS = ("left_to_right", "confidence", "random", "dilated", "parity")
 MODES = ("commit_set", "joint_then_remask")
-CACHE_MODES = ("none", "exact", "approximate")
+CACHE_MODES = ("none", "exact", "approximate", "prefix")
 VERIFIERS = ("copies", "head")
 DRAFTERS = ("marginals", "head")
 
@@ -50,7 +50,10 @@ class SamplerConfig:
     order: FeF: order of a step's set in the prefix factorization: left to
       right, by the confidence of a proposal (`select="confidence"`'s scores),
       random, or `dilated` (far-apart positions first, `selection.dilated_order`,
-      so that a round's drafts depend less on each other).
+      so that a round's drafts depend less on each other), or `parity` (the even
+      positions left to right, then the odd ones, `selection.parity_order`: far
+      apart as the dilated order's first level, and moving forward through the
+      row as `cache="prefix"` needs).
     window: FeF: drafts verified per round (copies per batched call).
     mode: FeF: `commit_set` or `joint_then_remask` (see DESIGN.md).
     cache: FeF: `none` (every round evaluates `window` whole sequences),
@@ -58,7 +61,11 @@ class SamplerConfig:
       cached keys and values; needs `block_length` and a denoiser with an exact
       cache) or `approximate` (the same over the generation block against a
       stale "dual" cache of a bidirectional denoiser: fast, no longer exact);
-      see `fef_jax.samplers.cache`.
+      see `fef_jax.samplers.cache`; or `prefix` (a block-causal denoiser: each
+      round evaluates the state with all its drafts once and each copy's target
+      block against its keys and values, exact, with sets over any number of
+      attention blocks; rounds stop where the order steps back to an earlier
+      block; see `fef_jax.samplers.shared_prefix`).
     refresh_every: FeF with `cache="approximate"`: also refresh the cache
       before every `refresh_every`-th round against it (0: only on entering
       a block).
@@ -174,7 +181,7 @@ def _checked_config(method: str, mask_id: int, options: dict[str, Any]) -> Sampl
   _check(config.mode in MODES, f"unknown mode {config.mode!r}; expected one of {MODES}")
   _check(config.cache in CACHE_MODES,
          f"unknown cache {config.cache!r}; expected one of {CACHE_MODES}")
-  _check(config.cache == "none" or config.block_length is not None,
+  _check(config.cache in ("none", "prefix") or config.block_length is not None,
          f"cache={config.cache!r} needs block_length: the cache holds the positions "
          f"outside the current block, so without blocks there is nothing to cache")
   _check(_is_int(config.refresh_every) and config.refresh_every >= 0,

@@ -30,6 +30,7 @@ from fef_jax import warp
 from fef_jax.samplers import cache
 from fef_jax.samplers import head
 from fef_jax.samplers import selection
+from fef_jax.samplers import shared_prefix
 from fef_jax.samplers.config import SamplerConfig
 from fef_jax.types import SampleResult, SampleStats
 
@@ -131,7 +132,7 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
 
 
 # Selection rules that read neither the proposals nor the predictive distribution.
-VALUE_FREE_RULES = ("position", "random", "dilated")
+VALUE_FREE_RULES = ("position", "random", "dilated", "parity")
 
 
 def one_token_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
@@ -263,7 +264,10 @@ def fef_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,
   project = draft_projection(config, logits_fn)
   # With a head, `stats.sequences` counts layer-positions (see `run`).
   units_per_position = logits_fn.num_layers if _uses_head(config) else 1
-  if config.cache != "none":
+  if config.cache == "prefix":
+    denoiser = shared_prefix.evaluator(logits_fn, state.tokens_BxL.shape[1],
+                                       features=project is not None)
+  elif config.cache != "none":
     # Before the drafts are read: a new window's drafts come from the refresh.
     state = _enter_window(logits_fn, config, state, block_BxL == state.cur_block_B[:, None],
                           active_B, units_per_position, project is not None)
@@ -386,7 +390,7 @@ def run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
     draft_features_BxLxF = jnp.zeros(jax.eval_shape(logits_fn, tokens_BxL).shape, jnp.float32)
   elif config.method == "fef":
     step = fef_step
-    if config.cache != "none":
+    if config.cache in ("exact", "approximate"):
       # The first call also caches the states for the first window.
       draft_features_BxLxF, context, bad_B = cache.initial(logits_fn, config, tokens_BxL,
                                                            block_BxL == 0, project is not None)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from fef_jax import warp
 
-SCORE_RULES = ("confidence", "entropy", "position", "random", "dilated")
+SCORE_RULES = ("confidence", "entropy", "position", "random", "dilated", "parity")
 
 
 def generation_blocks(masked_BxL: jax.Array, block_length: int) -> jax.Array:
@@ -49,8 +49,9 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
     dilated: a fixed order of the positions in which every prefix is spread evenly
       over the row (`dilated_order`): positions next to each other, which tend
       to depend on each other most, come far apart in it.
-  `position`, `random` and `dilated` read only `x0_BxL`'s shape (`log_probs_BxLxV`
-  may be None).
+    parity: the even positions left to right, then the odd ones (`parity_order`).
+  `position`, `random`, `dilated` and `parity` read only `x0_BxL`'s shape
+  (`log_probs_BxLxV` may be None).
   """
   batch, length = x0_BxL.shape
   if rule == "confidence":
@@ -63,6 +64,8 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
     return uniform_BxL[:, :length]
   if rule == "dilated":
     return -jnp.broadcast_to(dilated_order(length).astype(jnp.float32), (batch, length))
+  if rule == "parity":
+    return -jnp.broadcast_to(parity_order(length).astype(jnp.float32), (batch, length))
   raise ValueError(f"unknown score rule {rule!r}; expected one of {SCORE_RULES}")
 
 
@@ -84,6 +87,20 @@ def dilated_order(length: int) -> jax.Array:
   bits = max(1, (length - 1).bit_length())
   index_L = jnp.arange(length, dtype=jnp.int32)
   return sum(((index_L >> bit) & 1) << (bits - 1 - bit) for bit in range(bits))
+
+
+def parity_order(length: int) -> jax.Array:
+  """int32[L]: each position's place in the parity order: the even positions left to
+  right, then the odd ones.
+
+  Like the dilated order's first level, no two positions next to each other are
+  drafted together until one of them is decided; unlike it, each half runs left to
+  right, so the targets of a round move forward through the row. That is what
+  lets a block-causal denoiser verify a round's copies as one sequence and one
+  attention block per copy (`cache="prefix"`, `fef_jax.samplers.shared_prefix`).
+  """
+  index_L = jnp.arange(length, dtype=jnp.int32)
+  return jnp.where(index_L % 2 == 0, index_L // 2, (length + 1) // 2 + index_L // 2)
 
 
 def rank_by_score(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:
