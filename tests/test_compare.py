@@ -52,19 +52,21 @@ def test_default_grid_has_every_family_the_issue_asks_for():
 def test_block_causal_head_grid_runs_the_exact_cache_with_marginal_and_head_drafts():
   assert compare.cached_samplers(answer_length=10, block_length=2) == (
       "first_hitting", "first_hitting:select=position", "first_hitting:select=dilated",
+      "first_hitting:select=parity",
       "confidence:steps=10", "confidence:steps=2,select=dilated", "fef:steps=1,window=2",
       "fef:steps=1,window=2,drafter=head",
       "fef:steps=1,order=dilated,window=5",
+      "fef:steps=1,order=parity,window=5,cache=prefix",
       "fef:block_length=2,cache=exact,window=1",
       "fef:block_length=2,cache=exact,window=2",
       "fef:block_length=2,cache=exact,window=2,drafter=head")
   wide = compare.cached_samplers(16, 8)
-  assert [s for s in wide if "cache" in s] == ["fef:block_length=8,cache=exact,window=1"] + [
+  assert [s for s in wide if "cache=exact" in s] == ["fef:block_length=8,cache=exact,window=1"] + [
       f"fef:block_length=8,cache=exact,window={w}{drafts}" for w in (2, 4, 8)
       for drafts in ("", ",drafter=head")]
   assert [s for s in compare.cached_samplers(8, 2) if compare.is_exact_one_token(s)] == [
       "first_hitting", "first_hitting:select=position", "first_hitting:select=dilated",
-      "fef:block_length=2,cache=exact,window=1"]
+      "first_hitting:select=parity", "fef:block_length=2,cache=exact,window=1"]
 
 
 def test_blocks4_config_pads_the_prompt_to_whole_blocks_of_4():
@@ -99,6 +101,7 @@ def test_long_config_holds_the_dilated_window_of_its_30_token_answers():
   specs = compare.samplers_for(cached, "block_causal_head", task.answer_length)
   # The 15 first digits (even positions, one parity) in one round; the references.
   assert {"fef:steps=1,order=dilated,window=15", "first_hitting:select=dilated",
+          "fef:steps=1,order=parity,window=15,cache=prefix", "first_hitting:select=parity",
           "fef:block_length=2,cache=exact,window=1",
           "fef:block_length=2,cache=exact,window=2"} <= set(specs)
   assert tuple(config.compare.batch_sizes) == (1,)

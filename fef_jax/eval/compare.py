@@ -44,14 +44,14 @@ BIDIRECTIONAL = "bidirectional"
 BLOCK_CAUSAL_HEAD = "block_causal_head"
 MODELS = (BIDIRECTIONAL, BLOCK_CAUSAL_HEAD)
 # One token per call at a position chosen from revealed tokens only: exact.
-_EXACT_FIRST_HITTING_SELECT = ("random", "position", "entropy", "dilated")
+_EXACT_FIRST_HITTING_SELECT = ("random", "position", "entropy", "dilated", "parity")
 
 
 def is_exact_one_token(spec: str) -> bool:
   """Whether `spec` decodes one token per sequential call and is exact.
 
   `first_hitting` with a value-independent `select` (`random`, the default,
-  `position`, `entropy` or `dilated`), and FeF with `window=1` (one target per round,
+  `position`, `entropy`, `dilated` or `parity`), and FeF with `window=1` (one target per round,
   e.g. over an exact cache), unless its targets are approximate
   (`cache="approximate"`) or the head's (`verifier="head"`).
   """
@@ -71,10 +71,11 @@ def default_samplers(answer_length: int, head: bool = False,
   The exact one-token-per-call references (first-hitting at random positions,
   left to right and in the dilated order); LLaDA low-confidence at 1, 2, 4
   tokens per step, and at 2 and 4 in the dilated order (the dilated unmasking
-  schedule: parallel, not exact, but far-apart tokens); Fast-dLLM threshold; EB; ancestral; randomized sizes; FeF
-  commit-set (one step) with windows 2, 4, 8, 16, and in the dilated order with
-  windows 4, 8 and `dilated_window(answer_length)`; FeF joint-then-remask (2 and
-  4 steps, windows 4, 8, 16); with `head` (a model with a speculative head), FeF with the head's
+  schedule: parallel, not exact, but far-apart tokens); Fast-dLLM threshold; EB;
+  ancestral; randomized sizes; FeF commit-set (one step) with windows 2, 4, 8, 16,
+  and in the dilated order with windows 4, 8 and `dilated_window(answer_length)`;
+  FeF joint-then-remask (2 and 4 steps, windows 4, 8, 16); with `head` (a model
+  with a speculative head), FeF with the head's
   sequential drafts verified by the copies (exact; one step, windows 2, 4, 8)
   and FeF verified by the head (the head's joint; one step, windows 4, 8, 16);
   with `approximate_cache` (a bidirectional model), FeF over blocks of half the
@@ -126,20 +127,27 @@ def cached_samplers(answer_length: int, block_length: int) -> tuple[str, ...]:
   positions) with a speculative head, for answers of `answer_length` tokens.
 
   The exact one-token-per-call references (first-hitting at random positions,
-  left to right and in the dilated order); LLaDA low-confidence at one token
-  per step, and in two steps in the dilated order (each step one parity); uncached FeF (one step) with window 2 and marginal or the head's
-  drafts, and in the dilated order with `dilated_window(answer_length)`; the exact
-  one-token decoder over the exact cache (FeF with `window=1`: one block-local
-  call per token, which also moves the cache into the next block, see
-  `fef_jax.samplers.cache.fused_rounds`); and FeF over the exact cache,
-  blocks of `K` answer positions, with marginal and with the head's drafts, for
-  the windows 2, 4, 8 that fit in a block (`w <= K`).
+  left to right, in the dilated order and in the parity order); LLaDA
+  low-confidence at one token per step, and in two steps in the dilated order
+  (each step one parity); uncached FeF (one step) with window 2 and marginal or
+  the head's drafts, and in the dilated order with
+  `dilated_window(answer_length)`; one-step FeF in the parity order with as many
+  copies, whose rounds evaluate the drafted state and one attention block per copy
+  (`cache="prefix"`, `fef_jax.samplers.shared_prefix`); the exact one-token
+  decoder over the exact cache (FeF with `window=1`: one block-local call per
+  token, which also moves the cache into the next block, see
+  `fef_jax.samplers.cache.fused_rounds`); and FeF over the exact cache, blocks of
+  `K` answer positions, with marginal and with the head's drafts, for the windows
+  2, 4, 8 that fit in a block (`w <= K`).
   """
+  half = dilated_window(answer_length)
   specs = [REFERENCE, f"{REFERENCE}:select=position", f"{REFERENCE}:select=dilated",
+           f"{REFERENCE}:select=parity",
            f"confidence:steps={answer_length}", "confidence:steps=2,select=dilated",
            "fef:steps=1,window=2",
            "fef:steps=1,window=2,drafter=head",
-           f"fef:steps=1,order=dilated,window={dilated_window(answer_length)}"]
+           f"fef:steps=1,order=dilated,window={half}",
+           f"fef:steps=1,order=parity,window={half},cache=prefix"]
   cached = f"fef:block_length={block_length},cache=exact"
   specs.append(f"{cached},window=1")
   for window in (2, 4, 8):
