@@ -131,8 +131,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       (`fef_jax.samplers.cache.check_denoiser`), or, with `cache="prefix"`, a
       denoiser without an exact cache or a length that is not a whole number of
       its attention blocks (`fef_jax.samplers.shared_prefix.check_denoiser`), or,
-      with `verifier="head"` or `drafter="head"`, a denoiser without a head. Value checks need concrete
-      `tokens` (outside `jax.jit`).
+      with `verifier="head"` or `drafter="head"`, a denoiser without a head.
+      Value checks need concrete `tokens` (outside `jax.jit`).
     FloatingPointError: `logits_fn` returned NaN or +inf at a masked position
       (concrete inputs only; the offending rows are named).
   """
