@@ -607,6 +607,15 @@ class BlockCausal:
     return self(tokens_NxL), tokens_NxL
 
   @_jit_method
+  def copy_block_logits(self, cache_NxL: jax.Array, tokens_NxCxS: jax.Array,
+                        start_NxC: jax.Array) -> jax.Array:
+    """float32[N, C, S, V]: `block_logits` with a span start per copy (each copy its
+    own row of the state, so the same pieces are seen)."""
+    batch, copies, span = tokens_NxCxS.shape
+    return self.block_logits(jnp.repeat(cache_NxL, copies, axis=0),
+                             tokens_NxCxS.reshape(batch * copies, 1, span),
+                             start_NxC.reshape(-1)).reshape(batch, copies, span, -1)
+
   def block_logits(self, cache_NxL: jax.Array, tokens_NxCxS: jax.Array,
                    start_N: jax.Array) -> jax.Array:
     """float32[N, C, S, V]: the span `[start, start + S)` of `C` copies of each state.

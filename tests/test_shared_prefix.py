@@ -57,6 +57,29 @@ def test_forward_prefix_stops_where_the_blocks_step_back():
   np.testing.assert_array_equal(shared_prefix.forward_prefix(positions, 2), np.asarray(want, bool))
 
 
+def test_copy_block_logits_equal_the_full_pass_of_each_copy_at_its_own_span():
+  denoiser = _denoiser()
+  rng = np.random.default_rng(1)
+  batch, copies, length = 3, 4, CONFIG.max_length
+  tokens = jnp.asarray(rng.integers(0, 8, (batch, length)), jnp.int32)  # masks included
+  span = jnp.asarray(rng.integers(0, 8, (batch, copies, 2)), jnp.int32)
+  start = jnp.asarray(2 * rng.integers(0, length // 2, (batch, copies)), jnp.int32)
+  _, cache = jax.jit(denoiser.encode)(tokens)
+  got = jax.jit(denoiser.copy_block_logits)(cache, span, start)
+  assert got.shape == (batch, copies, 2, CONFIG.vocab_size)
+  full = np.asarray(tokens)[:, None].repeat(copies, axis=1)
+  for b, c in itertools.product(range(batch), range(copies)):
+    full[b, c, start[b, c]:start[b, c] + 2] = span[b, c]
+  want = np.asarray(jax.jit(denoiser)(jnp.asarray(full.reshape(-1, length))))
+  want = want.reshape(batch, copies, length, -1)
+  want = np.stack([[want[b, c, start[b, c]:start[b, c] + 2] for c in range(copies)]
+                   for b in range(batch)])
+  bound = roundoff.two_pass_bound(roundoff.fef_chain(CONFIG, length), want)
+  roundoff.assert_within(got, want, bound, "copy spans")
+  with pytest.raises(ValueError, match="start_BxC"):
+    denoiser.copy_block_logits(cache, span, start[:, :2])
+
+
 @pytest.mark.parametrize("features", [False, True])
 def test_each_copys_target_equals_the_full_pass_of_that_copy(features):
   denoiser = _denoiser()

@@ -15,8 +15,10 @@ launch-bound) the wall-clock gap should widen with the answer.
 Only the block-causal model with its head (attention blocks of 2 divide the 16-token
 prompt, 15 targets and SEP, and the 30-token answer): its grid
 (`fef_jax.eval.compare.cached_samplers`) holds the exact one-token references, whole-copy
-FeF left to right and in the dilated order, and FeF over the exact cache. Batch 1 only:
-the latency regime, where speculation can pay.
+FeF left to right and in the dilated order, FeF in the parity order over one drafted
+state per round (`cache="prefix"`: the same few calls, at a sixth of the whole copies'
+positions), and FeF over the exact cache. Batch 1 only: the latency regime, where
+speculation can pay.
 """
 import ml_collections
 

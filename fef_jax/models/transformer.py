@@ -448,14 +448,17 @@ class KVCache:
 
 
 def attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxGxK: jax.Array, v_BxCxSxGxK: jax.Array,
-                 span_mask_BxSxS: jax.Array, context_k_BxLxGxK: jax.Array,
-                 context_v_BxLxGxK: jax.Array, context_mask_BxL: jax.Array) -> jax.Array:
+                 span_mask: jax.Array, context_k_BxLxGxK: jax.Array,
+                 context_v_BxLxGxK: jax.Array, context_mask: jax.Array) -> jax.Array:
   """Attention of `C` copies of a span over their own span and one shared context.
 
   One softmax over [context keys, own span keys], with the numerics of
   `jax.nn.dot_product_attention` (logits and softmax in float32). Keys and values
   may have fewer heads `G` than the queries' `H` (grouped-query attention: query
-  head `h` reads key head `h // (H / G)`). Returns `[B, C, S, H, K]`.
+  head `h` reads key head `h // (H / G)`). The span mask is `[B, S, S]` for every
+  copy or `[B, C, S, S]` per copy, the context mask `[B, L]` or `[B, C, L]` (copies
+  whose spans lie at different places: `Transformer.copy_block_logits`). Returns
+  `[B, C, S, H, K]`.
 
   Several copies attend to the context broadcast over them, never copied. One copy
   (a fused FeF round's packed row, `Transformer.extend_shared`) attends to the
@@ -465,11 +468,13 @@ def attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxGxK: jax.Array, v_BxCxSxGxK: jax
   """
   b, c, s, h, k = q_BxCxSxHxK.shape
   groups = k_BxCxSxGxK.shape[3]
+  span_mask_BxCxSxS = span_mask if span_mask.ndim == 4 else span_mask[:, None]
+  context_mask_BxCxL = context_mask if context_mask.ndim == 3 else context_mask[:, None]
   if c == 1:
     length = context_k_BxLxGxK.shape[1]
     mask_BxSxN = jnp.concatenate(
-        [jnp.broadcast_to(context_mask_BxL[:, None, :], (b, s, length)), span_mask_BxSxS],
-        axis=2)
+        [jnp.broadcast_to(context_mask_BxCxL[:, 0, None, :], (b, s, length)),
+         span_mask_BxCxSxS[:, 0]], axis=2)
     return jax.nn.dot_product_attention(
         q_BxCxSxHxK[:, 0], jnp.concatenate([context_k_BxLxGxK, k_BxCxSxGxK[:, 0]], axis=1),
         jnp.concatenate([context_v_BxLxGxK, v_BxCxSxGxK[:, 0]], axis=1),
@@ -482,9 +487,9 @@ def attend_span(q_BxCxSxHxK: jax.Array, k_BxCxSxGxK: jax.Array, v_BxCxSxGxK: jax
                               preferred_element_type=logits_dtype) * scale
   own_logits = jnp.einsum("bcsgrk,bctgk->bcgrst", q, k_BxCxSxGxK,
                           preferred_element_type=logits_dtype) * scale
-  context_logits = jnp.where(context_mask_BxL[:, None, None, None, None, :],
+  context_logits = jnp.where(context_mask_BxCxL[:, :, None, None, None, :],
                              context_logits, large_negative)
-  own_logits = jnp.where(span_mask_BxSxS[:, None, None, None], own_logits, large_negative)
+  own_logits = jnp.where(span_mask_BxCxSxS[:, :, None, None], own_logits, large_negative)
   probs = jax.nn.softmax(jnp.concatenate([context_logits, own_logits], axis=-1)
                          .astype(jnp.float32), axis=-1).astype(v_BxCxSxGxK.dtype)
   length = context_k_BxLxGxK.shape[1]
@@ -867,6 +872,46 @@ class Transformer(nn.Module):
                                                         project)
     return logits_BxCxSxV if project else hidden_BxCxSxD
 
+  def copy_block_logits(self, cache: KVCache, tokens_BxCxS: jax.Array,
+                        start_BxC: jax.Array, project: bool = True) -> jax.Array:
+    """`block_logits` with a span start per copy: copy `c` of row `b` is the cached
+    state `b` with positions `start_bc .. start_bc + S - 1` set to `tokens_BxCxS[b, c]`,
+    its span attending to the cache's keys before `start_bc` (block-causally; on
+    both sides bidirectionally), all copies reading the one cache of their row.
+    Exact where `block_logits` is (`cache="prefix"`, `fef_jax.samplers.shared_prefix`).
+
+    Args:
+      cache: a `KVCache` of `B` states of length `L` (from `encode`).
+      tokens_BxCxS: int[B, C, S] span tokens, static `S <= L`.
+      start_BxC: int[B, C] span starts, traced; `start + S <= L` is required and not
+        checked.
+      project: static; False returns the hidden states (see `block_logits`).
+
+    Returns:
+      float32[B, C, S, vocab_size] logits (hidden states without `project`).
+
+    Raises:
+      ValueError: tokens not an integer [B, C, S] array, a batch that is not the
+        cache's, `S > L`, `start_BxC` not int[B, C], or a time-conditioned model.
+    """
+    cfg = self.config
+    _check_cacheable(cfg)
+    # The tokens and the cache as for `block_logits` (whose start is one per row).
+    check_span_inputs(cache.valid_NxL, tokens_BxCxS,
+                      jnp.zeros(cache.valid_NxL.shape[:1], jnp.int32))
+    if (jnp.shape(start_BxC) != tuple(tokens_BxCxS.shape[:2])
+        or not jnp.issubdtype(jnp.result_type(start_BxC), jnp.integer)):
+      raise ValueError(f"start_BxC must be an integer array of shape "
+                       f"{tuple(tokens_BxCxS.shape[:2])}, got "
+                       f"{jnp.result_type(start_BxC)}{list(jnp.shape(start_BxC))}")
+    positions_BxCxS, span_mask_BxCxSxS, context_mask_BxCxL = jax.vmap(
+        lambda start_B: _span_masks(cfg, cache, start_B, tokens_BxCxS.shape[2]),
+        in_axes=1, out_axes=1)(start_BxC)
+    logits_BxCxSxV, _, hidden_BxCxSxD = self._forward(
+        tokens_BxCxS, None, positions_BxCxS, span_mask_BxCxSxS,
+        (cache.keys_NxYxLxHxK, cache.values_NxYxLxHxK, context_mask_BxCxL), project)
+    return logits_BxCxSxV if project else hidden_BxCxSxD
+
   def block_hidden(self, cache: KVCache, tokens_BxCxS: jax.Array,
                    start_B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`block_logits`, also returning the span's final hidden states (what a head reads).
@@ -1176,6 +1221,13 @@ class Denoiser:
     `Transformer.block_logits` with these parameters."""
     return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_N, project,
                             method="block_logits")
+
+  def copy_block_logits(self, cache: KVCache, tokens_NxCxS: jax.Array,
+                        start_NxC: jax.Array, project: bool = True) -> jax.Array:
+    """float32[N, C, S, vocab_size] (hidden states without `project`):
+    `Transformer.copy_block_logits` with these parameters."""
+    return self.model.apply({"params": self.params}, cache, tokens_NxCxS, start_NxC, project,
+                            method="copy_block_logits")
 
   def block_hidden(self, cache: KVCache, tokens_NxCxS: jax.Array,
                    start_N: jax.Array) -> tuple[jax.Array, jax.Array]:

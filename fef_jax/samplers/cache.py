@@ -117,6 +117,11 @@ class BlockLocalDenoiser(Protocol):
     `extend` and `extend_shared`, and then returns the hidden states those
     logits are projected from (see `fef_jax.speculative.output_projection`)."""
 
+  def copy_block_logits(self, cache: Any, tokens_NxCxS: jax.Array,
+                        start_NxC: jax.Array) -> jax.Array:
+    """Optional (`cache="prefix"`): `block_logits` with a span start per copy, all
+    copies of a row against its one cache (`fef_jax.samplers.shared_prefix`)."""
+
   def extend(self, cache: Any, tokens_NxCxS: jax.Array,
              start_N: jax.Array) -> tuple[jax.Array, Any]:
     """Optional (exact mode): (`block_logits`, the cache with the span's entries set

@@ -9,7 +9,7 @@ lies in the target's block or after it. A block-causal denoiser's logits at a
 position of block `b` read only blocks `<= b`, so the target's logits in copy `c`
 are those of copy `c`'s block `b` attending to `R`'s keys and values before it.
 So a round runs `R` once (`encode`: `L` positions) and each copy's target block
-against its cache (`block_logits`, one row per copy: `S` positions each), `L + W S`
+against its cache (`copy_block_logits`: `S` positions per copy), `L + W S`
 positions instead of the `W L` of whole copies, and the targets are the exact
 logits, as `cache="exact"`'s are. Unlike `cache="exact"`, a set may span many
 attention blocks (a whole answer in one step).
@@ -43,11 +43,11 @@ def check_denoiser(denoiser: Any, length: int) -> None:
   """Checks that `cache="prefix"` can run `denoiser` on rows of `length` positions.
 
   Raises:
-    TypeError: the denoiser lacks `encode`, `block_logits`, `block_length` or
+    TypeError: the denoiser lacks `encode`, `copy_block_logits`, `block_length` or
       `exact_cache`, or has no exact cache (is not block-causal).
     ValueError: `length` is not a multiple of the denoiser's block length.
   """
-  needed = ("encode", "block_logits", "block_length", "exact_cache")
+  needed = ("encode", "copy_block_logits", "block_length", "exact_cache")
   missing = [name for name in needed if not hasattr(denoiser, name)]
   if missing:
     raise TypeError(f"cache='prefix' needs a block-local denoiser (see "
@@ -92,11 +92,9 @@ def evaluator(denoiser: Any, length: int, units_per_position: int = 1,
     start_BxW = positions_BxW // span * span
     blocks_BxWxS = jnp.take_along_axis(
         copies_BxWxL, start_BxW[..., None] + jnp.arange(span)[None, None, :], axis=2)
-    # One row per copy, each against its row's cache (masked to before its block).
-    copy_cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, window, axis=0), cache)
-    block_NxSxF = denoiser.block_logits(copy_cache, blocks_BxWxS.reshape(-1, 1, span),
-                                        start_BxW.reshape(-1), **lazy)[:, 0]
-    block_BxWxSxF = block_NxSxF.reshape(batch, window, span, -1).astype(drafted_BxLxF.dtype)
+    # Every copy against its row's one cache, masked to the keys before its block.
+    block_BxWxSxF = denoiser.copy_block_logits(cache, blocks_BxWxS, start_BxW,
+                                               **lazy).astype(drafted_BxLxF.dtype)
     position_L = jnp.arange(length)
     in_block_BxWxL = position_L // span == (positions_BxW // span)[..., None]
     spread_BxWxLxF = jnp.take_along_axis(
