@@ -576,3 +576,22 @@ def test_bad_drafter_options_raise():
   with pytest.raises(TypeError, match="drafter"):
     fj.sample(_denoiser(), tokens, jax.random.key(0), "confidence", mask_id=MASK_ID,
               drafter="head")
+
+
+def test_prefix_rounds_run_on_the_head_models_backbone():
+  # cache="prefix" reads the backbone's `copy_block_logits` through the head model, as
+  # the comparison's block-causal model with a head is sampled.
+  denoiser = _block_causal_denoiser()
+  plain = models.Denoiser(models.Transformer(denoiser.model.config),
+                          denoiser.params["backbone"])
+  tokens = jnp.full((3, 8), MASK_ID, jnp.int32).at[:, :2].set(1)
+  _, cache = denoiser.encode(tokens)
+  span = jnp.zeros((3, 2, 2), jnp.int32).at[:, 1].set(MASK_ID)
+  start = jnp.asarray([[2, 4], [6, 2], [4, 4]], jnp.int32)
+  want = plain.copy_block_logits(plain.encode(tokens)[1], span, start)
+  bound = roundoff.two_pass_bound(roundoff.fef_chain(denoiser.model.config, 8), want)
+  np.testing.assert_allclose(denoiser.copy_block_logits(cache, span, start), want, rtol=0,
+                             atol=bound)
+  result = fj.sample(denoiser, tokens, jax.random.key(5), "fef", mask_id=MASK_ID,
+                     order="parity", window=4, cache="prefix")
+  np.testing.assert_array_equal(result.stats.tokens, 6)

@@ -149,8 +149,8 @@ class SpecHead(nn.Module):
 class SpecHeadTransformer(nn.Module):
   """Backbone `Transformer` plus `SpecHead`; parameters `{"backbone": ..., "head": ...}`.
 
-  `__call__`, `encode`, `block_logits`, `block_hidden`, `extend`, `extend_shared`,
-  `hidden`, `features` and `project_hidden` are the backbone's (so `Denoiser` and
+  `__call__`, `encode`, `block_logits`, `copy_block_logits`, `block_hidden`, `extend`,
+  `extend_shared`, `hidden`, `features` and `project_hidden` are the backbone's (so `Denoiser` and
   every sampler work unchanged); `head_logits` runs the head on backbone hidden
   states; `with_head` is the training forward: one backbone pass and the head over
   teacher-forced items.
@@ -169,6 +169,9 @@ class SpecHeadTransformer(nn.Module):
 
   def block_logits(self, cache, tokens_BxCxS, start_B, project=True):
     return self.backbone.block_logits(cache, tokens_BxCxS, start_B, project)
+
+  def copy_block_logits(self, cache, tokens_BxCxS, start_BxC, project=True):
+    return self.backbone.copy_block_logits(cache, tokens_BxCxS, start_BxC, project)
 
   def block_hidden(self, cache, tokens_BxCxS, start_B):
     return self.backbone.block_hidden(cache, tokens_BxCxS, start_B)
