@@ -199,6 +199,10 @@ def test_each_row_is_tested_against_the_one_token_decoder_of_its_order():
       "first_hitting:select=dilated")
   assert reference("block_causal", "fef:block_length=8,cache=exact,order=dilated,window=4") == (
       "first_hitting:block_length=8,select=dilated")
+  assert reference("bidirectional", "fef:steps=1,order=parity,window=4") == (
+      "first_hitting:select=parity")
+  assert reference("block_causal", "fef:block_length=8,cache=exact,order=parity,window=4") == (
+      "first_hitting:block_length=8,select=parity")
 
 
 def test_equal_call_gaps_take_the_cheapest_baseline_with_at_least_fef_calls():

@@ -53,7 +53,8 @@ _Z95 = statistics.NormalDist().inv_cdf(0.975)
 
 # First-hitting's `select` for the FeF orders that fix one order of the positions
 # (other orders: first-hitting at random positions).
-_FIRST_HITTING_SELECT = {"left_to_right": "position", "dilated": "dilated"}
+_FIRST_HITTING_SELECT = {"left_to_right": "position", "dilated": "dilated",
+                         "parity": "parity"}
 
 
 def _fef_order(spec: str) -> str | None:
@@ -68,8 +69,8 @@ def reference_for(variant: str, spec: str, block_length: int) -> str:
   For a model that is not an exact denoiser, the prefix factorizations in different
   orders are different distributions, so an exact FeF row is tested against the
   one-token decoder of its own order: left to right (FeF's default order inside a
-  set) against first-hitting at the leftmost position, the dilated order against
-  first-hitting in that order, random order against first-hitting at random
+  set) against first-hitting at the leftmost position, the dilated and parity orders
+  against first-hitting in that order, random order against first-hitting at random
   positions. On a block-causal model they run in its attention blocks: left to
   right as FeF with `window=1` over the exact cache (one block-local call per
   token), the others as first-hitting in blocks. Every other sampler is tested
@@ -77,7 +78,7 @@ def reference_for(variant: str, spec: str, block_length: int) -> str:
   sampler) or, on a block-causal model, the cached one.
   """
   order = _fef_order(spec)
-  if variant == "block_causal" and order not in ("random", "dilated"):
+  if variant == "block_causal" and order not in ("random", "dilated", "parity"):
     return f"fef:block_length={block_length},cache=exact,window=1"
   options = [f"block_length={block_length}"] if variant == "block_causal" else []
   if order in _FIRST_HITTING_SELECT:
