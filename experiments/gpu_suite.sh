@@ -14,9 +14,10 @@
 #            1 (fef:steps=1,order=dilated,window=5: 3.01 calls per answer on the CPU)
 #   compare_long  the comparison on PairSum with 15 pairs (compare_long.py: the block-causal
 #            model, batch 1 and 8): 30-token answers, where exact FeF in the dilated order
-#            takes 3.04 sequential calls against 30 for every exact one-token decoder
-#            (CPU); the row most likely to reach issue 11's 2x (about 4 min to train on
-#            the CPU: carry runs/compare_long/block_causal_head, see below)
+#            takes 3.04 sequential calls against 30 for every exact one-token decoder, and
+#            3.27 in the parity order over one drafted state per round (cache=prefix, 5.4
+#            sequences per answer; CPU); the rows most likely to reach issue 11's 2x
+#            (about 4 min to train on the CPU: carry runs/compare_long/block_causal_head)
 #   compare_permutation  the comparison on Permutation (compare_permutation.py: one
 #            bidirectional model, trained here), where no parallel schedule is accurate
 #            and exact FeF takes about 4 calls for 8 tokens (about 6 min on the CPU)
@@ -131,14 +132,15 @@ else
   loop=(--d_models=96 --length=256 --vocab_size=256 --batches=1,64 --repeats=5)
   compare=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8, 256)")
   # The rows that matter on a GPU (each costs a compile per batch size): the exact
-  # one-token references, uncached and cached, the dilated schedule, whole-copy FeF left
-  # to right and in the dilated order, cached FeF.
+  # one-token references, uncached (in three orders) and cached, whole-copy FeF left to
+  # right and in the dilated order, FeF over one drafted state per round
+  # (cache=prefix), cached FeF.
   long=(--config.compare.num_prompts=256 "--config.compare.batch_sizes=(1, 8)"
         "--config.compare.cached_samplers=('first_hitting:select=position', \
-'first_hitting:select=dilated', 'fef:block_length=2,cache=exact,window=1', \
-'confidence:steps=2,select=dilated', 'fef:steps=1,window=2', \
+'first_hitting:select=dilated', 'first_hitting:select=parity', \
+'fef:block_length=2,cache=exact,window=1', 'fef:steps=1,window=2', \
 'fef:steps=1,order=dilated,window=8', 'fef:steps=1,order=dilated,window=15', \
-'fef:block_length=2,cache=exact,window=2')")
+'fef:steps=1,order=parity,window=15,cache=prefix', 'fef:block_length=2,cache=exact,window=2')")
   train=(--config.optimizer.total_steps=200 --config.log_every=50 --config.eval_every=200
          --config.checkpoint.every=200 --config.sample.every=0)
   breakdown=(--config.sample.every=0 --steps=20 --profile_steps=20)
