@@ -616,6 +616,7 @@ class BlockCausal:
                              tokens_NxCxS.reshape(batch * copies, 1, span),
                              start_NxC.reshape(-1)).reshape(batch, copies, span, -1)
 
+  @_jit_method
   def block_logits(self, cache_NxL: jax.Array, tokens_NxCxS: jax.Array,
                    start_N: jax.Array) -> jax.Array:
     """float32[N, C, S, V]: the span `[start, start + S)` of `C` copies of each state.

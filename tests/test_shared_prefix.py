@@ -126,7 +126,7 @@ def _prompts():
 
 
 @pytest.mark.parametrize("options", [dict(order="parity", window=4),
-                                     dict(order="dilated", window=3),
+                                     dict(order="dilated", window=3, block_length=4),
                                      dict(order="random", window=2, steps=2, top_k=3)])
 def test_counts_prompts_and_calls(options):
   tokens = _prompts()

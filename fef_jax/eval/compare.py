@@ -51,8 +51,8 @@ def is_exact_one_token(spec: str) -> bool:
   """Whether `spec` decodes one token per sequential call and is exact.
 
   `first_hitting` with a value-independent `select` (`random`, the default,
-  `position`, `entropy`, `dilated` or `parity`), and FeF with `window=1` (one target per round,
-  e.g. over an exact cache), unless its targets are approximate
+  `position`, `entropy`, `dilated` or `parity`), and FeF with `window=1` (one target
+  per round, e.g. over an exact cache), unless its targets are approximate
   (`cache="approximate"`) or the head's (`verifier="head"`).
   """
   method, options = parse_sampler(spec)

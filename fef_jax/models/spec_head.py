@@ -150,8 +150,8 @@ class SpecHeadTransformer(nn.Module):
   """Backbone `Transformer` plus `SpecHead`; parameters `{"backbone": ..., "head": ...}`.
 
   `__call__`, `encode`, `block_logits`, `copy_block_logits`, `block_hidden`, `extend`,
-  `extend_shared`, `hidden`, `features` and `project_hidden` are the backbone's (so `Denoiser` and
-  every sampler work unchanged); `head_logits` runs the head on backbone hidden
+  `extend_shared`, `hidden`, `features` and `project_hidden` are the backbone's (so
+  `Denoiser` and every sampler work unchanged); `head_logits` runs the head on backbone hidden
   states; `with_head` is the training forward: one backbone pass and the head over
   teacher-forced items.
   """
