@@ -18,7 +18,8 @@ from fef_jax.bench import op_profile
 _SAMPLERS = flags.DEFINE_list(
     "samplers", ["first_hitting", "fef:block_length=2;cache=exact;window=1",
                  "fef:block_length=2;cache=exact;window=2",
-                 "fef:steps=1;order=dilated;window=5"],
+                 "fef:steps=1;order=dilated;window=5",
+                 "fef:steps=1;order=parity;window=5;cache=prefix"],
     "Sampler specs ('method:opt=val;...' with ';' between options).")
 _D_MODEL = flags.DEFINE_integer("d_model", 96, "Model width.")
 _LAYERS = flags.DEFINE_integer("num_layers", 3, "Transformer layers.")
