@@ -33,15 +33,18 @@ def test_a_cached_round_is_measured_against_the_block_call_it_evaluates(tmp_path
   command = [sys.executable, "-m", "experiments.benchmark_loop", f"--workdir={tmp_path}",
              "--d_models=16", "--num_layers=1", "--length=16", "--vocab_size=8",
              "--block_length=4", "--batches=2", "--repeats=2",
-             "--samplers=first_hitting,fef:block_length=4;cache=exact;window=2"]
+             "--samplers=first_hitting,fef:block_length=4;cache=exact;window=2,"
+             "fef:window=2;order=parity;cache=prefix"]
   done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   # A round evaluates B * W = 4 copies of the 4-position window.
   assert "| 4 × 4 positions |" in done.stdout
   rows = json.loads((tmp_path / "loop_cost.json").read_text())["rows"]
-  plain, cached = rows
+  plain, cached, prefix = rows
   assert (plain["rows_per_call"], plain["positions_per_row"]) == (2, 16)
   assert (cached["rows_per_call"], cached["positions_per_row"]) == (4, 4)
+  # A prefix round runs the B = 2 drafted states whole (and a block per copy beside).
+  assert (prefix["rows_per_call"], prefix["positions_per_row"]) == (2, 16)
   assert cached["block_length"] == 4
   assert cached["per_call_over_bare"] == pytest.approx(cached["per_call_ms"]
                                                        / cached["in_loop_ms"])

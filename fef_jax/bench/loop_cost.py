@@ -19,7 +19,8 @@ For one random-init transformer (bidirectional, or block-causal with
   included;
 - `per_call_over_bare`: `per_call_ms / in_loop_ms(rows evaluated per call)`,
   the loop's overhead over the model work of a step (`B` rows) or a FeF
-  round (`B * W` copies). 1.0 means the loop adds nothing; below 1 the sampler
+  round (`B * W` copies; with `cache="prefix"` the `B` drafted states, so the
+  ratio includes its `W` blocks). 1.0 means the loop adds nothing; below 1 the sampler
   does less than the bare call, e.g. projects the logits of the rows it reads
   only (`fef_jax.speculative.output_projection`), where the bare call projects
   every row.
@@ -113,12 +114,15 @@ def measure(specs: Sequence[str], *, d_model: int, num_layers: int, length: int,
     seconds_few = timing.median_seconds(lambda: run(short).tokens, repeats=repeats)
     seconds_many = timing.median_seconds(lambda: run(long).tokens, repeats=repeats)
     per_call_s = (seconds_many - seconds_few) / max(nfe_many - nfe_few, 1)
-    copies = int(options.get("window", 16)) if method == "fef" else 1
-    rows_per_call = batch * copies
     cache_mode = options.get("cache", "none")
+    # A round with cache="prefix" runs the B drafted states whole, then one block per
+    # copy against them: it is set against a call of the B states.
+    copies = (int(options.get("window", 16)) if method == "fef" and cache_mode != "prefix"
+              else 1)
+    rows_per_call = batch * copies
     # A cached round evaluates the copies' windows: the model's attention block
     # (exact) or the sampler's generation block (approximate).
-    span = (None if cache_mode == "none" else
+    span = (None if cache_mode in ("none", "prefix") else
             block_length if cache_mode == "exact" else int(options["block_length"]))
     if (rows_per_call, span) not in in_loop:
       in_loop[rows_per_call, span] = (
