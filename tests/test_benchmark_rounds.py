@@ -42,8 +42,9 @@ def test_benchmark_runs_end_to_end(tmp_path):
     head = r["head_units"] + r["backbone_units"] * r["tokens_per_round"] / 8
     assert r["head_round_units"] == pytest.approx(head)
     assert r["speedup_head"] == pytest.approx(r["tokens_per_round"] / head)
+    assert r["speedup_prefix"] == pytest.approx(r["tokens_per_round"] / r["prefix_units"])
     assert min(r["single_ms"], r["whole_ms"], r["block_ms"], r["refresh_ms"], r["head_ms"],
-               r["backbone_ms"]) > 0
+               r["backbone_ms"], r["prefix_ms"]) > 0
 
 
 def test_length_must_be_a_multiple_of_the_span():

@@ -27,6 +27,11 @@ spans of `2S` positions; approximate: of `B` whole rows), and the speed-up over 
 token per call is
 `tau / (round cost)`.
 
+(b') With `cache="prefix"` (`fef_jax.samplers.shared_prefix`) a round runs the
+`B` drafted states whole (`encode`) and one block of `S` positions per copy against
+their keys and values (`copy_block_logits`): `L + W S` positions per row, with no
+refresh, and sets that span any number of blocks (`prefix`).
+
 (c) The single-pass speculative head (`verifier="head"`,
 `fef_jax.models.spec_head`, `head_layers` causal blocks on the same backbone):
 a round is one head pass over the block's `S` items (`head`), and the backbone
@@ -84,6 +89,13 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
   block = jax.jit(lambda p, c, t, s: model.apply({"params": p}, c, t, s,
                                                  method="block_logits"))
   extend = jax.jit(lambda p, c, t, s: model.apply({"params": p}, c, t, s, method="extend"))
+
+  @jax.jit
+  def prefix_round(p, t, blocks_BxWxS, starts_BxW):
+    _, drafted_cache = model.apply({"params": p}, t, method="encode")
+    return model.apply({"params": p}, drafted_cache, blocks_BxWxS, starts_BxW,
+                       method="copy_block_logits")
+
   extend_shared = jax.jit(lambda p, c, shared, t, shared_start, s, tail, tail_copy: model.apply(
       {"params": p}, c, shared, t, shared_start, s, tail, s + span, tail_copy,
       method="extend_shared"), static_argnums=7)
@@ -119,6 +131,10 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
     copies_NxL = jnp.repeat(tokens_BxL, window, axis=0)
     span_BxWxS = jax.random.randint(window_key, (batch, window, span), 0, vocab_size + 1)
     whole_s = timing.median_seconds(call, params, copies_NxL, repeats=repeats)
+    # The copies' blocks spread over the row (static shapes: the place costs nothing).
+    starts_BxW = jnp.broadcast_to(jnp.arange(window) * span % length, (batch, window))
+    prefix_s = timing.median_seconds(prefix_round, params, tokens_BxL, span_BxWxS,
+                                     starts_BxW.astype(jnp.int32), repeats=repeats)
     block_s = timing.median_seconds(block, params, cache, span_BxWxS, start_B, repeats=repeats)
     # The sampler fuses the refresh into its rounds for blocks of 1 or 2 positions
     # (`fef_jax.samplers.cache.fused_rounds`); the fused call is timed wherever it fits.
@@ -141,6 +157,7 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
                                    jnp.ones((batch, span), bool), queries_BxW, repeats=repeats)
     head_units, backbone_units = head_s / single_s, backbone_s / single_s
     head_round_units = head_units + backbone_units * tau / span
+    prefix_units = prefix_s / single_s
     rows.append({
         "d_model": d_model, "length": length, "span": span, "window": window,
         "batch": batch, "num_layers": num_layers, "dtype": dtype, "tokens_per_round": tau,
@@ -152,6 +169,8 @@ def measure(d_model: int, length: int, span: int, windows: Sequence[int], *, bat
         "speedup_whole": tau / whole_units, "speedup_cached": tau / cached_units,
         "approx_refresh_units": approx_refresh_units, "approx_round_units": approx_units,
         "speedup_approx": tau / approx_units,
+        "prefix_ms": 1e3 * prefix_s, "prefix_units": prefix_units,
+        "speedup_prefix": tau / prefix_units,
         "head_layers": head_layers, "head_ms": 1e3 * head_s, "backbone_ms": 1e3 * backbone_s,
         "head_units": head_units, "backbone_units": backbone_units,
         "head_round_units": head_round_units, "speedup_head": tau / head_round_units})
@@ -168,9 +187,9 @@ def run_grid(d_models: Sequence[int], lengths: Sequence[int], span: int,
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table; costs in units of one whole-sequence call of the batch."""
   header = ["d_model", "L", "S", "W", "1 call (ms)", "whole W×L", "block W×S", "ideal W·S/L",
-            "refresh 2×2S", "fused 2S+W×S", "exact round", "approx. round", "head pass",
-            "head round", "tok/round", "speed-up whole", "speed-up exact", "speed-up approx.",
-            "speed-up head"]
+            "refresh 2×2S", "fused 2S+W×S", "exact round", "approx. round", "prefix L+W×S",
+            "head pass", "head round", "tok/round", "speed-up whole", "speed-up exact",
+            "speed-up approx.", "speed-up prefix", "speed-up head"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["d_model"], r["length"], r["span"], r["window"], f"{r['single_ms']:.2f}",
@@ -178,9 +197,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
              f"{r['ideal_block_units']:.2f}", f"{r['refresh_units']:.2f}",
              "-" if r["fused_units"] is None else f"{r['fused_units']:.2f}",
              f"{r['cached_round_units']:.2f}", f"{r['approx_round_units']:.2f}",
-             f"{r['head_units']:.2f}", f"{r['head_round_units']:.2f}",
-             f"{r['tokens_per_round']:.1f}", f"{r['speedup_whole']:.2f}x",
-             f"{r['speedup_cached']:.2f}x", f"{r['speedup_approx']:.2f}x",
+             f"{r['prefix_units']:.2f}", f"{r['head_units']:.2f}",
+             f"{r['head_round_units']:.2f}", f"{r['tokens_per_round']:.1f}",
+             f"{r['speedup_whole']:.2f}x", f"{r['speedup_cached']:.2f}x",
+             f"{r['speedup_approx']:.2f}x", f"{r['speedup_prefix']:.2f}x",
              f"{r['speedup_head']:.2f}x"]
     lines.append("| " + " | ".join(map(str, cells)) + " |")
   return "\n".join(lines)
@@ -202,6 +222,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
                               ("cached_round_units", "exact-cache round incl. refresh", "^-"),
                               ("approx_round_units", "approx.-cache round incl. refresh",
                                "<-"),
+                              ("prefix_units", "prefix round (L + W×S)", "d-"),
                               ("head_round_units", "head round incl. backbone", "v-"),
                               ("ideal_block_units", "ideal W·S/L", "k--")]:
       ax.plot(windows, [r[key] for r in mine], style, label=label)
