@@ -203,6 +203,15 @@ def test_each_row_is_tested_against_the_one_token_decoder_of_its_order():
       "first_hitting:select=parity")
   assert reference("block_causal", "fef:block_length=8,cache=exact,order=parity,window=4") == (
       "first_hitting:block_length=8,select=parity")
+  # One set for the whole row over one drafted state per round: a whole-row reference.
+  assert reference("block_causal", "fef:steps=1,order=parity,window=8,cache=prefix") == (
+      "first_hitting:select=parity")
+  assert reference("block_causal", "fef:steps=1,window=8,cache=prefix") == (
+      "first_hitting:select=position")
+  grid = text_quality.default_samplers("block_causal", 32, (8,),
+                                       ("order=parity,window=8,cache=prefix",), 16)
+  assert grid[-1] == "fef:steps=1,order=parity,window=8,cache=prefix"
+  assert "first_hitting:select=parity" in grid
 
 
 def test_equal_call_gaps_take_the_cheapest_baseline_with_at_least_fef_calls():

@@ -63,6 +63,14 @@ def _fef_order(spec: str) -> str | None:
   return options.get("order", "left_to_right") if method == "fef" else None
 
 
+def _whole_row(spec: str) -> bool:
+  """Whether `spec` is FeF over one drafted state per round (`cache="prefix"`) with one
+  set for the whole row (no `block_length`)."""
+  method, options = parse_sampler(spec)
+  return (method == "fef" and options.get("cache") == "prefix"
+          and "block_length" not in options)
+
+
 def reference_for(variant: str, spec: str, block_length: int) -> str:
   """The exact one-token-per-call sampler of the same factorization as `spec`.
 
@@ -75,12 +83,15 @@ def reference_for(variant: str, spec: str, block_length: int) -> str:
   right as FeF with `window=1` over the exact cache (one block-local call per
   token), the others as first-hitting in blocks. Every other sampler is tested
   against the random order's reference (the bidirectional model's usual exact
-  sampler) or, on a block-causal model, the cached one.
+  sampler) or, on a block-causal model, the cached one. FeF with `cache="prefix"`
+  and no `block_length` decides the whole row in one set, so its reference is
+  first-hitting over the whole row in its order.
   """
   order = _fef_order(spec)
-  if variant == "block_causal" and order not in ("random", "dilated", "parity"):
+  in_blocks = variant == "block_causal" and not _whole_row(spec)
+  if in_blocks and order not in ("random", "dilated", "parity"):
     return f"fef:block_length={block_length},cache=exact,window=1"
-  options = [f"block_length={block_length}"] if variant == "block_causal" else []
+  options = [f"block_length={block_length}"] if in_blocks else []
   if order in _FIRST_HITTING_SELECT:
     options.append(f"select={_FIRST_HITTING_SELECT[order]}")
   return "first_hitting" + (":" + ",".join(options) if options else "")
@@ -94,7 +105,8 @@ def default_samplers(variant: str, gen_length: int, budgets: Sequence[int],
   `random_sizes`, then one token per step like `confidence`, is left out), and exact
   FeF with each of `fef_options` (e.g. `"order=random,window=8"`): one step over the
   whole row (bidirectional), one step per attention block over the exact cache
-  (block-causal), or with the head's sequential drafts (`head`).
+  (block-causal; options with `cache=prefix`: one step over the whole row, its
+  rounds over one drafted state), or with the head's sequential drafts (`head`).
 
   Raises:
     ValueError: an unknown variant, no budget, or no FeF options.
@@ -111,7 +123,8 @@ def default_samplers(variant: str, gen_length: int, budgets: Sequence[int],
         baselines.append(f"{method}:{blocks}steps={steps}")
   fef = {"bidirectional": "fef:steps=1,", "head": "fef:steps=1,drafter=head,",
          "block_causal": f"fef:block_length={block_length},cache=exact,"}[variant]
-  fefs = [fef + options for options in fef_options]
+  fefs = [("fef:steps=1," if _whole_row(f"fef:{options}") else fef) + options
+          for options in fef_options]
   main = reference_for(variant, baselines[0], block_length)
   references = [main] + sorted({reference_for(variant, s, block_length) for s in fefs}
                                - {main})
