@@ -71,15 +71,15 @@ def forward_prefix(positions_BxW: jax.Array, span: int) -> jax.Array:
   return jnp.cumprod(forward_BxW, axis=1).astype(bool)
 
 
-def evaluator(denoiser: Any, length: int, units_per_position: int = 1,
-              features: bool = False) -> speculative.CopyEvaluator:
+def evaluator(denoiser: Any, length: int, features: bool = False
+              ) -> speculative.CopyEvaluator:
   """A round's evaluation: the drafted state whole, then each copy's target block
   against its keys and values (see the module docstring).
 
   The span returned is the whole row (offset 0): copy `c`'s block holding its
   target from its own block call, every other position from the drafted state.
-  Counts `L` units per round and `S` per copy (token positions; times
-  `units_per_position`). With `features`, hidden states in place of logits
+  Counts `L` units per round and `S` per copy (token positions). With
+  `features`, hidden states in place of logits
   (for a round given the denoiser's `speculative.output_projection`).
   """
   span = denoiser.block_length
@@ -87,7 +87,7 @@ def evaluator(denoiser: Any, length: int, units_per_position: int = 1,
 
   def evaluate(copies_BxWxL: jax.Array, drafts_BxL: jax.Array, positions_BxW: jax.Array,
                context: Any) -> tuple[jax.Array, jax.Array, Any]:
-    batch, window, length = copies_BxWxL.shape
+    batch, window, _ = copies_BxWxL.shape
     drafted_BxLxF, cache = denoiser.encode(drafts_BxL, **lazy)
     start_BxW = positions_BxW // span * span
     blocks_BxWxS = jnp.take_along_axis(
@@ -105,6 +105,5 @@ def evaluator(denoiser: Any, length: int, units_per_position: int = 1,
     return span_BxWxLxF, jnp.zeros((batch,), jnp.int32), context
 
   return speculative.CopyEvaluator(
-      evaluate, units_per_copy=span * units_per_position,
-      units_per_round=length * units_per_position,
+      evaluate, units_per_copy=span, units_per_round=length,
       verifiable=lambda positions_BxW: forward_prefix(positions_BxW, span))
