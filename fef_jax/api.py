@@ -12,7 +12,6 @@ from fef_jax import samplers
 from fef_jax.samplers import cache
 from fef_jax.samplers import head
 from fef_jax.samplers import loop
-from fef_jax.samplers import shared_prefix
 from fef_jax.types import SampleResult
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -130,7 +129,7 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
       block whose masks are not contiguous
       (`fef_jax.samplers.cache.check_denoiser`), or, with `cache="prefix"`, a
       denoiser without an exact cache or a length that is not a whole number of
-      its attention blocks (`fef_jax.samplers.shared_prefix.check_denoiser`), or,
+      its attention blocks (`fef_jax.samplers.cache.check_denoiser`), or,
       with `verifier="head"` or `drafter="head"`, a denoiser without a head.
       Value checks need concrete `tokens` (outside `jax.jit`).
     FloatingPointError: `logits_fn` returned NaN or +inf at a masked position
@@ -153,9 +152,7 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     concrete_input = np.asarray(tokens_BxL)
   if concrete_input is not None:
     _check_values(concrete_input, config.mask_id, vocab_size)
-  if config.cache == "prefix":
-    shared_prefix.check_denoiser(logits_fn, tokens_BxL.shape[1])
-  elif config.cache != "none":
+  if config.cache != "none":
     cache.check_denoiser(logits_fn, config.cache, config.block_length, config.mask_id,
                          tokens_BxL.shape[1], concrete_input)
   if config.verifier == "head":

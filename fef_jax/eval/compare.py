@@ -36,6 +36,7 @@ from fef_jax.data import synthetic
 from fef_jax.eval import metrics
 from fef_jax.bench import timing
 from fef_jax.eval.exactness import parse_sampler
+from fef_jax.samplers.loop import VALUE_FREE_RULES
 from fef_jax.train import data_source
 
 REFERENCE = "first_hitting"
@@ -44,7 +45,7 @@ BIDIRECTIONAL = "bidirectional"
 BLOCK_CAUSAL_HEAD = "block_causal_head"
 MODELS = (BIDIRECTIONAL, BLOCK_CAUSAL_HEAD)
 # One token per call at a position chosen from revealed tokens only: exact.
-_EXACT_FIRST_HITTING_SELECT = ("random", "position", "entropy", "dilated", "parity")
+_EXACT_FIRST_HITTING_SELECT = ("entropy", *VALUE_FREE_RULES)
 
 
 def is_exact_one_token(spec: str) -> bool:

@@ -44,6 +44,7 @@ from fef_jax.eval import diversity
 from fef_jax.eval import judge as judge_lib
 from fef_jax.eval import two_sample
 from fef_jax.eval.exactness import parse_sampler
+from fef_jax.samplers import selection
 
 MODES = ("unconditional", "prefix")
 PARALLEL_BASELINES = ("ancestral", "confidence", "random_sizes")
@@ -53,8 +54,8 @@ _Z95 = statistics.NormalDist().inv_cdf(0.975)
 
 # First-hitting's `select` for the FeF orders that fix one order of the positions
 # (other orders: first-hitting at random positions).
-_FIRST_HITTING_SELECT = {"left_to_right": "position", "dilated": "dilated",
-                         "parity": "parity"}
+_FIRST_HITTING_SELECT = {"left_to_right": "position",
+                         **{order: order for order in selection.FIXED_ORDERS}}
 
 
 def _fef_order(spec: str) -> str | None:
@@ -89,7 +90,7 @@ def reference_for(variant: str, spec: str, block_length: int) -> str:
   """
   order = _fef_order(spec)
   in_blocks = variant == "block_causal" and not _whole_row(spec)
-  if in_blocks and order not in ("random", "dilated", "parity"):
+  if in_blocks and order not in ("random", *selection.FIXED_ORDERS):
     return f"fef:block_length={block_length},cache=exact,window=1"
   options = [f"block_length={block_length}"] if in_blocks else []
   if order in _FIRST_HITTING_SELECT:

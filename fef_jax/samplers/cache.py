@@ -160,25 +160,30 @@ def check_denoiser(denoiser: Any, mode: str, block_length: int, mask_id: int, le
 
   Args:
     denoiser: the sampler's `logits_fn`.
-    mode: `"exact"` or `"approximate"`.
-    block_length: the sampler's generation block length (masked positions).
+    mode: `"exact"`, `"approximate"` or `"prefix"` (`fef_jax.samplers.shared_prefix`:
+      as exact, with `copy_block_logits` in place of the generation blocks'
+      checks, since its sets may span any number of attention blocks).
+    block_length: the sampler's generation block length (masked positions; not
+      read for `"prefix"`).
     mask_id: the mask token.
     length: `L`, the sequence length.
     tokens_BxL: the concrete tokens, or None under tracing (then the placement
       of generation blocks is not checked).
 
   Raises:
-    TypeError: the denoiser lacks the block-local interface, or (exact) an
-      exact cache.
-    ValueError: exact: `L` not a multiple of the denoiser's block length, a
+    TypeError: the denoiser lacks the block-local interface, or (exact, prefix)
+      an exact cache.
+    ValueError: exact and prefix: `L` not a multiple of the denoiser's block
+      length; exact: a
       generation block longer than it, or (concrete tokens) a generation block
       that crosses an attention block boundary. Approximate: `block_length > L`,
       or (concrete tokens) a generation block whose masked positions span more
       than `block_length` positions (masks that are not contiguous). The
       message says what to change.
   """
-  needed = ("encode", "block_logits") + (("block_length", "exact_cache")
-                                         if mode == "exact" else ())
+  needed = {"approximate": ("encode", "block_logits"),
+            "exact": ("encode", "block_logits", "block_length", "exact_cache"),
+            "prefix": ("encode", "copy_block_logits", "block_length", "exact_cache")}[mode]
   missing = [name for name in needed if not hasattr(denoiser, name)]
   if missing:
     raise TypeError(f"cache={mode!r} needs a block-local denoiser (see "
@@ -194,14 +199,16 @@ def check_denoiser(denoiser: Any, mode: str, block_length: int, mask_id: int, le
         f"so the masks of a block must be contiguous: use cache='none' for scattered masks")
     return
   if not denoiser.exact_cache:
-    raise TypeError(f"cache='exact' needs a denoiser with an exact cache: a block-causal "
+    raise TypeError(f"cache={mode!r} needs a denoiser with an exact cache: a block-causal "
                     f"model without time conditioning; {denoiser!r} has none (a "
                     f"bidirectional model's block-local logits are only approximate: "
                     f"cache='approximate')")
   span = denoiser.block_length
   if length % span:
-    raise ValueError(f"cache='exact': the sequence length {length} must be a multiple of "
+    raise ValueError(f"cache={mode!r}: the sequence length {length} must be a multiple of "
                      f"the denoiser's block_length={span}")
+  if mode == "prefix":
+    return
   if block_length > span:
     raise ValueError(f"cache='exact': block_length={block_length} exceeds the denoiser's "
                      f"block_length={span}, so a generation block cannot lie inside one "

@@ -7,11 +7,11 @@ import math
 from typing import Any, Optional
 
 from fef_jax import schedules
-from fef_jax.samplers.selection import SCORE_RULES
+from fef_jax.samplers.selection import FIXED_ORDERS, SCORE_RULES
 
 METHODS = ("ancestral", "confidence", "threshold", "eb", "first_hitting",
            "random_sizes", "fef")
-ORDERS = ("left_to_right", "confidence", "random", "dilated", "parity")
+ORDERS = ("left_to_right", "confidence", "random", *FIXED_ORDERS)
 MODES = ("commit_set", "joint_then_remask")
 CACHE_MODES = ("none", "exact", "approximate", "prefix")
 VERIFIERS = ("copies", "head")

@@ -132,7 +132,7 @@ def independent_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerCo
 
 
 # Selection rules that read neither the proposals nor the predictive distribution.
-VALUE_FREE_RULES = ("position", "random", "dilated", "parity")
+VALUE_FREE_RULES = ("position", "random", *selection.FIXED_ORDERS)
 
 
 def one_token_step(plan: Plan, logits_fn: LogitsFn, warp_fn, config: SamplerConfig,

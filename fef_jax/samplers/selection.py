@@ -9,9 +9,6 @@ import jax.numpy as jnp
 
 from fef_jax import warp
 
-SCORE_RULES = ("confidence", "entropy", "position", "random", "dilated", "parity")
-
-
 def generation_blocks(masked_BxL: jax.Array, block_length: int) -> jax.Array:
   """Semi-autoregressive blocks: the masked positions of each row, left to right, in chunks.
 
@@ -62,10 +59,8 @@ def scores(rule: str, log_probs_BxLxV: jax.Array, x0_BxL: jax.Array,
     return -jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32), (batch, length))
   if rule == "random":
     return uniform_BxL[:, :length]
-  if rule == "dilated":
-    return -jnp.broadcast_to(dilated_order(length).astype(jnp.float32), (batch, length))
-  if rule == "parity":
-    return -jnp.broadcast_to(parity_order(length).astype(jnp.float32), (batch, length))
+  if rule in FIXED_ORDERS:
+    return -jnp.broadcast_to(FIXED_ORDERS[rule](length).astype(jnp.float32), (batch, length))
   raise ValueError(f"unknown score rule {rule!r}; expected one of {SCORE_RULES}")
 
 
@@ -101,6 +96,12 @@ def parity_order(length: int) -> jax.Array:
   """
   index_L = jnp.arange(length, dtype=jnp.int32)
   return jnp.where(index_L % 2 == 0, index_L // 2, (length + 1) // 2 + index_L // 2)
+
+
+# One fixed order of the positions per name (`length -> int32[L]` places): each is a
+# score rule (`select`) and a FeF order, and first-hitting in it is its one-token decoder.
+FIXED_ORDERS = {"dilated": dilated_order, "parity": parity_order}
+SCORE_RULES = ("confidence", "entropy", "position", "random", *FIXED_ORDERS)
 
 
 def rank_by_score(scores_BxL: jax.Array, eligible_BxL: jax.Array) -> jax.Array:

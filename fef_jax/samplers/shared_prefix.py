@@ -39,29 +39,6 @@ import jax.numpy as jnp
 from fef_jax import speculative
 
 
-def check_denoiser(denoiser: Any, length: int) -> None:
-  """Checks that `cache="prefix"` can run `denoiser` on rows of `length` positions.
-
-  Raises:
-    TypeError: the denoiser lacks `encode`, `copy_block_logits`, `block_length` or
-      `exact_cache`, or has no exact cache (is not block-causal).
-    ValueError: `length` is not a multiple of the denoiser's block length.
-  """
-  needed = ("encode", "copy_block_logits", "block_length", "exact_cache")
-  missing = [name for name in needed if not hasattr(denoiser, name)]
-  if missing:
-    raise TypeError(f"cache='prefix' needs a block-local denoiser (see "
-                    f"fef_jax.samplers.cache.BlockLocalDenoiser); {denoiser!r} lacks "
-                    f"{missing}")
-  if not denoiser.exact_cache:
-    raise TypeError(f"cache='prefix' needs a block-causal denoiser with an exact cache; "
-                    f"{denoiser!r} has none (a bidirectional model's logits at a position "
-                    f"read later positions, so copies cannot share a drafted state)")
-  if length % denoiser.block_length:
-    raise ValueError(f"cache='prefix': the sequence length {length} must be a multiple of "
-                     f"the denoiser's block_length={denoiser.block_length}")
-
-
 def forward_prefix(positions_BxW: jax.Array, span: int) -> jax.Array:
   """bool[B, W]: the longest prefix of the targets whose attention blocks (of `span`
   positions) never decrease; the first target is always in it."""
