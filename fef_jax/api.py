@@ -42,7 +42,7 @@ def _abstract_output(logits_fn: LogitsFn, batch: int, length: int) -> Any:
 
   Cached because tracing costs milliseconds per call, more than a whole sampling
   run of a small model at batch 1. The cache keeps `logits_fn` alive, as the jit
-  cache of `_run` (where it is a static argument) already does. The lambda keeps
+  cache of `_run` does where it is a static argument. The lambda keeps
   `jax.eval_shape` from building its source info out of `repr(logits_fn)`, which
   for a dataclass denoiser formats every parameter array.
   """
@@ -80,12 +80,40 @@ def _check_values(tokens: np.ndarray, mask_id: int, vocab_size: int) -> None:
                      f"nothing to sample")
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "config"))
-def _run(logits_fn: LogitsFn, tokens_BxL: jax.Array, key: jax.Array,
+def split_denoiser(logits_fn: LogitsFn) -> tuple[Any, tuple[Any, ...]]:
+  """(static definition, array leaves) of a denoiser, for `jax.jit`.
+
+  A denoiser registered as a pytree whose leaves are all arrays (the models'
+  `Denoiser`s: their parameters) splits into its tree structure, which holds the
+  model and hashes by value, and its parameters. Passed to the compiled sampler
+  as arguments, the parameters are not embedded in it as constants: two
+  denoisers of one model share one compiled program (a checkpoint sampled
+  during training, or a new one, compiles nothing), and the program's size and
+  compile time do not grow with the parameters. Any other callable (a plain
+  function, an oracle's bound method) is its own static definition, with no
+  leaves; `join_denoiser` inverts both.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(logits_fn)
+  if (jax.tree_util.treedef_is_leaf(treedef)
+      or not all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)):
+    return logits_fn, ()
+  return treedef, tuple(leaves)
+
+
+def join_denoiser(definition: Any, leaves: tuple[Any, ...]) -> LogitsFn:
+  """The denoiser that `split_denoiser` split into `(definition, leaves)`."""
+  if isinstance(definition, jax.tree_util.PyTreeDef):
+    return jax.tree_util.tree_unflatten(definition, leaves)
+  return definition
+
+
+@functools.partial(jax.jit, static_argnames=("definition", "config"))
+def _run(definition: Any, leaves: tuple[Any, ...], tokens_BxL: jax.Array, key: jax.Array,
          config: samplers.SamplerConfig):
-  """(result, bool[B] rows with NaN/+inf logits, bool[B] rows with masks left): the
-  flags are computed here so that checking them costs one transfer, not two calls."""
-  result, bad_logits_B = loop.run(logits_fn, tokens_BxL, key, config,
+  """(result, bool[B] rows with NaN/+inf logits, bool[B] rows with masks left) of the
+  denoiser `join_denoiser(definition, leaves)`: the flags are computed here so that
+  checking them costs one transfer, not two calls."""
+  result, bad_logits_B = loop.run(join_denoiser(definition, leaves), tokens_BxL, key, config,
                                   samplers.PLANS[config.method])
   return result, bad_logits_B, jnp.any(result.tokens == config.mask_id, axis=1)
 
@@ -97,7 +125,10 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
   Args:
     logits_fn: the denoiser, any hashable callable `int32[N, L] -> float[N, L, V]`
       that accepts any batch size `N` (FeF calls it on `B * window` rows). It
-      sees `mask_id` at masked positions. The logit of `mask_id`, if it lies
+      sees `mask_id` at masked positions. A pytree whose leaves are arrays (a
+      model's `Denoiser`) is compiled once per tree structure, its arrays passed
+      as arguments (`split_denoiser`); any other callable is compiled with what
+      it closes over, once per object. The logit of `mask_id`, if it lies
       inside the vocabulary, is ignored: the mask is never sampled. With
       `cache="exact"` or `"prefix"` it must also be a block-local denoiser with
       an exact cache, with `cache="approximate"` a block-local denoiser
@@ -159,7 +190,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     head.check_denoiser(logits_fn)
   if config.drafter == "head":
     head.check_denoiser(logits_fn, "drafter='head'", cached=config.cache != "none")
-  result, bad_logits_B, masks_left_B = _run(logits_fn, tokens_BxL, key, config)
+  result, bad_logits_B, masks_left_B = _run(*split_denoiser(logits_fn), tokens_BxL, key,
+                                            config)
   if not _is_concrete(bad_logits_B):
     return result
   bad_logits_B, masks_left_B = jax.device_get((bad_logits_B, masks_left_B))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import fef_jax as fj
+from fef_jax import api
 from fef_jax.models import hf
 from tests import hf_reference as ref
 from tests import roundoff
@@ -77,6 +78,17 @@ def test_mask_and_special_ids_come_from_config(checkpoints):
   assert llada.eos_id == llada.pad_id == llada.tokenizer.token_to_id("<|endoftext|>")
   assert llada.logits_fn(hf.left_padding_valid_fn(3)) is llada.logits_fn(
       hf.left_padding_valid_fn(3))  # equal valid_fns share one Denoiser (one compile)
+
+
+@pytest.mark.parametrize("name", ["llada-gqa", "dream-gqa"])
+def test_checkpoints_of_one_network_share_a_compiled_sampler(name, checkpoints):
+  # `fj.sample` compiles the denoiser's structure and takes its parameters as arguments:
+  # a second load (new arrays, the same network) splits into the same static part.
+  denoiser = hf.load(checkpoints[name][0]).logits_fn(hf.left_padding_valid_fn(3))
+  definition, leaves = api.split_denoiser(denoiser)
+  assert len(leaves) == len(jax.tree.leaves(denoiser.params)) > 0
+  again = hf.load(checkpoints[name][0]).logits_fn(hf.left_padding_valid_fn(3))
+  assert again is not denoiser and api.split_denoiser(again)[0] == definition
 
 
 def test_padding_is_invisible_to_valid_positions(checkpoints):

@@ -110,7 +110,8 @@ def test_a_fused_cached_round_writes_the_cache_in_place():
   tokens = jnp.array([[1, 2, 6, 6, 6, 6, 6, 6]], jnp.int32)
   config = samplers.make_config("fef", 6, block_length=2, cache="exact", window=2)
   run = api._run  # pylint: disable=protected-access
-  text = run.lower(denoiser, tokens, jax.random.key(1), config).compile().as_text()
+  text = run.lower(*api.split_denoiser(denoiser), tokens, jax.random.key(1),
+                   config).compile().as_text()
   cache_shape = "f32[1,1,8,1,16]"  # [B, layers, L, heads, head dim]
   fef_round = max((loop for loop in loop_ops.while_bodies(text) if loop["depth"] == 2),
                   key=lambda l: l["ops"])

@@ -103,7 +103,8 @@ def _projected_rows(denoiser, tokens, method, options):
   """Rows of every product with a vocabulary-sized output in the compiled sampler (the
   projections XLA keeps: one that nothing reads is removed)."""
   config = samplers.make_config(method, MASK_ID, **options)
-  text = api._run.lower(denoiser, tokens, jax.random.key(0), config).compile().as_text()
+  text = api._run.lower(*api.split_denoiser(denoiser), tokens, jax.random.key(0),
+                        config).compile().as_text()
   shapes = re.findall(r"= f32\[([\d,]+),%d\]\{[\d,]*\} (?:dot|convolution|custom-call)\("
                       % VOCAB, text)
   return {math.prod(int(n) for n in shape.split(",")) for shape in shapes}

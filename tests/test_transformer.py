@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 import fef_jax as fj
+from fef_jax import api
+from fef_jax import generate
 from fef_jax import models
+from fef_jax.models import spec_head
 from tests import roundoff
 
 VOCAB = 11
@@ -327,6 +330,51 @@ def test_denoiser_samples_end_to_end(method, options, params):
   assert np.all((out >= 0) & (out < VOCAB))
   np.testing.assert_array_equal(out[:, :prompt_length], tokens[:, :prompt_length])
   assert np.all(np.asarray(result.stats.tokens) == LENGTH - prompt_length)
+
+
+def test_denoisers_of_one_model_share_a_compiled_sampler_with_their_own_parameters(params):
+  # `fj.sample` passes a Denoiser's parameters to its program as arguments, so other
+  # parameters of the same model (another checkpoint, a later training step) compile
+  # nothing and are the ones sampled, not stale constants of the first.
+  model = models.Transformer(CONFIG)
+  other = models.init_params(CONFIG, jax.random.key(1))
+  tokens = _tokens(11, batch=2, mask_fraction=0.0).at[:, 5:].set(MASK_ID)
+  sample = functools.partial(fj.sample, tokens_BxL=tokens, key=jax.random.key(3),
+                             method="fef", mask_id=MASK_ID, window=3)
+  first = sample(models.Denoiser(model, params))
+  compiled = api._run._cache_size()  # pylint: disable=protected-access
+  second = sample(models.Denoiser(model, other))
+  assert api._run._cache_size() == compiled  # pylint: disable=protected-access
+  assert not np.array_equal(first.tokens, second.tokens)
+  for p, got in ((params, first), (other, second)):
+    # A plain function is static: its program holds these parameters as constants.
+    denoiser = models.Denoiser(model, p)
+    want = sample(lambda t, d=denoiser: d(t))
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_a_denoiser_splits_into_its_model_and_its_parameters(head, params):
+  if head:
+    config = spec_head.SpecHeadConfig(**dataclasses.asdict(CONFIG), head_layers=1)
+    denoiser = spec_head.SpecHeadDenoiser(spec_head.SpecHeadTransformer(config),
+                                          spec_head.init_params(config, jax.random.key(0)))
+  else:
+    denoiser = models.Denoiser(models.Transformer(CONFIG), params,
+                               valid_fn=generate.left_padding_valid_fn(0))
+  definition, leaves = api.split_denoiser(denoiser)
+  assert len(leaves) == len(jax.tree.leaves(denoiser.params)) > 0
+  twin = type(denoiser)(denoiser.model, denoiser.params, generate.left_padding_valid_fn(0)
+                        if denoiser.valid_fn is not None else None)
+  assert api.split_denoiser(twin)[0] == definition  # equal models: one compiled program
+  joined = api.join_denoiser(definition, leaves)
+  assert type(joined) is type(denoiser) and joined.model == denoiser.model
+  assert joined.valid_fn == denoiser.valid_fn
+  assert all(a is b for a, b in zip(jax.tree.leaves(joined.params), leaves))
+  # Anything else is static, whole.
+  plain = lambda t: denoiser(t)  # pylint: disable=unnecessary-lambda
+  assert api.split_denoiser(plain) == (plain, ())
+  assert api.join_denoiser(plain, ()) is plain
 
 
 def test_denoiser_with_padding_and_time(timed_params):

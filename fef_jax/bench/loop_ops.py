@@ -127,4 +127,5 @@ def sampler_loop_ops(logits_fn, tokens_BxL: Any, key: jax.Array, method: str, *,
   config = samplers.make_config(method, mask_id, **options)
   tokens_BxL = jax.numpy.asarray(np.asarray(tokens_BxL), jax.numpy.int32)
   run = api._run  # pylint: disable=protected-access
-  return while_bodies(run.lower(logits_fn, tokens_BxL, key, config).compile().as_text())
+  return while_bodies(run.lower(*api.split_denoiser(logits_fn), tokens_BxL, key, config)
+                      .compile().as_text())

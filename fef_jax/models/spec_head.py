@@ -237,6 +237,7 @@ def _init_params(config: SpecHeadConfig, key: jax.Array) -> Any:
       method="with_head")["params"]
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class SpecHeadDenoiser(Denoiser):
   """A `Denoiser` of a `SpecHeadTransformer` that also offers the head.
@@ -244,7 +245,8 @@ class SpecHeadDenoiser(Denoiser):
   Calling it gives the backbone's logits (the marginals, FeF's drafts), so
   every sampler works with it. `fef_jax.sample(..., method="fef",
   verifier="head")` uses `hidden` once per step and `head_logits` once per
-  verification round (`fef_jax.samplers.head`). Hashed by identity.
+  verification round (`fef_jax.samplers.head`). Hashed by identity; a pytree
+  of its parameters, as `Denoiser`.
   """
 
   @property

@@ -1132,14 +1132,19 @@ def _init_params(config: TransformerConfig, key: jax.Array) -> Any:
   return Transformer(config).init(key, tokens_1x1, None, t_1)["params"]
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Denoiser:
   """`logits_fn(tokens_NxL) -> float32[N, L, vocab_size]` for `fef_jax.sample`.
 
-  Hashed by identity, so it can be a static argument of `jax.jit`. The
-  parameters are closed over: under `fef_jax.sample`'s jit they become
-  compile-time constants, and each new `Denoiser` compiles anew. That suits
-  evaluation of one set of parameters; it is not meant to be rebuilt every step.
+  Hashed by identity, so it can be a static argument of `jax.jit`. It is also
+  a pytree whose leaves are the parameters (`model` and `valid_fn` are static):
+  `fef_jax.sample` passes them to its compiled program as arguments, so every
+  `Denoiser` of one model and `valid_fn` (a new checkpoint, the parameters of
+  a later training step) reuses one compiled sampler, and compiling it does
+  not embed the parameters as constants. A `valid_fn` compares by value only
+  if it is hashed by value (`fef_jax.generate.left_padding_valid_fn`); a new
+  lambda each time compiles anew.
 
   Attributes:
     model: the `Transformer`.
@@ -1155,9 +1160,10 @@ class Denoiser:
   cache="exact" | "approximate")` uses (`exact_cache`, `block_length`,
   `encode`, `block_logits`; see `fef_jax.samplers.cache`).
   """
-  model: Transformer
+  model: Transformer = dataclasses.field(metadata={"static": True})
   params: Any
-  valid_fn: Callable[[jax.Array], jax.Array] | None = None
+  valid_fn: Callable[[jax.Array], jax.Array] | None = dataclasses.field(
+      default=None, metadata={"static": True})
 
   def _conditioning(self, tokens_NxL: jax.Array) -> tuple[jax.Array | None, jax.Array | None]:
     """(valid_NxL or None, t_N or None): what the model is given besides the tokens."""

@@ -415,14 +415,16 @@ class Network(nn.Module):
     return logits, keys_values
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True, eq=False)
 class Denoiser:
   """`logits_fn(tokens_NxL) -> float32[N, L, V]` for `fef_jax.sample`.
 
-  Hashed by identity, so it can be a static argument of `jax.jit`; the
-  parameters are closed over (JAX passes closed-over arrays to the compiled
-  program as arguments, not as embedded constants), and each new `Denoiser`
-  compiles anew: build one and reuse it.
+  Hashed by identity, so it can be a static argument of `jax.jit`. A pytree
+  whose leaves are the parameters (`network` and `valid_fn` are static):
+  `fef_jax.sample` passes them to its compiled program as arguments, keeping
+  their placement (`load(..., mesh=...)` shards them), and never embeds them as
+  constants, so denoisers of one network and `valid_fn` share a compiled sampler.
 
   It also offers the block-local interface of
   `fef_jax.samplers.cache.BlockLocalDenoiser` (`encode`, `block_logits`,
@@ -435,9 +437,10 @@ class Denoiser:
     valid_fn: optional `tokens_NxL -> bool[N, L]` marking non-padding
       positions (e.g. `left_padding_valid_fn(pad_id)`); default: all valid.
   """
-  network: Network
+  network: Network = dataclasses.field(metadata={"static": True})
   params: Any
-  valid_fn: Callable[[jax.Array], jax.Array] | None = None
+  valid_fn: Callable[[jax.Array], jax.Array] | None = dataclasses.field(
+      default=None, metadata={"static": True})
 
   def __call__(self, tokens_NxL: jax.Array) -> jax.Array:
     valid_NxL = None if self.valid_fn is None else self.valid_fn(tokens_NxL)
