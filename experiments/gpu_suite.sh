@@ -38,6 +38,9 @@
 #            (remat=dots_with_no_batch_dims_saveable)
 #   breakdown_1b  gpu_1b.py (1.3B, 24 x 2048, every block rematerialized), one step per
 #            call, 3 timed steps (a step of batch 64 x 512 is about 0.7 s at 40% MFU)
+#   compile  what the 85M model's fef sampler costs to compile, and to sample with new
+#            parameters, with its parameters as arguments (as fj.sample passes them since
+#            2026-12-07) and as constants (before); about 1 min on the 2-core CPU
 # Every breakdown's table header names its compute dtype, remat policy and attention kernel.
 # The last three stages have not run on a GPU yet: give them generous limits.
 # Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
@@ -125,7 +128,9 @@ if [ "${SMOKE:-0}" = 1 ]; then
            --samplers=first_hitting)
   long=("${tiny_compare[@]}"
         "--config.compare.cached_samplers=('first_hitting', 'fef:steps=1,order=dilated,window=15')")
-  stages=${STAGES:-rounds loop profile compare compare_long compare_permutation train breakdown}
+  compile=(--d_model=64 --num_layers=1 --length=8 --masked=3 --vocab_size=8)
+  stages=${STAGES:-rounds loop profile compare compare_long compare_permutation train breakdown
+    compile}
 else
   rounds=(--d_models=2048 --lengths=1024 --span=32 --windows=4,16 --batch=1 --num_layers=4
           --vocab_size=256 --dtype=bfloat16 --repeats=7)
@@ -146,9 +151,10 @@ else
   breakdown=(--config.sample.every=0 --steps=20 --profile_steps=20)
   remat350=(--config.batch_size=64)
   profile=(--runs=20)
+  compile=(--samplers=fef:steps=1\;window=4)
   stages=${STAGES:-compare_long breakdown breakdown_1step breakdown_nocb compare
     compare_permutation profile rounds loop train breakdown_350m breakdown_xla
-    breakdown_350m_remat breakdown_1b}
+    breakdown_350m_remat breakdown_1b compile}
 fi
 permutation=("${compare[@]}")  # its one model is bidirectional whatever COMPARE_MODELS says
 if [ -n "${COMPARE_MODELS:-}" ]; then
@@ -190,6 +196,8 @@ run_stage() {  # run_stage NAME SECONDS
       --config=experiments/configs/gpu_1b.py --config.data.path="$data" \
       --workdir="$out/breakdown_1b" "${breakdown[@]}" --config.steps_per_call=1 --steps=3 \
       --profile_steps=2 ;;
+    compile) stage "$@" "$py" -m experiments.benchmark_compile "${compile[@]}" \
+      --workdir="$out/compile" ;;
   esac
 }
 
@@ -197,7 +205,8 @@ for entry in $stages; do  # every name checked before any stage spends the lease
   case ${entry%%:*} in
     rounds|loop|profile|compare|compare_long|compare_permutation|train|breakdown\
       |breakdown_nocb\
-      |breakdown_1step|breakdown_350m|breakdown_xla|breakdown_350m_remat|breakdown_1b) ;;
+      |breakdown_1step|breakdown_350m|breakdown_xla|breakdown_350m_remat|breakdown_1b\
+      |compile) ;;
     *) echo "unknown stage: ${entry%%:*} (in STAGES=\"$stages\")" >&2; exit 2 ;;
   esac
 done

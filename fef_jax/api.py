@@ -1,7 +1,9 @@
 """`fef_jax.sample`: every sampler behind one signature and one result type."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -36,17 +38,29 @@ def _check_tokens(tokens_BxL: Any) -> jax.Array | np.ndarray:
   return jnp.asarray(tokens_BxL, jnp.int32)
 
 
-@functools.lru_cache(maxsize=256)
 def _abstract_output(logits_fn: LogitsFn, batch: int, length: int) -> Any:
-  """The denoiser's abstract output on int32[batch, length], traced once per shape.
+  """The denoiser's abstract output on int32[batch, length], traced once per tree
+  structure, parameter shapes and input shape (`_abstract_output_of`)."""
+  definition, _, leaf_shapes = _split(logits_fn)
+  return _abstract_output_of(definition, leaf_shapes, batch, length)
+
+
+@functools.lru_cache(maxsize=256)
+def _abstract_output_of(definition: Any, leaf_shapes: tuple[tuple[Any, Any], ...],
+                        batch: int, length: int) -> Any:
+  """The abstract output of `join_denoiser(definition, leaves)` for leaves of these
+  (shape, dtype) pairs.
 
   Cached because tracing costs milliseconds per call, more than a whole sampling
-  run of a small model at batch 1. The cache keeps `logits_fn` alive, as the jit
-  cache of `_run` does where it is a static argument. The lambda keeps
-  `jax.eval_shape` from building its source info out of `repr(logits_fn)`, which
-  for a dataclass denoiser formats every parameter array.
+  run of a small model at batch 1. The key holds the parameters' shapes, not the
+  parameters: a new parameter set of one model is not traced again, and the cache
+  keeps no parameters alive. A static callable is its own key, kept alive as the jit
+  cache of `_run` keeps it. Tracing a function of the leaves (rather than
+  `logits_fn` itself) also keeps `jax.eval_shape` from building its source info out
+  of `repr(logits_fn)`, which for a dataclass denoiser formats every parameter array.
   """
-  return jax.eval_shape(lambda t: logits_fn(t),  # pylint: disable=unnecessary-lambda
+  leaf_specs = tuple(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaf_shapes)
+  return jax.eval_shape(lambda leaves, t: join_denoiser(definition, leaves)(t), leaf_specs,
                         jax.ShapeDtypeStruct((batch, length), jnp.int32))
 
 
@@ -93,11 +107,51 @@ def split_denoiser(logits_fn: LogitsFn) -> tuple[Any, tuple[Any, ...]]:
   function, an oracle's bound method) is its own static definition, with no
   leaves; `join_denoiser` inverts both.
   """
+  definition, leaves, _ = _split(logits_fn)
+  return definition, leaves
+
+
+class _LeafShapes(tuple):
+  """A denoiser's leaves' (shape, dtype) pairs, hashed once (a key of
+  `_abstract_output_of`: rehashing a model's dozens of pairs took ~100 us a call)."""
+
+  def __new__(cls, pairs):
+    self = super().__new__(cls, pairs)
+    self.hash = tuple.__hash__(self)
+    return self
+
+  def __hash__(self):
+    return self.hash
+
+
+# The split of each live frozen-dataclass denoiser: flattening a model's parameters costs
+# ~25 us, and their shapes as a key of `_abstract_output_of` ~100 us more, per call.
+# Frozen fields cannot be reassigned, so the split stays true; the entry holds the
+# parameters (as the denoiser does), not the denoiser, and goes with it.
+_SPLITS: "weakref.WeakKeyDictionary[Any, tuple[Any, tuple[Any, ...], tuple[Any, ...]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _split(logits_fn: LogitsFn) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+  """`split_denoiser`'s (definition, leaves) and the leaves' (shape, dtype) pairs."""
+  frozen = (dataclasses.is_dataclass(logits_fn) and not isinstance(logits_fn, type)
+            and logits_fn.__dataclass_params__.frozen)
+  if frozen:
+    try:
+      return _SPLITS[logits_fn]
+    except (KeyError, TypeError):  # new, or not weakly referable or hashable
+      pass
   leaves, treedef = jax.tree_util.tree_flatten(logits_fn)
   if (jax.tree_util.treedef_is_leaf(treedef)
       or not all(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)):
-    return logits_fn, ()
-  return treedef, tuple(leaves)
+    return logits_fn, (), ()
+  split = (treedef, tuple(leaves), _LeafShapes((leaf.shape, leaf.dtype) for leaf in leaves))
+  if frozen:
+    try:
+      _SPLITS[logits_fn] = split
+    except TypeError:
+      pass
+  return split
 
 
 def join_denoiser(definition: Any, leaves: tuple[Any, ...]) -> LogitsFn:
@@ -190,8 +244,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     head.check_denoiser(logits_fn)
   if config.drafter == "head":
     head.check_denoiser(logits_fn, "drafter='head'", cached=config.cache != "none")
-  result, bad_logits_B, masks_left_B = _run(*split_denoiser(logits_fn), tokens_BxL, key,
-                                            config)
+  definition, leaves, _ = _split(logits_fn)
+  result, bad_logits_B, masks_left_B = _run(definition, leaves, tokens_BxL, key, config)
   if not _is_concrete(bad_logits_B):
     return result
   bad_logits_B, masks_left_B = jax.device_get((bad_logits_B, masks_left_B))

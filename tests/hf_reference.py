@@ -247,10 +247,14 @@ def reference_logits(model, tokens, valid):
 
 def mesh_check(checkpoint_dir):
   """Single-device vs (data=2, fsdp=4) mesh: parameter and logit differences (with the
-  logits' scale and the network's shape, for the round-off bound), partition specs, and
-  a FeF run with the sharded model."""
+  logits' scale and the network's shape, for the round-off bound), partition specs, the
+  specs the compiled sampler takes the parameters in, and a FeF run with rows split over
+  `data` and the sharded model beside one on a single device."""
+  import functools
   import jax
   import fef_jax as fj
+  from fef_jax import api
+  from fef_jax import samplers
   from fef_jax.models import hf
   from fef_jax.train import sharding
 
@@ -263,8 +267,19 @@ def mesh_check(checkpoint_dir):
   logits_single = np.asarray(jax.jit(single.logits_fn(valid_fn))(tokens))
   logits_sharded = np.asarray(jax.jit(sharded.logits_fn(valid_fn))(tokens))
   valid = np.asarray(valid_fn(tokens))
-  result = fj.sample(sharded.logits_fn(valid_fn), tokens, jax.random.key(0), "fef",
-                     mask_id=sharded.mask_id, window=2)
+  # Sampling data-parallel (rows over `data`) with the parameters split over `fsdp`: the
+  # compiled sampler takes the parameters as arguments in their shardings.
+  rows = left_padded_tokens(single.pad_id, single.mask_id, seed=1, batch=4)
+  rows_sharded = jax.device_put(rows, jax.sharding.NamedSharding(mesh, sharding.P("data")))
+  sample = functools.partial(fj.sample, key=jax.random.key(0), method="fef",
+                             mask_id=sharded.mask_id, window=2)
+  result = sample(sharded.logits_fn(valid_fn), rows_sharded)
+  result_single = sample(single.logits_fn(valid_fn), rows)
+  definition, param_leaves = api.split_denoiser(sharded.logits_fn(valid_fn))
+  compiled = api._run.lower(  # pylint: disable=protected-access
+      definition, param_leaves, rows_sharded, jax.random.key(0),
+      samplers.make_config("fef", sharded.mask_id, window=2)).compile()
+  program_param_specs = [str(s.spec) for s in compiled.input_shardings[0][0]]
   leaves = jax.tree.leaves(sharded.params)
   param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                    for a, b in zip(jax.tree.leaves(single.params), leaves))
@@ -276,7 +291,9 @@ def mesh_check(checkpoint_dir):
           "param_max_abs_diff": param_diff,
           "sharded_specs": [str(leaf.sharding.spec) for leaf in leaves],
           "devices_per_param": [len(leaf.sharding.device_set) for leaf in leaves],
-          "tokens": np.asarray(result.tokens).tolist(), "prompt": tokens.tolist(),
+          "program_param_specs": program_param_specs,
+          "tokens": np.asarray(result.tokens).tolist(), "prompt": rows.tolist(),
+          "tokens_single_device": np.asarray(result_single.tokens).tolist(),
           "mask_id": sharded.mask_id}
 
 

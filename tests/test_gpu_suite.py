@@ -18,7 +18,7 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
                         capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
   for stage in ("rounds", "loop", "profile", "compare", "compare_long", "compare_permutation",
-                "train", "breakdown"):
+                "train", "breakdown", "compile"):
     assert f"== {stage}: " in done.stdout
     assert (tmp_path / f"{stage}.log").stat().st_size > 0
   assert json.loads((tmp_path / "rounds" / "round_cost.json").read_text())["rows"]
@@ -38,6 +38,8 @@ def test_gpu_suite_smoke_writes_every_stage(tmp_path):
   breakdown = json.loads((tmp_path / "breakdown" / "benchmark_train.json").read_text())
   assert breakdown["rows"][0]["pipelined_step_s"] > 0
   assert breakdown["rows"][0]["profile"]  # the stage traces its steps op by op
+  compiled = json.loads((tmp_path / "compile" / "sampler_compile.json").read_text())["rows"]
+  assert [r["new_params_compiles"] for r in compiled] == [0, 1, 0, 1]  # arguments, constants
 
 
 @pytest.mark.slow

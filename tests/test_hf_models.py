@@ -145,7 +145,8 @@ def test_sampling_end_to_end(name, method, options, checkpoints):
 
 
 def test_loading_onto_a_mesh_of_8_devices_gives_the_same_logits(tmp_path):
-  """Subprocess with 8 simulated CPU devices: params split over fsdp=4, logits unchanged."""
+  """Subprocess with 8 simulated CPU devices: params split over fsdp=4, logits unchanged;
+  sampling with rows split over data=2 draws what one device draws."""
   ref.make_llada(str(tmp_path), shards=2)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
@@ -164,7 +165,13 @@ def test_loading_onto_a_mesh_of_8_devices_gives_the_same_logits(tmp_path):
   # Every matrix is split (7 per block, 2 blocks, embedding, unembedding); all live on 8 devices.
   assert len(split) == 2 * 7 + 2, report["sharded_specs"]
   assert set(report["devices_per_param"]) == {8}, report
+  # The compiled sampler takes the parameters in their shardings, not gathered.
+  assert report["program_param_specs"] == report["sharded_specs"]
   tokens, prompt = np.array(report["tokens"]), np.array(report["prompt"])
   masked = prompt == report["mask_id"]
   np.testing.assert_array_equal(tokens[~masked], prompt[~masked])
   assert (tokens != report["mask_id"]).all()
+  # Rows over `data`, parameters over `fsdp`: the draws of the single-device sampler.
+  # Logits differ by round-off only, which moves a Gumbel-max draw only where two
+  # perturbed logits tie within it.
+  np.testing.assert_array_equal(tokens, report["tokens_single_device"])

@@ -1,7 +1,9 @@
 """Tests for fef_jax.models.transformer: the bidirectional transformer denoiser."""
 import dataclasses
 import functools
+import gc
 import math
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -351,6 +353,21 @@ def test_denoisers_of_one_model_share_a_compiled_sampler_with_their_own_paramete
     denoiser = models.Denoiser(model, p)
     want = sample(lambda t, d=denoiser: d(t))
     np.testing.assert_array_equal(got.tokens, want.tokens)
+
+
+def test_sampling_keeps_no_parameters_alive(params):
+  # A training run samples with a new Denoiser of new parameters every few hundred
+  # steps: none of fj.sample's caches (validation, the compiled program) may hold them.
+  model = models.Transformer(CONFIG)
+  tokens = _tokens(12, batch=2, mask_fraction=0.0).at[:, 6:].set(MASK_ID)
+  fresh = jax.tree.map(lambda p: p + 1.0, params)
+  leaf = weakref.ref(jax.tree.leaves(fresh)[0])
+  denoiser = models.Denoiser(model, fresh)
+  gone = weakref.ref(denoiser)
+  fj.sample(denoiser, tokens, jax.random.key(0), "fef", mask_id=MASK_ID, window=3)
+  del denoiser, fresh
+  gc.collect()
+  assert gone() is None and leaf() is None
 
 
 @pytest.mark.parametrize("head", [False, True])
