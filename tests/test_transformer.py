@@ -355,6 +355,18 @@ def test_denoisers_of_one_model_share_a_compiled_sampler_with_their_own_paramete
     np.testing.assert_array_equal(got.tokens, want.tokens)
 
 
+def test_a_denoiser_of_traced_parameters_samples_inside_jit_as_outside(params):
+  # Its leaves are arguments, so a user's jitted function of the parameters (an
+  # evaluation step) can build the denoiser from them and sample.
+  model = models.Transformer(CONFIG)
+  tokens = _tokens(13, batch=2, mask_fraction=0.0).at[:, 6:].set(MASK_ID)
+  sample = functools.partial(fj.sample, tokens_BxL=tokens, method="fef", mask_id=MASK_ID,
+                             window=3)
+  inside = jax.jit(lambda p, key: sample(models.Denoiser(model, p), key=key).tokens)
+  outside = sample(models.Denoiser(model, params), key=jax.random.key(4))
+  np.testing.assert_array_equal(inside(params, jax.random.key(4)), outside.tokens)
+
+
 def test_sampling_keeps_no_parameters_alive(params):
   # A training run samples with a new Denoiser of new parameters every few hundred
   # steps: none of fj.sample's caches (validation, the compiled program) may hold them.

@@ -11,8 +11,8 @@ waited for):
 - `warm_s`: that denoiser again (the run alone; median of `repeats` calls);
 
 the programs the second denoiser's call compiled (`new_params_compiles`: entries it
-added to the jit cache of `fef_jax.api`'s sampler), and the bytes the first two calls added to the persistent compilation cache
-(None when it is off). `mode="arguments"` passes the `Denoiser` itself, whose
+added to the jit cache of `fef_jax.api`'s sampler), and the bytes the first two calls
+added to the persistent compilation cache (None when it is off). `mode="arguments"` passes the `Denoiser` itself, whose
 parameters become arguments of the compiled program
 (`fef_jax.api.split_denoiser`); `mode="constants"` passes a plain function that
 calls it, whose program embeds the parameters as constants (what every denoiser
