@@ -42,7 +42,7 @@
 #            parameters, with its parameters as arguments (as fj.sample passes them since
 #            2026-12-07) and as constants (before); about 1 min on the 2-core CPU
 # Every breakdown's table header names its compute dtype, remat policy and attention kernel.
-# The last three stages have not run on a GPU yet: give them generous limits.
+# The last four stages have not run on a GPU yet: give them generous limits.
 # Each stage prints its table, logs to OUT/<stage>.log, writes its JSON/Markdown under
 # OUT/<stage>/ and reports its wall-clock.
 #
