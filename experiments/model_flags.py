@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from fef_jax import generate
 from fef_jax.eval import completion
 from fef_jax.train import sharding
 
@@ -41,7 +42,8 @@ def completion_fn(key: jax.Array, **common) -> completion.CompletionFn:
   """The completion function of the model the flags name (`fef_jax.eval.completion`).
 
   A checkpoint's parameters are split over all devices (an `fsdp` mesh axis) when there
-  are several; a trained run's latest (or `--best`) checkpoint is restored.
+  are several, and so is each batch's rows (`batch_size` must then be a multiple of the
+  device count); a trained run's latest (or `--best`) checkpoint is restored.
 
   Args:
     key: PRNG key of the sampler.
@@ -55,6 +57,8 @@ def completion_fn(key: jax.Array, **common) -> completion.CompletionFn:
     from fef_jax.models import hf  # pylint: disable=import-outside-toplevel
     mesh = sharding.make_mesh(data=1, fsdp=-1) if jax.device_count() > 1 else None
     model = hf.load(CHECKPOINT.value, dtype=getattr(jnp, DTYPE.value), mesh=mesh)
+    if mesh is not None:
+      common["rows_sharding"] = generate.rows_over(mesh)
     return completion.hf_completion_fn(model, key, chat=CHAT.value, **common)
   return completion.trained_completion_fn(CONFIG.value, WORKDIR.value, key, best=BEST.value,
                                           **common)

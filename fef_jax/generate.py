@@ -104,9 +104,16 @@ class Generation:
   seconds: float
 
 
+def rows_over(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """The sharding that splits a batch's rows over every axis of `mesh` (data-parallel
+  sampling; the parameters keep whatever sharding they were loaded with)."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+
+
 def sample_in_batches(logits_fn: LogitsFn, tokens_NxL: np.ndarray, key: jax.Array, *,
                       method: str, mask_id: int, batch_size: int, progress: bool = False,
                       first_batch: int = 0, timings: list[float] | None = None,
+                      rows_sharding: jax.sharding.Sharding | None = None,
                       **options: Any) -> tuple[np.ndarray, SampleStats]:
   """`fef_jax.sample` over all rows, `batch_size` rows per call.
 
@@ -120,15 +127,27 @@ def sample_in_batches(logits_fn: LogitsFn, tokens_NxL: np.ndarray, key: jax.Arra
     timings: optional list to which each batch's sampling wall-clock in seconds
       is appended: from the `fef_jax.sample` call until its results are ready,
       without the key derivation and the transfer of the results to the host.
+    rows_sharding: where each batch is placed before sampling, e.g.
+      `rows_over(mesh)` to split its rows over a mesh's devices (each row's draws
+      do not depend on where it runs); None: JAX's default device.
 
   Returns:
     (int32[N, L] filled tokens as numpy, per-row `SampleStats` of the N rows).
 
   Raises:
-    ValueError: `batch_size` < 1; as `fef_jax.sample`.
+    ValueError: `batch_size` < 1, or not divisible into `rows_sharding`'s
+      shards; as `fef_jax.sample`.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if rows_sharding is not None:
+    shape = (batch_size, tokens_NxL.shape[1])
+    try:
+      rows_sharding.shard_shape(shape)
+    except ValueError as e:
+      raise ValueError(f"batch_size={batch_size} cannot be split over the "
+                       f"{len(rows_sharding.device_set)} devices of rows_sharding: use a "
+                       f"multiple of their number of row shards ({e})") from e
   outputs, stats = [], []
   starts = range(0, tokens_NxL.shape[0], batch_size)
   for index, lo in enumerate(tqdm.tqdm(starts, desc=f"sample {method}", disable=not progress)):
@@ -136,6 +155,8 @@ def sample_in_batches(logits_fn: LogitsFn, tokens_NxL: np.ndarray, key: jax.Arra
     real = batch.shape[0]
     if real < batch_size:
       batch = np.concatenate([batch, np.repeat(batch[:1], batch_size - real, axis=0)])
+    if rows_sharding is not None:
+      batch = jax.device_put(batch.astype(np.int32, copy=False), rows_sharding)
     batch_key = jax.random.fold_in(key, first_batch + index)
     start = time.perf_counter()
     result = jax.block_until_ready(
@@ -154,6 +175,7 @@ def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.
              gen_length: int, mask_id: int, pad_id: int, stop_ids: Sequence[int] = (),
              method: str = "fef", batch_size: int = 8, prompt_length: int | None = None,
              length_multiple: int = 1, progress: bool = False,
+             rows_sharding: jax.sharding.Sharding | None = None,
              **options: Any) -> Generation:
   """Samples `gen_length` tokens after each prompt with `fef_jax.sample`.
 
@@ -171,9 +193,11 @@ def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.
     method, **options: the sampler and its options (`fef_jax.sample`).
     batch_size: rows per sampler call.
     progress: show a progress bar over batches.
+    rows_sharding: where each batch is placed (`rows_over(mesh)`: rows split
+      over the mesh's devices); see `sample_in_batches`.
 
   Raises:
-    ValueError: as `layout_prompts` and `fef_jax.sample`; `batch_size` < 1.
+    ValueError: as `layout_prompts`, `sample_in_batches` and `fef_jax.sample`.
   """
   tokens_BxL = layout_prompts(prompt_ids, gen_length, mask_id=mask_id, pad_id=pad_id,
                               prompt_length=prompt_length, length_multiple=length_multiple)
@@ -181,7 +205,8 @@ def generate(logits_fn: LogitsFn, prompt_ids: Sequence[Sequence[int]], key: jax.
   start = time.perf_counter()
   filled_BxL, all_stats = sample_in_batches(logits_fn, tokens_BxL, key, method=method,
                                             mask_id=mask_id, batch_size=batch_size,
-                                            progress=progress, **options)
+                                            progress=progress, rows_sharding=rows_sharding,
+                                            **options)
   seconds = time.perf_counter() - start
   generated = filled_BxL[:, width:]
   return Generation(token_ids=[_truncate(row, stop_ids) for row in generated],

@@ -248,12 +248,14 @@ def reference_logits(model, tokens, valid):
 def mesh_check(checkpoint_dir):
   """Single-device vs (data=2, fsdp=4) mesh: parameter and logit differences (with the
   logits' scale and the network's shape, for the round-off bound), partition specs, the
-  specs the compiled sampler takes the parameters in, and a FeF run with rows split over
-  `data` and the sharded model beside one on a single device."""
+  specs the compiled sampler takes the parameters in, a FeF run with rows split over
+  `data` and the sharded model beside one on a single device, and `generate`'s batches
+  split over all 8 devices beside one device's."""
   import functools
   import jax
   import fef_jax as fj
   from fef_jax import api
+  from fef_jax import generate
   from fef_jax import samplers
   from fef_jax.models import hf
   from fef_jax.train import sharding
@@ -280,6 +282,22 @@ def mesh_check(checkpoint_dir):
       definition, param_leaves, rows_sharded, jax.random.key(0),
       samplers.make_config("fef", sharded.mask_id, window=2)).compile()
   program_param_specs = [str(s.spec) for s in compiled.input_shardings[0][0]]
+  # `generate`'s batches split over every device (as experiments.generate and evaluate
+  # split them when there are several).
+  many = np.concatenate([left_padded_tokens(single.pad_id, single.mask_id, seed=seed,
+                                            batch=4) for seed in (2, 3, 4)])
+  in_batches = functools.partial(generate.sample_in_batches, tokens_NxL=many,
+                                 key=jax.random.key(1), method="fef",
+                                 mask_id=sharded.mask_id, batch_size=8, window=2)
+  batches_split, _ = in_batches(sharded.logits_fn(valid_fn),
+                                rows_sharding=generate.rows_over(mesh))
+  batches_single, _ = in_batches(single.logits_fn(valid_fn))
+  try:
+    in_batches(sharded.logits_fn(valid_fn), rows_sharding=generate.rows_over(mesh),
+               batch_size=6)
+    indivisible_error = None
+  except ValueError as e:
+    indivisible_error = str(e)
   leaves = jax.tree.leaves(sharded.params)
   param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                    for a, b in zip(jax.tree.leaves(single.params), leaves))
@@ -292,6 +310,8 @@ def mesh_check(checkpoint_dir):
           "sharded_specs": [str(leaf.sharding.spec) for leaf in leaves],
           "devices_per_param": [len(leaf.sharding.device_set) for leaf in leaves],
           "program_param_specs": program_param_specs,
+          "batches_split_equal_single": bool(np.array_equal(batches_split, batches_single)),
+          "indivisible_error": indivisible_error,
           "tokens": np.asarray(result.tokens).tolist(), "prompt": rows.tolist(),
           "tokens_single_device": np.asarray(result_single.tokens).tolist(),
           "mask_id": sharded.mask_id}

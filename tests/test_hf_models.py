@@ -175,3 +175,5 @@ def test_loading_onto_a_mesh_of_8_devices_gives_the_same_logits(tmp_path):
   # Logits differ by round-off only, which moves a Gumbel-max draw only where two
   # perturbed logits tie within it.
   np.testing.assert_array_equal(tokens, report["tokens_single_device"])
+  assert report["batches_split_equal_single"]  # generate's batches over all 8 devices
+  assert "batch_size=6 cannot be split over the 8 devices" in report["indivisible_error"]
