@@ -38,18 +38,12 @@ def _check_tokens(tokens_BxL: Any) -> jax.Array | np.ndarray:
   return jnp.asarray(tokens_BxL, jnp.int32)
 
 
-def _abstract_output(logits_fn: LogitsFn, batch: int, length: int) -> Any:
-  """The denoiser's abstract output on int32[batch, length], traced once per tree
-  structure, parameter shapes and input shape (`_abstract_output_of`)."""
-  definition, _, leaf_shapes = _split(logits_fn)
-  return _abstract_output_of(definition, leaf_shapes, batch, length)
-
-
 @functools.lru_cache(maxsize=256)
 def _abstract_output_of(definition: Any, leaf_shapes: tuple[tuple[Any, Any], ...],
                         batch: int, length: int) -> Any:
-  """The abstract output of `join_denoiser(definition, leaves)` for leaves of these
-  (shape, dtype) pairs.
+  """The abstract output on int32[batch, length] of `join_denoiser(definition, leaves)`
+  for leaves of these (shape, dtype) pairs: traced once per tree structure, parameter
+  shapes and input shape.
 
   Cached because tracing costs milliseconds per call, more than a whole sampling
   run of a small model at batch 1. The key holds the parameters' shapes, not the
@@ -64,11 +58,13 @@ def _abstract_output_of(definition: Any, leaf_shapes: tuple[tuple[Any, Any], ...
                         jax.ShapeDtypeStruct((batch, length), jnp.int32))
 
 
-def _vocab_size(logits_fn: LogitsFn, tokens_BxL: jax.Array) -> int:
-  """Reads V off the denoiser's abstract output and checks its shape and dtype."""
+def _vocab_size(definition: Any, leaf_shapes: tuple[tuple[Any, Any], ...],
+                tokens_BxL: jax.Array) -> int:
+  """Reads V off the abstract output of the denoiser `_split` gave as `(definition, _,
+  leaf_shapes)` and checks its shape and dtype."""
   batch, length = tokens_BxL.shape
   try:
-    out = _abstract_output(logits_fn, batch, length)
+    out = _abstract_output_of(definition, leaf_shapes, batch, length)
   except Exception as e:  # the user's function: report whatever it raised
     raise ValueError(f"logits_fn failed on an int32{[batch, length]} input: "
                      f"{type(e).__name__}: {e}") from e
@@ -228,7 +224,8 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
   except TypeError as e:
     raise TypeError("logits_fn must be hashable (a function, a bound method of an "
                     "object hashed by identity, or a functools.partial)") from e
-  vocab_size = _vocab_size(logits_fn, tokens_BxL)
+  definition, leaves, leaf_shapes = _split(logits_fn)
+  vocab_size = _vocab_size(definition, leaf_shapes, tokens_BxL)
   if vocab_size - int(0 <= config.mask_id < vocab_size) < 1:
     raise ValueError(f"the vocabulary of size {vocab_size} has no token besides the mask")
   if config.top_k > vocab_size:
@@ -244,7 +241,6 @@ def sample(logits_fn: LogitsFn, tokens_BxL: Any, key: jax.Array, method: str = "
     head.check_denoiser(logits_fn)
   if config.drafter == "head":
     head.check_denoiser(logits_fn, "drafter='head'", cached=config.cache != "none")
-  definition, leaves, _ = _split(logits_fn)
   result, bad_logits_B, masks_left_B = _run(definition, leaves, tokens_BxL, key, config)
   if not _is_concrete(bad_logits_B):
     return result
