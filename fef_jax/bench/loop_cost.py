@@ -65,8 +65,10 @@ def in_loop_block_seconds(denoiser, tokens_BxL: jax.Array, copies: int, span: in
                               window_BxCxS, repeats)
 
 
-def _prompts(batch: int, length: int, num_masked: int, vocab_size: int, mask_id: int,
-             seed: int) -> np.ndarray:
+def masked_prompts(batch: int, length: int, num_masked: int, vocab_size: int, mask_id: int,
+                   seed: int) -> np.ndarray:
+  """int32[batch, length]: random tokens of `[0, vocab_size)` whose last `num_masked`
+  positions are `mask_id`."""
   tokens = np.random.default_rng(seed).integers(0, vocab_size, (batch, length))
   tokens[:, length - num_masked:] = mask_id
   return tokens.astype(np.int32)
@@ -95,8 +97,8 @@ def measure(specs: Sequence[str], *, d_model: int, num_layers: int, length: int,
   denoiser = models.Denoiser(models.Transformer(config),
                              models.init_params(config, jax.random.key(seed)))
   few, many = length // 4, length - length // 4
-  short = _prompts(batch, length, few, vocab_size, config.mask_id, seed)
-  long = _prompts(batch, length, many, vocab_size, config.mask_id, seed)
+  short = masked_prompts(batch, length, few, vocab_size, config.mask_id, seed)
+  long = masked_prompts(batch, length, many, vocab_size, config.mask_id, seed)
   call = jax.jit(lambda t: denoiser(t))  # pylint: disable=unnecessary-lambda
   bare_s = timing.median_seconds(call, jnp.asarray(short), repeats=repeats)
   in_loop = {}

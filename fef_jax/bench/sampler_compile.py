@@ -12,11 +12,11 @@ waited for):
 
 the programs the second denoiser's call compiled (`new_params_compiles`: entries it
 added to the jit cache of `fef_jax.api`'s sampler), and the bytes the first two calls
-added to the persistent compilation cache (None when it is off). `mode="arguments"` passes the `Denoiser` itself, whose
-parameters become arguments of the compiled program
-(`fef_jax.api.split_denoiser`); `mode="constants"` passes a plain function that
-calls it, whose program embeds the parameters as constants (what every denoiser
-got before 2026-12-07).
+added to the persistent compilation cache (None when it is off).
+`mode="arguments"` passes the `Denoiser` itself, whose parameters become
+arguments of the compiled program (`fef_jax.api.split_denoiser`);
+`mode="constants"` passes a plain function that calls it, whose program embeds
+the parameters as constants (what every denoiser got before 2026-12-07).
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import time
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 
 import fef_jax as fj
 from fef_jax import api
 from fef_jax import models
+from fef_jax.bench import loop_cost
 from fef_jax.bench import timing
 from fef_jax.eval.exactness import parse_sampler
 
@@ -87,10 +87,7 @@ def measure(specs: Sequence[str], *, d_model: int, num_layers: int, length: int,
       num_layers=num_layers, num_heads=max(1, d_model // 64),
       mlp_dim=max(64, 8 * d_model // 3 // 64 * 64))
   model = models.Transformer(config)
-  tokens = np.random.default_rng(seed).integers(0, vocab_size, (batch, length))
-  tokens[:, length - masked:] = config.mask_id
-  tokens = tokens.astype(np.int32)
-  num_params = None
+  tokens = loop_cost.masked_prompts(batch, length, masked, vocab_size, config.mask_id, seed)
   rows = []
   for spec in specs:
     method, options = parse_sampler(spec)
@@ -101,7 +98,6 @@ def measure(specs: Sequence[str], *, d_model: int, num_layers: int, length: int,
       # Fresh parameters for every row, so no row finds another's program by its constants.
       first, second = (models.init_params(config, jax.random.key(seed + 1000 * len(rows) + i))
                        for i in (1, 2))
-      num_params = sum(leaf.size for leaf in jax.tree.leaves(first))
       key = jax.random.key(seed)
 
       def run(params, mode=mode, method=method, options=options):
@@ -118,9 +114,10 @@ def measure(specs: Sequence[str], *, d_model: int, num_layers: int, length: int,
       cache_after = directory_bytes(cache_dir)
       rows.append({
           "sampler": spec, "mode": mode, "d_model": d_model, "num_layers": num_layers,
-          "num_params": num_params, "length": length, "masked": masked,
-          "vocab_size": vocab_size, "batch": batch, "first_s": first_s,
-          "new_params_s": new_params_s, "new_params_compiles": new_params_compiles,
+          "num_params": sum(leaf.size for leaf in jax.tree.leaves(first)),
+          "length": length, "masked": masked, "vocab_size": vocab_size, "batch": batch,
+          "first_s": first_s, "new_params_s": new_params_s,
+          "new_params_compiles": new_params_compiles,
           "warm_s": timing.median_seconds(again, repeats=repeats),
           "cache_bytes_written": (None if cache_dir is None
                                   else cache_after - cache_before)})
